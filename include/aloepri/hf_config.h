@@ -1,0 +1,57 @@
+// Hugging Face config.json for the dense decoder families we support.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace aloepri {
+
+enum class Family { Llama, Mistral, Qwen2, Qwen3 };
+std::string family_name(Family f);         // "llama", "mistral", "qwen2", "qwen3"
+std::vector<std::string> supported_families();
+
+struct RopeScaling {
+  std::string type;  // "" (none), "llama3", "linear"
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+};
+
+struct ModelConfig {
+  Family family = Family::Llama;
+  int64_t hidden_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;            // explicit, or hidden_size / num_attention_heads
+  int64_t intermediate_size = 0;
+  int64_t vocab_size = 0;
+  int64_t max_position_embeddings = 4096;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;     // q/k/v biases (qwen2 always; llama if attention_bias)
+  bool qk_norm = false;            // qwen3 q_norm / k_norm
+  std::optional<int64_t> bos_token_id, eos_token_id;
+  std::string torch_dtype = "float32";
+  nlohmann::json raw;              // the file as read (unknown fields are kept on write)
+
+  // Parse; `where` names the file in errors. Throws Error naming the missing/bad field, or
+  // listing the supported architectures for an unknown one.
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& where = "config.json");
+  static ModelConfig load(const std::string& path_or_dir);
+  nlohmann::json to_json() const;  // a complete HF config.json
+  void validate(const std::string& where = "config.json") const;
+
+  int64_t q_dim() const { return num_attention_heads * head_dim; }
+  int64_t kv_dim() const { return num_key_value_heads * head_dim; }
+  int64_t group_size() const { return num_attention_heads / num_key_value_heads; }
+  int64_t parameter_count() const;  // from shapes (embedding + head counted per tying)
+};
+
+}  // namespace aloepri
