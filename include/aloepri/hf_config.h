@@ -48,6 +48,8 @@ struct ModelConfig {
   nlohmann::json to_json() const;  // a complete HF config.json
   void validate(const std::string& where = "config.json") const;
 
+  // HF gives o_proj a bias too when attention_bias is set on llama/qwen3 (never on qwen2).
+  bool o_bias() const { return attention_bias && family != Family::Qwen2; }
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }
   int64_t group_size() const { return num_attention_heads / num_key_value_heads; }

@@ -19,8 +19,18 @@ std::string layer(int64_t i, const std::string& suffix);  // model.layers.{i}.{s
 // self_attn.{q,k}_norm.weight, post_attention_layernorm.weight, mlp.{gate,up,down}_proj.weight
 }  // namespace tensor_names
 
+// self_attn.o_proj.bias exists when config.o_bias().
 // Every tensor a model of this config must have, with its shape (HF layout).
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c);
+
+// A small random checkpoint of this config for tests and benchmarks: config.json +
+// safetensors in `dtype` (sharded past max_shard_bytes), written atomically into the new
+// directory `dir`. Weights come from RngStream(seed as the first 8 little-endian seed bytes,
+// "synthetic/<tensor name>"): linear weights N(0, 1/fan_in), embedding N(0, 1), norm weights
+// 1 + N(0, 0.1^2), biases N(0, 0.1^2), so forward passes of a few layers stay well
+// conditioned. Fails (kExitOutputExists) if `dir` exists.
+void write_synthetic_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
+                           DType dtype = DType::F32, uint64_t max_shard_bytes = 0);
 
 class HFModel {
  public:

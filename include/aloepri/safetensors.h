@@ -15,6 +15,8 @@
 
 namespace aloepri {
 
+class AtomicFile;
+
 // A tensor as stored: a view into a mapped file (valid while its reader lives).
 struct TensorView {
   std::string name;
@@ -58,7 +60,9 @@ struct TensorSpec {
 // declared order, with data already in the declared dtype (or write_f32 to convert), then
 // finish(). Output goes to <dir>/model.safetensors, or to model-0000i-of-0000n.safetensors plus
 // model.safetensors.index.json when the total exceeds max_shard_bytes. Files are written under
-// temporary names and renamed by finish(); an unfinished writer leaves nothing behind.
+// temporary names and renamed by finish(); an unfinished writer leaves nothing behind (and
+// removes <dir> again if it created it). Existing outputs are refused (kExitOutputExists).
+// Memory stays bounded: only the header of the shard being written is held, never its data.
 class SafetensorsWriter {
  public:
   SafetensorsWriter(std::string dir, uint64_t max_shard_bytes = 0 /* 0 = one file */,
@@ -68,9 +72,12 @@ class SafetensorsWriter {
   void write(const std::string& name, const void* data, size_t nbytes);
   void write_f32(const std::string& name, const float* data, size_t numel);  // converts to spec dtype
   void finish();
-  std::vector<std::string> files() const;  // final shard file names (valid after finish)
+  // Paths of the final shard files (valid after the first write or finish); the index, when
+  // sharded, is <dir>/model.safetensors.index.json.
+  std::vector<std::string> files() const;
 
  private:
+  AtomicFile& begin_tensor(const std::string& name, size_t nbytes);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

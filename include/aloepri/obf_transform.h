@@ -1,0 +1,100 @@
+// Per-component transforms of method.md section 5 on in-memory tensors in Hugging Face layout
+// (nn.Linear weight = out x in). Each transform splits into
+//   stage 1: secrets local to a block (RoPE-pair rotation/scale/permutation, value/output maps,
+//            head permutations, FFN channel permutation/scale), still in the plaintext hidden
+//            space, and exact (BlockPerm apart) by construction;
+//   stage 2: the residual-stream key matrices: readers W Diag(w_norm) Q^T, writers P^T W.
+// The executor (obfuscate.h) strings them together; the tests check each one on its own.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "aloepri/obf_math.h"
+#include "aloepri/rng.h"
+#include "aloepri/tensor.h"
+
+namespace aloepri::obf {
+
+// Secrets of one kv head j (shared by its g query heads). Pairs are HF rotate_half pairs
+// (p, p + dh/2), p < dh/2.
+struct HeadKeys {
+  std::vector<double> angle;       // R_j: rotation angle per pair
+  std::vector<double> scale;       // H_j: positive scale per pair (q gets s, k gets 1/s)
+  std::vector<int64_t> pair_slot;  // Zb_j: pair p moves to slot pair_slot[p] (BlockPerm)
+  Mat U, Uinv;                     // value map (dh x dh) and its inverse
+};
+
+struct AttnKeys {
+  int64_t group = 1;                            // g = m / m_kv
+  std::vector<HeadKeys> kv;                     // by plaintext kv head
+  std::vector<int64_t> kv_slot;                 // tau_kv: plaintext kv head -> obfuscated slot
+  std::vector<std::vector<int64_t>> group_slot; // tau_group per plaintext kv head: r -> r'
+  // Obfuscated slot of plaintext query head i = j g + r.
+  int64_t q_slot(int64_t i) const { return kv_slot[i / group] * group + group_slot[i / group][i % group]; }
+};
+
+struct AttnKeyOptions {
+  int64_t beta = 8;
+  double gamma = 1000;
+  double scale_range = 2.0;       // H entries log-uniform in [1/r, r] ([choice]: report gives none)
+  bool per_group_perm = true;     // [choice]: one tau_group per group (true) or one for all
+  double max_cond_factor = 10.0;  // accept U_j when cond(U_j) <= factor * dh
+};
+
+// Streams: "layer/<l>/attn/kv<j>/{rotation,scale,blockperm,vmap}", "layer/<l>/attn/kv_perm",
+// "layer/<l>/attn/group_perm[/<j>]".
+AttnKeys draw_attn_keys(const Seed& seed, int64_t layer, int64_t m, int64_t mkv, int64_t dh,
+                        const std::vector<double>& inv_freq, const AttnKeyOptions& opt);
+
+// One attention block in HF layout: q [m dh, d], k/v [mkv dh, d], o [d, m dh], biases [m dh] /
+// [mkv dh] or empty.
+struct AttnHF {
+  Tensor q, k, v, o, bq, bk, bv;
+};
+// Stage 1 (hidden size unchanged): q rows of head i -> T_q^T (R H Zb), k rows -> R H^-1 Zb,
+// v rows -> U_j^T, o columns -> U_j^-T, heads moved to their slots.
+AttnHF transform_attention_heads(const AttnHF& in, const AttnKeys& keys, int64_t dh);
+// The per-head map on q (inverse_scale=false) or k (true) as a dh x dh matrix acting on row
+// vectors (y = x T). For tests.
+Mat head_map(const HeadKeys& hk, int64_t dh, bool inverse_scale);
+
+struct FfnKeys {
+  std::vector<int64_t> slot;   // Zf: channel c -> slot[c]
+  std::vector<double> scale;   // Hf: positive scale per channel (on up; 1/scale on down)
+};
+// Streams "layer/<l>/ffn/perm", "layer/<l>/ffn/scale".
+FfnKeys draw_ffn_keys(const Seed& seed, int64_t layer, int64_t ff, double scale_range);
+struct FfnHF {
+  Tensor gate, up, down;  // [ff, d], [ff, d], [d, ff]
+};
+FfnHF transform_ffn_channels(const FfnHF& in, const FfnKeys& keys);
+
+// Stage 2. Reader: W [out, d] -> W Diag(norm_w) Q^T  [out, d'] (norm_w empty = ones).
+Tensor read_residual(const Tensor& w, const std::vector<float>& norm_w, const Tensor& Qf);
+// Writer: W [d, in] -> P^T W  [d', in].
+Tensor write_residual(const Tensor& w, const Tensor& Pf);
+// Bias of a reader: unchanged by Q (it is added after the projection).
+
+// Embedding / head noise scale ([choice] global std or per-row std).
+enum class NoiseScale { Global, PerRow };
+// W~_emb = Pi (W_emb + alpha sigma N) P: row tau[t] of the result is row t of the plaintext.
+// Noise is drawn from `rng` in plaintext row order.
+Tensor obfuscate_embedding(const Tensor& emb, const std::vector<int64_t>& tau, double alpha,
+                           NoiseScale ns, RngStream& rng, const Tensor& Pf);
+// HF lm_head [n, d] -> [n, d']: row tau[t] = ((head[t] + alpha sigma N) * w_final) Q^T.
+Tensor obfuscate_head(const Tensor& head, const std::vector<int64_t>& tau, double alpha,
+                      NoiseScale ns, RngStream& rng, const std::vector<float>& final_norm,
+                      const Tensor& Qf);
+
+// The streaming core of both: rows come from fetch(first_row, count, dst) in plaintext order and
+// chunks of 2048 rows (so a memory-mapped source is read once, in order, and never copied whole);
+// each row gets noise, is scaled by col_scale (if any) and multiplied by M (writer: x M with M
+// d x d'; reader: x M^T with M d' x d), and lands in output row tau[t].
+using RowFetch = std::function<void(int64_t first_row, int64_t count, float* dst)>;
+Tensor transform_vocab_matrix(int64_t n, int64_t d, const RowFetch& fetch, const std::vector<int64_t>& tau,
+                              double alpha, NoiseScale ns, RngStream& rng, const std::vector<float>& col_scale,
+                              const Tensor& M, bool reader);
+
+}  // namespace aloepri::obf

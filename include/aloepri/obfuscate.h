@@ -1,0 +1,74 @@
+// Covariant obfuscation of a dense Llama / Mistral / Qwen2 checkpoint (method.md sections 3-7):
+// a streaming executor that reads the plaintext model layer by layer, applies the secret
+// transforms derived from the key's seed, and writes a standard HF checkpoint (hidden size
+// d + 2h, everything else unchanged) that any engine serves.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "aloepri/dtype.h"
+#include "aloepri/hf_config.h"
+#include "aloepri/obf_keymat.h"
+#include "aloepri/obf_transform.h"
+#include "aloepri/rng.h"
+
+namespace aloepri {
+
+enum class KappaMode { Gaussian, Calibrated };
+
+struct ObfuscationParams {
+  double lambda = 0.3;
+  int64_t expansion = 128;  // h; the obfuscated hidden size is d + 2h
+  double alpha_e = 1.0, alpha_h = 0.2;
+  int64_t beta = 8;
+  double gamma = 1000;
+  obf::KeymatVariant keymat = obf::KeymatVariant::Paper;
+  KappaMode kappa = KappaMode::Gaussian;
+  obf::NoiseScale noise_scale = obf::NoiseScale::Global;
+  double head_scale_range = 2.0;  // H_j entries log-uniform in [1/r, r]
+  double ffn_scale_range = 2.0;   // Hf entries log-uniform in [1/r, r]
+  bool per_group_perm = true;     // one in-group head permutation per kv group
+
+  // lambda 0, h 0, no noise, beta 1: every remaining transform is exact.
+  static ObfuscationParams exact();
+  bool is_exact_setting() const;
+  nlohmann::json to_json() const;
+};
+
+struct ObfuscateOptions {
+  ObfuscationParams params;
+  bool force = false;                 // replace an existing output directory
+  std::optional<DType> dtype;         // output dtype; default: the plaintext model's storage dtype
+  std::vector<int64_t> calib_ids;     // plaintext token ids for KappaMode::Calibrated
+  uint64_t max_shard_bytes = uint64_t(4) << 30;
+};
+
+struct ObfuscateResult {
+  std::string plain_fingerprint, obf_fingerprint;
+  int64_t vocab_size = 0, hidden = 0, obf_hidden = 0;
+  std::vector<double> kappas;  // per norm, in model order: input/post of each layer, then final
+  double obf_eps = 0;
+  std::optional<int64_t> obf_eos, obf_bos;
+  double seconds = 0;
+  double seconds_transform = 0;     // up to the committed output, before the fingerprints
+  uint64_t peak_rss_transform = 0;  // bytes, getrusage peak before the fingerprints are computed
+  nlohmann::json record;       // parameters + per-norm kappas + EOS choice (for the key file)
+};
+
+// Obfuscates model_dir into out_dir (atomic: built in a temporary sibling, renamed on success).
+// Throws Error naming the file / tensor / field for unsupported families (qwen3 with q/k norms),
+// missing tensors, non-float dtypes, or an existing out_dir without force.
+ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
+                                const ObfuscateOptions& opt);
+
+// The output config.json for a plaintext config (exposed for tests): hidden_size d', explicit
+// head_dim, untied, eps' and the published obfuscated special token ids (method.md section 7:
+// we publish tau(eos) and tau(bos) so an unmodified engine stops by itself).
+nlohmann::json obfuscated_config(const ModelConfig& plain, int64_t obf_hidden, double obf_eps,
+                                 const std::vector<int64_t>& tau, const std::string& torch_dtype);
+
+}  // namespace aloepri

@@ -1,0 +1,56 @@
+// Synthetic checkpoints: a randomly initialised HF model directory (config.json,
+// model.safetensors, tokenizer files copied from a real vocabulary) for tests and benchmarks.
+// Weights are drawn at realistic scales so activations and logits behave like a trained
+// model's in magnitude (not in content): embeddings and heads N(0, 1/sqrt(d)), projections
+// N(0, 1/sqrt(fan_in)), norm weights 1 + 0.1 N(0,1), biases N(0, 0.1).
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "aloepri/dtype.h"
+#include "aloepri/hf_config.h"
+#include "aloepri/rng.h"
+
+namespace aloepri {
+
+struct SynthOptions {
+  Family family = Family::Llama;
+  std::string preset = "tiny";  // "tiny" | "small"
+  // Overrides of the preset (unset: preset value).
+  std::optional<int64_t> hidden, layers, heads, kv_heads, head_dim, ffn;
+  std::optional<bool> tie;            // default: tied for qwen2/qwen3, untied for llama/mistral
+  std::optional<double> rope_theta;   // default per family
+  std::string rope_scaling;           // "" | "llama3" | "linear"
+  double rope_factor = 8.0;           // for rope_scaling (llama3 also: low 1, high 4, original 8192)
+  int64_t max_position_embeddings = 4096;
+  std::string vocab_dir;              // holds tokenizer.json + tokenizer_config.json (required)
+  DType dtype = DType::F32;           // F32 | BF16 | F16
+  uint64_t seed = 0;
+  uint64_t max_shard_bytes = 0;       // 0: one model.safetensors
+};
+
+// The config a synth run writes (reads the tokenizer files for vocab_size and bos/eos).
+ModelConfig synth_config(const SynthOptions& o);
+
+// Writes the checkpoint into out_dir atomically (built in a temporary sibling, then renamed);
+// refuses an existing out_dir unless overwrite. Tensors are generated and written one at a
+// time, so peak memory is one tensor.
+void synthesize(const SynthOptions& o, const std::string& out_dir, bool overwrite = false);
+
+// The 256-bit seed of a synth run: SHA-256("aloepri synth seed " + decimal(seed)).
+Seed synth_seed(uint64_t seed);
+
+// Full vocabulary size of a tokenizer.json: 1 + the largest id in model.vocab and added_tokens.
+int64_t tokenizer_vocab_size(const nlohmann::json& tokenizer_json, const std::string& where);
+
+// Id of a special token named in tokenizer_config.json (`key` is "bos_token" / "eos_token"; the
+// value may be a string, {"content": ...} or null), looked up in tokenizer.json's added_tokens,
+// then model.vocab. nullopt when the key is absent or null.
+std::optional<int64_t> special_token_id(const nlohmann::json& tokenizer_config,
+                                        const nlohmann::json& tokenizer_json, const std::string& key,
+                                        const std::string& where);
+
+}  // namespace aloepri

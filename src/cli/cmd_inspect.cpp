@@ -1,0 +1,180 @@
+// `aloepri inspect MODEL [--json]`: what a checkpoint is (family, dimensions, dtypes, size,
+// tensors) and its fingerprint, after the same validation every other command applies.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "aloepri/error.h"
+#include "aloepri/model.h"
+#include "command.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string with_commas(uint64_t n) {
+  std::string s = std::to_string(n);
+  for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
+  return s;
+}
+
+std::string human_bytes(uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = double(n);
+  int u = 0;
+  while (v >= 1024 && u < 4) v /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.2f %s" : "%.0f %s", v, units[u]);
+  return buf;
+}
+
+struct Options {
+  std::string model;
+  bool json_out = false;
+  bool no_fingerprint = false;
+  int show = 3;
+};
+
+int run(const Options& o) {
+  using namespace aloepri;
+  std::error_code ec;
+  if (fs::path(o.model).extension() == ".gguf")
+    throw Error(o.model, "GGUF input is not supported by inspect yet (pass an HF checkpoint directory)");
+  HFModel m(o.model);
+  const ModelConfig& c = m.config();
+  const SafetensorsReader& w = m.weights();
+  auto names = w.names();
+
+  std::map<std::string, std::pair<uint64_t, uint64_t>> by_dtype;  // dtype -> (tensors, bytes)
+  for (auto& n : names) {
+    auto& t = w.get(n);
+    auto& e = by_dtype[dtype_name(t.dtype)];
+    e.first += 1;
+    e.second += t.nbytes;
+  }
+  // Tensors in checkpoint order (the order the expected list gives), first and last few.
+  auto expected = expected_tensors(c);
+  std::vector<std::string> listed;
+  int k = std::max(0, o.show);
+  for (size_t i = 0; i < expected.size(); ++i)
+    if (int(i) < k || i + size_t(k) >= expected.size()) listed.push_back(expected[i].first);
+  std::string fp = o.no_fingerprint ? "" : m.fingerprint();
+  std::vector<std::string> files;
+  for (auto& f : w.files()) files.push_back(fs::path(f).filename().string());
+
+  if (o.json_out) {
+    json j;
+    j["path"] = o.model;
+    j["family"] = family_name(c.family);
+    j["hidden_size"] = c.hidden_size;
+    j["num_hidden_layers"] = c.num_hidden_layers;
+    j["num_attention_heads"] = c.num_attention_heads;
+    j["num_key_value_heads"] = c.num_key_value_heads;
+    j["head_dim"] = c.head_dim;
+    j["intermediate_size"] = c.intermediate_size;
+    j["vocab_size"] = c.vocab_size;
+    j["max_position_embeddings"] = c.max_position_embeddings;
+    j["rms_norm_eps"] = c.rms_norm_eps;
+    j["rope_theta"] = c.rope_theta;
+    j["rope_scaling"] = c.rope_scaling.type.empty() ? json(nullptr) : c.to_json()["rope_scaling"];
+    j["tie_word_embeddings"] = c.tie_word_embeddings;
+    j["attention_bias"] = c.attention_bias;
+    j["qk_norm"] = c.qk_norm;
+    j["parameters"] = c.parameter_count();
+    j["tensor_count"] = names.size();
+    j["tensor_bytes"] = w.total_bytes();
+    j["files"] = files;
+    json d = json::object();
+    for (auto& [name, e] : by_dtype) d[name] = {{"tensors", e.first}, {"bytes", e.second}};
+    j["dtypes"] = d;
+    json ts = json::array();
+    for (auto& n : listed) {
+      auto& t = w.get(n);
+      ts.push_back({{"name", n}, {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}});
+    }
+    j["tensors_shown"] = ts;
+    j["tokenizer"] = m.tokenizer_json_path().empty() ? json(nullptr) : json(m.tokenizer_json_path());
+    j["fingerprint"] = o.no_fingerprint ? json(nullptr) : json(fp);
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+
+  auto row = [](const std::string& k, const std::string& v) {
+    std::printf("%-12s %s\n", k.c_str(), v.c_str());
+  };
+  row("model", o.model);
+  row("family", family_name(c.family) + " (" + c.to_json()["architectures"][0].get<std::string>() + ")");
+  row("hidden", std::to_string(c.hidden_size));
+  row("layers", std::to_string(c.num_hidden_layers));
+  row("heads", std::to_string(c.num_attention_heads) + " query, " + std::to_string(c.num_key_value_heads) +
+                   " kv (group " + std::to_string(c.group_size()) + "), head_dim " + std::to_string(c.head_dim));
+  row("ffn", std::to_string(c.intermediate_size));
+  row("vocab", std::to_string(c.vocab_size));
+  row("context", std::to_string(c.max_position_embeddings));
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "theta %g%s", c.rope_theta,
+                c.rope_scaling.type.empty() ? "" : (", scaling " + c.rope_scaling.type).c_str());
+  std::string rope = buf;
+  if (!c.rope_scaling.type.empty()) {
+    std::snprintf(buf, sizeof buf, " (factor %g", c.rope_scaling.factor);
+    rope += buf;
+    if (c.rope_scaling.type == "llama3") {
+      std::snprintf(buf, sizeof buf, ", low %g, high %g, original %lld", c.rope_scaling.low_freq_factor,
+                    c.rope_scaling.high_freq_factor, (long long)c.rope_scaling.original_max_position_embeddings);
+      rope += buf;
+    }
+    rope += ")";
+  }
+  row("rope", rope);
+  std::snprintf(buf, sizeof buf, "%g", c.rms_norm_eps);
+  row("norm eps", buf);
+  row("tied head", c.tie_word_embeddings ? "yes (lm_head = embed_tokens)" : "no");
+  row("attn bias", c.o_bias() ? "q, k, v, o" : c.attention_bias ? "q, k, v" : "none");
+  row("qk norm", c.qk_norm ? "yes" : "no");
+  double pc = double(c.parameter_count());
+  std::snprintf(buf, sizeof buf, pc >= 1e9 ? " (%.2f B)" : " (%.2f M)", pc >= 1e9 ? pc / 1e9 : pc / 1e6);
+  row("parameters", with_commas(uint64_t(c.parameter_count())) + buf);
+  row("tensors", std::to_string(names.size()) + " in " + std::to_string(files.size()) + " file" +
+                     (files.size() == 1 ? "" : "s") + ", " + human_bytes(w.total_bytes()));
+  for (auto& [name, e] : by_dtype)
+    row("  " + name, std::to_string(e.first) + " tensors, " + human_bytes(e.second));
+  for (size_t i = 0; i < listed.size(); ++i) {
+    auto& t = w.get(listed[i]);
+    if (i == size_t(k) && expected.size() > 2 * size_t(k)) row("", "...");
+    row(i == 0 ? "names" : "", listed[i] + " " + dtype_name(t.dtype) + " " + shape_to_string(t.shape));
+  }
+  row("tokenizer", m.tokenizer_json_path().empty() ? "(none)" : m.tokenizer_json_path());
+  if (!o.no_fingerprint) row("fingerprint", "sha256:" + fp);
+  return 0;
+}
+
+auto setup(CLI::App& sub) {
+  auto o = std::make_shared<Options>();
+  sub.add_option("MODEL", o->model,
+                 "An HF checkpoint directory (config.json + model.safetensors or a sharded\n"
+                 "model.safetensors.index.json, optionally tokenizer.json)")
+      ->required();
+  sub.add_flag("--json", o->json_out, "Print one JSON object instead of the table");
+  sub.add_flag("--no-fingerprint", o->no_fingerprint,
+               "Skip the SHA-256 fingerprint (it reads every weight byte)");
+  sub.add_option("--show", o->show, "Tensors to list from each end of the checkpoint")
+      ->default_val(3)
+      ->check(CLI::Range(0, 1000000));
+  sub.footer(
+      "Every tensor the config implies is checked for presence and shape, and every\n"
+      "safetensors header is validated (offsets, sizes, overlaps, holes); a malformed model\n"
+      "exits with code 3 and a one-line message naming the file and tensor or field.\n"
+      "The fingerprint is SHA-256 over the model-defining config fields and every tensor's\n"
+      "name, dtype, shape and bytes; keys record it to refuse use with another model.\n\n" +
+      sub.get_footer());
+  return [o] { return run(*o); };
+}
+
+}  // namespace
+
+ALOEPRI_COMMAND(inspect, "inspect", 10, "Describe an HF checkpoint: family, dimensions, dtypes, tensors, fingerprint",
+                setup);

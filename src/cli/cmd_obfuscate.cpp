@@ -1,0 +1,150 @@
+// `aloepri obfuscate MODEL --key K --out DIR`: covariant obfuscation of a dense checkpoint.
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "aloepri/error.h"
+#include "aloepri/gguf_export.h"
+#include "aloepri/keyfile.h"
+#include "aloepri/model.h"
+#include "aloepri/obfuscate.h"
+#include "aloepri/output.h"
+#include "aloepri/tokenizer.h"
+#include "command.h"
+
+namespace {
+
+struct Opts {
+  std::string model, key, out, gguf, keymat = "paper", kappa = "gaussian", dtype, noise_scale = "global";
+  std::string calib_ids, calib_file, calib_text;
+  double lambda = 0.3, alpha_e = 1.0, alpha_h = 0.2, gamma = 1000;
+  int64_t expansion = 128, beta = 8;
+  bool exact = false, force = false;
+};
+
+std::vector<int64_t> read_ids_file(const std::string& path) {
+  std::string s = aloepri::read_file(path);
+  for (char& ch : s)
+    if (ch == '\n' || ch == '\r' || ch == '\t' || ch == ' ') ch = ',';
+  return aloepri::cli::parse_ids_csv(s);
+}
+
+int run(Opts o, CLI::App& sub) {
+  using namespace aloepri;
+  ObfuscateOptions opt;
+  ObfuscationParams& p = opt.params;
+  p.lambda = o.lambda;
+  p.expansion = o.expansion;
+  p.alpha_e = o.alpha_e;
+  p.alpha_h = o.alpha_h;
+  p.beta = o.beta;
+  p.gamma = o.gamma;
+  if (o.keymat == "paper") p.keymat = obf::KeymatVariant::Paper;
+  else if (o.keymat == "exact-norm") p.keymat = obf::KeymatVariant::ExactNorm;
+  else throw Error("--keymat", "unknown variant '" + o.keymat + "' (supported: paper, exact-norm)", kExitUsage);
+  if (o.kappa == "gaussian") p.kappa = KappaMode::Gaussian;
+  else if (o.kappa == "calibrated") p.kappa = KappaMode::Calibrated;
+  else throw Error("--kappa", "unknown mode '" + o.kappa + "' (supported: gaussian, calibrated)", kExitUsage);
+  if (o.noise_scale == "global") p.noise_scale = obf::NoiseScale::Global;
+  else if (o.noise_scale == "per-row") p.noise_scale = obf::NoiseScale::PerRow;
+  else throw Error("--noise-scale", "unknown '" + o.noise_scale + "' (supported: global, per-row)", kExitUsage);
+  if (o.exact) {
+    // --exact overrides the privacy parameters; naming them too is a contradiction.
+    for (const char* f : {"--lambda", "--expansion", "--alpha-e", "--alpha-h", "--beta"})
+      if (sub.count(f) > 0)
+        throw Error("--exact", std::string("conflicts with ") + f, kExitUsage);
+    const auto km = p.keymat;
+    const auto kp = p.kappa;
+    p = ObfuscationParams::exact();
+    p.keymat = km;
+    p.kappa = kp;
+  }
+  if (!o.dtype.empty()) {
+    if (o.dtype == "f32") opt.dtype = DType::F32;
+    else if (o.dtype == "bf16") opt.dtype = DType::BF16;
+    else if (o.dtype == "f16") opt.dtype = DType::F16;
+    else throw Error("--dtype", "unknown dtype '" + o.dtype + "' (supported: f32, bf16, f16)", kExitUsage);
+  }
+  if (!o.calib_ids.empty()) opt.calib_ids = cli::parse_ids_csv(o.calib_ids);
+  if (!o.calib_file.empty()) opt.calib_ids = read_ids_file(o.calib_file);
+  if (!o.calib_text.empty()) {
+    Tokenizer tok = Tokenizer::load(o.model);
+    for (int32_t id : tok.encode(read_file(o.calib_text), true)) opt.calib_ids.push_back(id);
+    // A few hundred tokens estimate the per-norm ratio well; longer only costs time (O(T^2)).
+    if (opt.calib_ids.size() > 512) opt.calib_ids.resize(512);
+  }
+  if (!opt.calib_ids.empty() && p.kappa == KappaMode::Gaussian)
+    throw Error("--calib-*", "calibration data given but --kappa is gaussian (use --kappa calibrated)", kExitUsage);
+  opt.force = o.force;
+
+  KeyFile key = KeyFile::load(o.key);
+  if (!o.gguf.empty()) refuse_existing(o.gguf, o.force);
+  ObfuscateResult r = obfuscate_model(o.model, key.seed, o.out, opt);
+
+  if (!o.gguf.empty()) {
+    HFModel obf(o.out);
+    GGUFExportOptions go;
+    go.overwrite = o.force;
+    // Obfuscated ids are a secret permutation of the tokenizer's: placeholder tokens, and the
+    // published tau(bos)/tau(eos) from config.json (llama.cpp would otherwise stop at the
+    // plaintext id of "<|im_end|>" etc., which is now an unrelated token).
+    go.opaque_vocab = true;
+    const DType gd = opt.dtype ? *opt.dtype : obf.weights().get(tensor_names::embed()).dtype;
+    export_gguf(obf, o.gguf, gd, go);
+  }
+
+  ObfuscationRecord rec;
+  rec.plain_fingerprint = r.plain_fingerprint;
+  rec.obf_fingerprint = r.obf_fingerprint;
+  rec.vocab_size = r.vocab_size;
+  rec.params = r.record;
+  rec.extra = nlohmann::json::object();
+  if (r.obf_eos) rec.extra["obf_eos_token_id"] = *r.obf_eos;
+  if (r.obf_bos) rec.extra["obf_bos_token_id"] = *r.obf_bos;
+  rec.extra["eos_policy"] = "published";
+  if (key.record && key.record->plain_fingerprint != r.plain_fingerprint)
+    std::cerr << "note: " << o.key << " recorded another model before; its record is replaced\n";
+  key.record = rec;
+  key.save(o.key, /*overwrite=*/true);
+
+  std::fprintf(stderr, "wrote %s: hidden %lld -> %lld, %d norms (kappa %.4f .. %.4f), %.1f s\n", o.out.c_str(),
+               (long long)r.hidden, (long long)r.obf_hidden, int(r.kappas.size()),
+               *std::min_element(r.kappas.begin(), r.kappas.end()),
+               *std::max_element(r.kappas.begin(), r.kappas.end()), r.seconds);
+  if (!o.gguf.empty()) std::fprintf(stderr, "wrote %s\n", o.gguf.c_str());
+  std::fprintf(stderr, "recorded parameters and fingerprints in %s\n", o.key.c_str());
+  return 0;
+}
+
+auto setup(CLI::App& sub) {
+  auto o = std::make_shared<Opts>();
+  sub.add_option("model", o->model, "Plaintext HF model directory (llama, mistral, qwen2)")->required();
+  sub.add_option("--key", o->key, "Client key file (from `aloepri keygen`)")->required();
+  sub.add_option("--out", o->out, "Obfuscated model directory to create")->required();
+  sub.add_option("--gguf", o->gguf, "Also write the obfuscated model as GGUF for llama.cpp");
+  sub.add_option("--lambda", o->lambda, "Key-matrix non-orthogonality lambda (default 0.3)");
+  sub.add_option("--expansion", o->expansion, "Expansion h: hidden size grows by 2h (default 128)");
+  sub.add_option("--alpha-e", o->alpha_e, "Embedding noise, x std of the embedding (default 1.0)");
+  sub.add_option("--alpha-h", o->alpha_h, "Head noise, x std of the head (default 0.2)");
+  sub.add_option("--beta", o->beta, "BlockPerm window size (default 8; 1 = no RoPE pair permutation)");
+  sub.add_option("--gamma", o->gamma, "BlockPerm frequency sharpness (default 1000)");
+  sub.add_flag("--exact", o->exact, "lambda 0, h 0, no noise, beta 1: an exact transform");
+  sub.add_option("--keymat", o->keymat, "Key matrices: paper (report's, approximate norm) | exact-norm");
+  sub.add_option("--kappa", o->kappa, "RMSNorm scale: gaussian (expected) | calibrated (on --calib-*)");
+  sub.add_option("--calib-ids", o->calib_ids, "Calibration token ids, comma separated");
+  sub.add_option("--calib-file", o->calib_file, "File of calibration token ids (comma/space separated)");
+  sub.add_option("--calib-text", o->calib_text, "Text file tokenized with the model's tokenizer (first 512 ids)");
+  sub.add_option("--noise-scale", o->noise_scale, "Noise std: global (std of the whole matrix) | per-row");
+  sub.add_option("--dtype", o->dtype, "Output dtype f32 | bf16 | f16 (default: the input's)");
+  sub.add_flag("--force", o->force, "Replace an existing output directory / GGUF");
+  sub.footer(
+      "Every secret (vocabulary permutation tau, key matrices, head/FFN maps, noise) is derived from\n"
+      "the key's seed: the same key and model give a byte-identical output. The output is a standard\n"
+      "HF checkpoint with hidden_size d + 2h whose config publishes tau(eos)/tau(bos), so an engine\n"
+      "stops by itself; send it tau(prompt ids) and map generated ids back with tau^-1.");
+  CLI::App* sp = &sub;
+  return [o, sp] { return run(*o, *sp); };
+}
+
+}  // namespace
+ALOEPRI_COMMAND(obfuscate, "obfuscate", 25, "Obfuscate a model with a client key (covariant obfuscation)", setup);

@@ -1,0 +1,95 @@
+// `aloepri synth`: write a randomly initialised HF checkpoint (llama / mistral / qwen2 / qwen3)
+// with a real tokenizer, for tests and benchmarks. Deterministic for a given --seed.
+#include <iostream>
+#include <memory>
+
+#include "aloepri/error.h"
+#include "aloepri/synth.h"
+#include "command.h"
+
+namespace {
+
+struct Options {
+  std::string arch, preset = "tiny", vocab_from, dtype = "f32", out, rope_scaling;
+  int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, ffn = 0;
+  int64_t max_position = 4096;
+  double rope_theta = 0, rope_factor = 8.0;
+  bool tie = false, no_tie = false, force = false;
+  uint64_t seed = 0;
+  uint64_t shard_mb = 0;
+};
+
+int run(const Options& o) {
+  using namespace aloepri;
+  SynthOptions s;
+  if (o.arch == "llama") s.family = Family::Llama;
+  else if (o.arch == "mistral") s.family = Family::Mistral;
+  else if (o.arch == "qwen2") s.family = Family::Qwen2;
+  else if (o.arch == "qwen3") s.family = Family::Qwen3;
+  else throw Error("--arch", "unknown architecture '" + o.arch + "' (supported: llama, mistral, qwen2, qwen3)", kExitUsage);
+  s.preset = o.preset;
+  auto set = [](std::optional<int64_t>& dst, int64_t v, const char* flag) {
+    if (v == 0) return;
+    if (v < 0) throw Error(flag, "must be positive", kExitUsage);
+    dst = v;
+  };
+  set(s.hidden, o.hidden, "--hidden");
+  set(s.layers, o.layers, "--layers");
+  set(s.heads, o.heads, "--heads");
+  set(s.kv_heads, o.kv_heads, "--kv-heads");
+  set(s.head_dim, o.head_dim, "--head-dim");
+  set(s.ffn, o.ffn, "--ffn");
+  if (o.tie && o.no_tie) throw Error("--tie", "conflicts with --no-tie", kExitUsage);
+  if (o.tie) s.tie = true;
+  if (o.no_tie) s.tie = false;
+  if (o.rope_theta > 0) s.rope_theta = o.rope_theta;
+  s.rope_scaling = o.rope_scaling == "none" ? "" : o.rope_scaling;
+  s.rope_factor = o.rope_factor;
+  s.max_position_embeddings = o.max_position;
+  s.vocab_dir = o.vocab_from.empty() ? std::string(ALOEPRI_SOURCE_DIR) + "/vocab/llama2" : o.vocab_from;
+  if (o.dtype == "f32") s.dtype = DType::F32;
+  else if (o.dtype == "bf16") s.dtype = DType::BF16;
+  else if (o.dtype == "f16") s.dtype = DType::F16;
+  else throw Error("--dtype", "unknown dtype '" + o.dtype + "' (supported: f32, bf16, f16)", kExitUsage);
+  s.seed = o.seed;
+  s.max_shard_bytes = o.shard_mb * (uint64_t(1) << 20);
+  synthesize(s, o.out, o.force);
+  const ModelConfig c = synth_config(s);
+  std::cerr << "wrote " << o.out << ": " << o.arch << " d=" << c.hidden_size << " layers=" << c.num_hidden_layers
+            << " heads=" << c.num_attention_heads << "/" << c.num_key_value_heads << " head_dim=" << c.head_dim
+            << " ffn=" << c.intermediate_size << " vocab=" << c.vocab_size
+            << (c.tie_word_embeddings ? " tied" : " untied") << " " << o.dtype << ", "
+            << c.parameter_count() << " parameters\n";
+  return 0;
+}
+
+auto setup(CLI::App& sub) {
+  auto o = std::make_shared<Options>();
+  sub.add_option("--arch", o->arch, "llama | mistral | qwen2 | qwen3")->required();
+  sub.add_option("--preset", o->preset, "tiny (d=64, 2 layers) | small (d=256, 4 layers)")->capture_default_str();
+  sub.add_option("--hidden", o->hidden, "Hidden size (overrides the preset)");
+  sub.add_option("--layers", o->layers, "Number of layers");
+  sub.add_option("--heads", o->heads, "Attention heads");
+  sub.add_option("--kv-heads", o->kv_heads, "Key/value heads (GQA when fewer than --heads)");
+  sub.add_option("--head-dim", o->head_dim, "Head dimension (default: hidden / heads when either is given)");
+  sub.add_option("--ffn", o->ffn, "MLP intermediate size");
+  sub.add_option("--vocab-from", o->vocab_from,
+                 "Directory with tokenizer.json + tokenizer_config.json (default: vocab/llama2)");
+  sub.add_flag("--tie", o->tie, "Tie the output head to the embedding (default for qwen2/qwen3)");
+  sub.add_flag("--no-tie", o->no_tie, "Separate lm_head (default for llama/mistral)");
+  sub.add_option("--dtype", o->dtype, "f32 | bf16 | f16")->capture_default_str();
+  sub.add_option("--rope-theta", o->rope_theta, "RoPE base (default 10000 for llama, 1e6 otherwise)");
+  sub.add_option("--rope-scaling", o->rope_scaling,
+                 "none | llama3 (low 1, high 4, original 8192) | linear");
+  sub.add_option("--rope-factor", o->rope_factor, "Factor for --rope-scaling")->capture_default_str();
+  sub.add_option("--max-position", o->max_position, "max_position_embeddings")->capture_default_str();
+  sub.add_option("--shard-mb", o->shard_mb, "Split model.safetensors into shards of at most this many MiB (0: one file)");
+  sub.add_option("--seed", o->seed, "Integer seed (same seed, same weights)")->required();
+  sub.add_option("--out", o->out, "Output directory (must not exist)")->required();
+  sub.add_flag("--force", o->force, "Replace an existing output directory");
+  return [o] { return run(*o); };
+}
+
+}  // namespace
+
+ALOEPRI_COMMAND(synth, "synth", 60, "Write a randomly initialised HF checkpoint (for tests and benchmarks)", setup);

@@ -1,0 +1,382 @@
+// The reference forward pass (see forward.h). Activations live in double; matrices are kept as
+// double copies of the f32 weights so that whole-sequence products run as cblas_dgemm (every
+// dot product accumulated in double). The model is processed in chunks of positions: each
+// chunk runs through all layers, appending to the KV cache, so a chunk is exactly a batch of
+// step() calls and memory stays bounded for long sequences.
+#include "aloepri/forward.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "aloepri/error.h"
+
+namespace aloepri {
+
+namespace {
+
+std::vector<double> to_double(const Tensor& t) { return std::vector<double>(t.data.begin(), t.data.end()); }
+
+// C[M,N] = A[M,K] B[K,N] (row-major, contiguous).
+void matmul(const double* A, int64_t M, int64_t K, const double* B, int64_t N, double* C) {
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(M), int(N), int(K), 1.0, A, int(K), B,
+              int(N), 0.0, C, int(N));
+}
+
+void add_bias(double* X, int64_t rows, const std::vector<double>& b) {
+  if (b.empty()) return;
+  const int64_t n = int64_t(b.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < n; ++i) X[r * n + i] += b[i];
+}
+
+// HF RMSNorm: x * rsqrt(mean(x^2) + eps) * w, per row of length n (computed in double).
+void rms_norm(const double* X, int64_t rows, int64_t n, const std::vector<double>& w, double eps,
+              double* Y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* x = X + r * n;
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+    const double inv = 1.0 / std::sqrt(ss / double(n) + eps);
+    double* y = Y + r * n;
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * inv * w[i];
+  }
+}
+
+void check_shape(const Tensor& t, const std::vector<int64_t>& want, const std::string& name) {
+  require(t.shape == want, "weights: " + name,
+          "shape " + shape_to_string(t.shape) + ", expected " + shape_to_string(want));
+  require(int64_t(t.data.size()) == t.numel(), "weights: " + name, "data size does not match shape");
+}
+
+}  // namespace
+
+std::vector<double> rope_inv_freq(const ModelConfig& c) {
+  const int64_t dh = c.head_dim;
+  require(dh > 0 && dh % 2 == 0, "config.json: head_dim", "must be even and positive for RoPE");
+  const int64_t half = dh / 2;
+  std::vector<double> f(half);
+  for (int64_t i = 0; i < half; ++i) f[i] = 1.0 / std::pow(c.rope_theta, double(2 * i) / double(dh));
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type.empty() || rs.type == "default") return f;
+  if (rs.type == "linear") {
+    require(rs.factor > 0, "config.json: rope_scaling.factor", "must be positive");
+    for (double& x : f) x /= rs.factor;
+    return f;
+  }
+  if (rs.type == "llama3") {
+    // transformers' _compute_llama3_parameters: wavelengths longer than old_ctx/low_freq_factor
+    // are divided by factor, shorter than old_ctx/high_freq_factor kept, and in between
+    // interpolated linearly in old_ctx/wavelen.
+    require(rs.factor > 0, "config.json: rope_scaling.factor", "must be positive");
+    require(rs.high_freq_factor != rs.low_freq_factor, "config.json: rope_scaling",
+            "high_freq_factor equals low_freq_factor");
+    const double old_ctx = double(rs.original_max_position_embeddings);
+    const double low_wavelen = old_ctx / rs.low_freq_factor;
+    const double high_wavelen = old_ctx / rs.high_freq_factor;
+    for (double& x : f) {
+      const double wavelen = 2.0 * M_PI / x;
+      if (wavelen < high_wavelen) continue;  // high frequency: unchanged
+      if (wavelen > low_wavelen) {           // low frequency: scaled
+        x /= rs.factor;
+        continue;
+      }
+      const double smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+      x = (1.0 - smooth) * x / rs.factor + smooth * x;
+    }
+    return f;
+  }
+  throw Error("config.json: rope_scaling", "unsupported rope type '" + rs.type +
+                                               "' (supported: none, linear, llama3)");
+}
+
+std::vector<int64_t> attention_windows(const ModelConfig& c) {
+  std::vector<int64_t> w(size_t(std::max<int64_t>(c.num_hidden_layers, 0)), 0);
+  const nlohmann::json& raw = c.raw;
+  if (!raw.is_object()) return w;
+  auto window = [&]() -> int64_t {
+    auto it = raw.find("sliding_window");
+    if (it == raw.end() || !it->is_number_integer()) return 0;
+    return std::max<int64_t>(it->get<int64_t>(), 0);
+  };
+  if (c.family == Family::Mistral) {
+    std::fill(w.begin(), w.end(), window());
+  } else if (c.family == Family::Qwen2 || c.family == Family::Qwen3) {
+    auto use = raw.find("use_sliding_window");
+    if (use != raw.end() && use->is_boolean() && use->get<bool>()) {
+      int64_t first = 0;
+      auto mwl = raw.find("max_window_layers");
+      if (mwl != raw.end() && mwl->is_number_integer()) first = mwl->get<int64_t>();
+      for (int64_t l = std::max<int64_t>(first, 0); l < int64_t(w.size()); ++l) w[l] = window();
+    }
+  }
+  return w;
+}
+
+struct ReferenceModel::DoubleWeights {
+  struct Layer {
+    std::vector<double> attn_norm, ffn_norm, wq, wk, wv, wo, bq, bk, bv, bo, q_norm, k_norm, w_gate,
+        w_up, w_down;
+  };
+  std::vector<double> embed, final_norm, head;
+  std::vector<Layer> layers;
+};
+
+ReferenceModel::ReferenceModel(ModelWeights w) : w_(std::move(w)) {
+  const ModelConfig& c = w_.config;
+  const int64_t d = c.hidden_size, n = c.vocab_size, dh = c.head_dim, ff = c.intermediate_size;
+  require(d > 0 && n > 0 && dh > 0 && ff > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0,
+          "config", "hidden_size, vocab_size, head_dim, intermediate_size and head counts must be positive");
+  require(c.num_attention_heads % c.num_key_value_heads == 0, "config: num_key_value_heads",
+          "must divide num_attention_heads");
+  require(int64_t(w_.layers.size()) == c.num_hidden_layers, "weights",
+          "have " + std::to_string(w_.layers.size()) + " layers, config says " +
+              std::to_string(c.num_hidden_layers));
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+
+  check_shape(w_.embed, {n, d}, "embed");
+  check_shape(w_.final_norm, {d}, "final_norm");
+  if (w_.head.data.empty() && c.tie_word_embeddings) {
+    w_.head = Tensor({d, n});
+    for (int64_t v = 0; v < n; ++v)
+      for (int64_t i = 0; i < d; ++i) w_.head.data[i * n + v] = w_.embed.data[v * d + i];
+  }
+  check_shape(w_.head, {d, n}, "head");
+
+  auto dw = std::make_shared<DoubleWeights>();
+  dw->embed = to_double(w_.embed);
+  dw->final_norm = to_double(w_.final_norm);
+  dw->head = to_double(w_.head);
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    const LayerWeights& L = w_.layers[l];
+    const std::string p = "layers." + std::to_string(l) + ".";
+    check_shape(L.attn_norm, {d}, p + "attn_norm");
+    check_shape(L.ffn_norm, {d}, p + "ffn_norm");
+    check_shape(L.wq, {d, qd}, p + "wq");
+    check_shape(L.wk, {d, kvd}, p + "wk");
+    check_shape(L.wv, {d, kvd}, p + "wv");
+    check_shape(L.wo, {qd, d}, p + "wo");
+    check_shape(L.w_gate, {d, ff}, p + "w_gate");
+    check_shape(L.w_up, {d, ff}, p + "w_up");
+    check_shape(L.w_down, {ff, d}, p + "w_down");
+    if (!L.bq.data.empty()) check_shape(L.bq, {qd}, p + "bq");
+    if (!L.bk.data.empty()) check_shape(L.bk, {kvd}, p + "bk");
+    if (!L.bv.data.empty()) check_shape(L.bv, {kvd}, p + "bv");
+    if (!L.bo.data.empty()) check_shape(L.bo, {d}, p + "bo");
+    if (c.qk_norm) {
+      check_shape(L.q_norm, {dh}, p + "q_norm");
+      check_shape(L.k_norm, {dh}, p + "k_norm");
+    }
+    DoubleWeights::Layer D;
+    D.attn_norm = to_double(L.attn_norm);
+    D.ffn_norm = to_double(L.ffn_norm);
+    D.wq = to_double(L.wq);
+    D.wk = to_double(L.wk);
+    D.wv = to_double(L.wv);
+    D.wo = to_double(L.wo);
+    D.bq = to_double(L.bq);
+    D.bk = to_double(L.bk);
+    D.bv = to_double(L.bv);
+    D.bo = to_double(L.bo);
+    if (c.qk_norm) {
+      D.q_norm = to_double(L.q_norm);
+      D.k_norm = to_double(L.k_norm);
+    }
+    D.w_gate = to_double(L.w_gate);
+    D.w_up = to_double(L.w_up);
+    D.w_down = to_double(L.w_down);
+    dw->layers.push_back(std::move(D));
+  }
+  dw_ = std::move(dw);
+  inv_freq_ = rope_inv_freq(c);
+  window_ = attention_windows(c);
+  reset();
+}
+
+void ReferenceModel::reset() {
+  pos_ = 0;
+  k_cache_.assign(w_.layers.size(), {});
+  v_cache_.assign(w_.layers.size(), {});
+}
+
+int64_t ReferenceModel::argmax(const double* logits, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (logits[i] > logits[best]) best = i;  // strict: ties keep the lowest id
+  return best;
+}
+
+std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T) {
+  const ModelConfig& c = w_.config;
+  const DoubleWeights& W = *dw_;
+  const int64_t d = c.hidden_size, dh = c.head_dim, ff = c.intermediate_size;
+  const int64_t H = c.num_attention_heads, g = c.group_size(), qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t half = dh / 2;
+  const double eps = c.rms_norm_eps, scale = 1.0 / std::sqrt(double(dh));
+
+  std::vector<double> X(T * d), Xn(T * d), Q(T * qd), K(T * kvd), V(T * kvd), A(T * qd), tmp(T * d);
+  std::vector<double> G(T * ff), U(T * ff);
+  for (int64_t t = 0; t < T; ++t) std::copy_n(W.embed.data() + ids[t] * d, d, X.data() + t * d);
+  // RoPE angles of this chunk's positions.
+  std::vector<double> cosv(T * half), sinv(T * half);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = double(pos_ + t) * inv_freq_[i];
+      cosv[t * half + i] = std::cos(a);
+      sinv[t * half + i] = std::sin(a);
+    }
+  // rotate_half: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on the pairs (i, i + dh/2).
+  auto rope = [&](double* M, int64_t heads, int64_t stride) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        double* x = M + t * stride + h * dh;
+        for (int64_t i = 0; i < half; ++i) {
+          const double cs = cosv[t * half + i], sn = sinv[t * half + i];
+          const double x1 = x[i], x2 = x[i + half];
+          x[i] = x1 * cs - x2 * sn;
+          x[i + half] = x2 * cs + x1 * sn;
+        }
+      }
+  };
+  std::vector<double> S;
+  const int64_t kRowBlock = 256;  // query rows per score block (bounds S to 256 x L)
+
+  for (size_t l = 0; l < W.layers.size(); ++l) {
+    const auto& D = W.layers[l];
+    // --- attention ---
+    rms_norm(X.data(), T, d, D.attn_norm, eps, Xn.data());
+    matmul(Xn.data(), T, d, D.wq.data(), qd, Q.data());
+    matmul(Xn.data(), T, d, D.wk.data(), kvd, K.data());
+    matmul(Xn.data(), T, d, D.wv.data(), kvd, V.data());
+    add_bias(Q.data(), T, D.bq);
+    add_bias(K.data(), T, D.bk);
+    add_bias(V.data(), T, D.bv);
+    if (c.qk_norm) {  // Qwen3: RMSNorm over each head's vector, before RoPE
+      rms_norm(Q.data(), T * H, dh, D.q_norm, eps, Q.data());
+      rms_norm(K.data(), T * c.num_key_value_heads, dh, D.k_norm, eps, K.data());
+    }
+    rope(Q.data(), H, qd);
+    rope(K.data(), c.num_key_value_heads, kvd);
+    auto& kc = k_cache_[l];
+    auto& vc = v_cache_[l];
+    kc.insert(kc.end(), K.begin(), K.end());
+    vc.insert(vc.end(), V.begin(), V.end());
+    const int64_t win = window_.empty() ? 0 : window_[l];
+
+    for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, T - t0);
+      const int64_t keys = pos_ + t0 + rows;  // causal: later keys are masked anyway
+      S.resize(size_t(rows * keys));
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t kh = h / g;  // GQA: query head h reads kv head h / g
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(keys), int(dh), scale,
+                    Q.data() + t0 * qd + h * dh, int(qd), kc.data() + kh * dh, int(kvd), 0.0, S.data(),
+                    int(keys));
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t qpos = pos_ + t0 + r;
+          double* s = S.data() + r * keys;
+          const int64_t lo = win > 0 ? std::max<int64_t>(0, qpos - win + 1) : 0;
+          double mx = -std::numeric_limits<double>::infinity();
+          for (int64_t j = lo; j <= qpos; ++j) mx = std::max(mx, s[j]);
+          double sum = 0;
+          for (int64_t j = 0; j < keys; ++j) {
+            if (j < lo || j > qpos) {
+              s[j] = 0;
+            } else {
+              s[j] = std::exp(s[j] - mx);
+              sum += s[j];
+            }
+          }
+          for (int64_t j = lo; j <= qpos; ++j) s[j] /= sum;
+        }
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(dh), int(keys), 1.0, S.data(),
+                    int(keys), vc.data() + kh * dh, int(kvd), 0.0, A.data() + t0 * qd + h * dh, int(qd));
+      }
+    }
+    matmul(A.data(), T, qd, D.wo.data(), d, tmp.data());
+    add_bias(tmp.data(), T, D.bo);
+    for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
+    // --- MLP: down(silu(gate(x)) * up(x)) ---
+    rms_norm(X.data(), T, d, D.ffn_norm, eps, Xn.data());
+    matmul(Xn.data(), T, d, D.w_gate.data(), ff, G.data());
+    matmul(Xn.data(), T, d, D.w_up.data(), ff, U.data());
+    for (int64_t i = 0; i < T * ff; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
+    matmul(G.data(), T, ff, D.w_down.data(), d, tmp.data());
+    for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
+    if (hook_) hook_(int64_t(l), X);
+  }
+  pos_ += T;
+  rms_norm(X.data(), T, d, W.final_norm, eps, Xn.data());
+  return Xn;
+}
+
+void ReferenceModel::forward_each(const std::vector<int64_t>& ids,
+                                  const std::function<void(int64_t, const double*)>& on_logits) {
+  const int64_t n = w_.config.vocab_size, d = w_.config.hidden_size;
+  // Check every id before touching the cache, so a bad id leaves the model unchanged.
+  for (int64_t id : ids)
+    require(id >= 0 && id < n, "token id " + std::to_string(id),
+            "out of range for vocab_size " + std::to_string(n), kExitUsage);
+  // Chunk so one chunk's logits stay within ~128 MB of doubles.
+  const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 24) / n, 1, 256);
+  std::vector<double> logits;
+  for (int64_t t0 = 0; t0 < int64_t(ids.size()); t0 += chunk) {
+    const int64_t T = std::min<int64_t>(chunk, int64_t(ids.size()) - t0);
+    std::vector<double> h = run_layers(ids.data() + t0, T);
+    logits.resize(size_t(T * n));
+    matmul(h.data(), T, d, dw_->head.data(), n, logits.data());
+    for (int64_t t = 0; t < T; ++t) on_logits(t0 + t, logits.data() + t * n);
+  }
+}
+
+std::vector<double> ReferenceModel::forward(const std::vector<int64_t>& ids) {
+  const int64_t n = w_.config.vocab_size;
+  std::vector<double> out(ids.size() * size_t(n));
+  forward_each(ids, [&](int64_t t, const double* lg) { std::copy_n(lg, n, out.data() + t * n); });
+  return out;
+}
+
+std::vector<double> ReferenceModel::prefill(const std::vector<int64_t>& ids) {
+  require(!ids.empty(), "prefill", "empty token sequence", kExitUsage);
+  const int64_t n = w_.config.vocab_size;
+  std::vector<double> last(n);
+  const int64_t T = int64_t(ids.size());
+  forward_each(ids, [&](int64_t t, const double* lg) {
+    if (t == T - 1) std::copy_n(lg, n, last.data());
+  });
+  return last;
+}
+
+std::vector<double> ReferenceModel::step(int64_t token_id) { return prefill({token_id}); }
+
+std::vector<double> ReferenceModel::score(const std::vector<int64_t>& ids) {
+  reset();
+  const int64_t n = w_.config.vocab_size, T = int64_t(ids.size());
+  std::vector<double> out(T > 1 ? T - 1 : 0);
+  forward_each(ids, [&](int64_t t, const double* lg) {
+    if (t + 1 >= T) return;
+    double mx = lg[0];
+    for (int64_t i = 1; i < n; ++i) mx = std::max(mx, lg[i]);
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += std::exp(lg[i] - mx);
+    out[t] = lg[ids[t + 1]] - mx - std::log(sum);
+  });
+  return out;
+}
+
+std::vector<int64_t> ReferenceModel::greedy(const std::vector<int64_t>& prompt, int64_t n) {
+  reset();
+  std::vector<int64_t> out;
+  if (n <= 0) return out;
+  std::vector<double> logits = prefill(prompt);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = argmax(logits.data(), int64_t(logits.size()));
+    out.push_back(id);
+    if (i + 1 < n) logits = step(id);
+  }
+  return out;
+}
+
+}  // namespace aloepri

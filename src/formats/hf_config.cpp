@@ -1,0 +1,327 @@
+// Hugging Face config.json for the dense decoder families (llama, mistral, qwen2, qwen3).
+// Defaults follow the transformers configuration classes, so a config that omits a field means
+// what it means to transformers. Anything that would change the forward pass in a way we do not
+// implement (another activation, MLP biases, an unknown RoPE scaling) is refused, not ignored.
+#include "aloepri/hf_config.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "aloepri/error.h"
+#include "aloepri/model.h"
+#include "aloepri/output.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace aloepri {
+
+namespace {
+
+struct FamilyInfo {
+  Family family;
+  const char* model_type;
+  const char* architecture;
+  int64_t default_max_pos;  // transformers' default max_position_embeddings
+};
+
+const FamilyInfo kFamilies[] = {
+    {Family::Llama, "llama", "LlamaForCausalLM", 2048},
+    {Family::Mistral, "mistral", "MistralForCausalLM", 4096 * 32},
+    {Family::Qwen2, "qwen2", "Qwen2ForCausalLM", 32768},
+    {Family::Qwen3, "qwen3", "Qwen3ForCausalLM", 32768},
+};
+
+const FamilyInfo& info(Family f) {
+  for (auto& i : kFamilies)
+    if (i.family == f) return i;
+  return kFamilies[0];
+}
+
+std::string supported_list() {
+  std::string s;
+  for (auto& i : kFamilies) s += (s.empty() ? "" : ", ") + std::string(i.model_type);
+  return s;
+}
+
+// Field access: a missing key and an explicit null both mean "absent" (transformers writes
+// nulls for unset optional fields such as head_dim or rope_scaling).
+const json* field(const json& j, const char* k) {
+  auto it = j.find(k);
+  if (it == j.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+int64_t as_int(const json& v, const std::string& where, const std::string& name) {
+  if (v.is_number_integer() || v.is_number_unsigned()) {
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+      throw Error(where, "field '" + name + "' is too large");
+    return v.get<int64_t>();
+  }
+  if (v.is_number_float()) {
+    double d = v.get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15) return int64_t(d);
+  }
+  throw Error(where, "field '" + name + "' must be an integer, got " + v.dump());
+}
+
+double as_double(const json& v, const std::string& where, const std::string& name) {
+  if (!v.is_number()) throw Error(where, "field '" + name + "' must be a number, got " + v.dump());
+  return v.get<double>();
+}
+
+bool as_bool(const json& v, const std::string& where, const std::string& name) {
+  if (!v.is_boolean()) throw Error(where, "field '" + name + "' must be true or false, got " + v.dump());
+  return v.get<bool>();
+}
+
+int64_t required_int(const json& j, const char* k, const std::string& where) {
+  const json* v = field(j, k);
+  if (!v) throw Error(where, std::string("missing required field '") + k + "'");
+  return as_int(*v, where, k);
+}
+
+// bos/eos may be a single id or a list (Llama-3.1 lists three eos ids); we keep the first and
+// leave the list in `raw`, which to_json writes back unchanged.
+std::optional<int64_t> token_id(const json& j, const char* k, const std::string& where) {
+  const json* v = field(j, k);
+  if (!v) return std::nullopt;
+  if (v->is_array()) {
+    if (v->empty()) return std::nullopt;
+    return as_int((*v)[0], where, k);
+  }
+  return as_int(*v, where, k);
+}
+
+}  // namespace
+
+std::string family_name(Family f) { return info(f).model_type; }
+
+std::vector<std::string> supported_families() {
+  std::vector<std::string> v;
+  for (auto& i : kFamilies) v.push_back(i.model_type);
+  return v;
+}
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
+  if (!j.is_object()) throw Error(where, "not a JSON object");
+  ModelConfig c;
+  c.raw = j;
+
+  // Family: model_type, or the first architecture when model_type is absent.
+  const FamilyInfo* fam = nullptr;
+  if (const json* mt = field(j, "model_type")) {
+    if (!mt->is_string()) throw Error(where, "field 'model_type' must be a string");
+    std::string s = mt->get<std::string>();
+    for (auto& i : kFamilies)
+      if (s == i.model_type) fam = &i;
+    if (!fam)
+      throw Error(where, "unsupported model_type '" + s + "' (supported: " + supported_list() + ")");
+  } else if (const json* ar = field(j, "architectures"); ar && ar->is_array() && !ar->empty() &&
+                                                         (*ar)[0].is_string()) {
+    std::string s = (*ar)[0].get<std::string>();
+    for (auto& i : kFamilies)
+      if (s == i.architecture) fam = &i;
+    if (!fam)
+      throw Error(where, "unsupported architecture '" + s + "' (supported: " + supported_list() + ")");
+  } else {
+    throw Error(where, "missing required field 'model_type'");
+  }
+  c.family = fam->family;
+
+  c.hidden_size = required_int(j, "hidden_size", where);
+  c.num_hidden_layers = required_int(j, "num_hidden_layers", where);
+  c.num_attention_heads = required_int(j, "num_attention_heads", where);
+  c.intermediate_size = required_int(j, "intermediate_size", where);
+  c.vocab_size = required_int(j, "vocab_size", where);
+  const json* v;
+  // transformers: num_key_value_heads defaults to num_attention_heads (plain multi-head).
+  c.num_key_value_heads = (v = field(j, "num_key_value_heads")) ? as_int(*v, where, "num_key_value_heads")
+                                                                : c.num_attention_heads;
+  if ((v = field(j, "head_dim"))) {
+    c.head_dim = as_int(*v, where, "head_dim");
+  } else {
+    if (c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads != 0)
+      throw Error(where, "hidden_size " + std::to_string(c.hidden_size) +
+                             " is not divisible by num_attention_heads " +
+                             std::to_string(c.num_attention_heads) + " and no head_dim is given");
+    c.head_dim = c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0;
+  }
+  c.max_position_embeddings = (v = field(j, "max_position_embeddings"))
+                                  ? as_int(*v, where, "max_position_embeddings")
+                                  : fam->default_max_pos;
+  c.rms_norm_eps = (v = field(j, "rms_norm_eps")) ? as_double(*v, where, "rms_norm_eps") : 1e-6;
+  c.rope_theta = (v = field(j, "rope_theta")) ? as_double(*v, where, "rope_theta") : 10000.0;
+  c.tie_word_embeddings = (v = field(j, "tie_word_embeddings")) ? as_bool(*v, where, "tie_word_embeddings")
+                                                                : false;
+  switch (c.family) {
+    case Family::Qwen2: c.attention_bias = true; break;  // Qwen2 q/k/v projections always have biases
+    case Family::Mistral: c.attention_bias = false; break;
+    default:
+      c.attention_bias = (v = field(j, "attention_bias")) ? as_bool(*v, where, "attention_bias") : false;
+  }
+  c.qk_norm = c.family == Family::Qwen3;
+  c.bos_token_id = token_id(j, "bos_token_id", where);
+  c.eos_token_id = token_id(j, "eos_token_id", where);
+  // transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
+  if ((v = field(j, "torch_dtype")) || (v = field(j, "dtype"))) {
+    if (!v->is_string()) throw Error(where, "field 'torch_dtype' must be a string");
+    c.torch_dtype = v->get<std::string>();
+  }
+
+  if ((v = field(j, "hidden_act")) || (v = field(j, "hidden_activation"))) {
+    if (!v->is_string() || v->get<std::string>() != "silu")
+      throw Error(where, "unsupported hidden_act " + v->dump() + " (only \"silu\" is supported)");
+  }
+  if ((v = field(j, "mlp_bias")) && as_bool(*v, where, "mlp_bias"))
+    throw Error(where, "mlp_bias=true is not supported");
+
+  if (const json* rs = field(j, "rope_scaling")) {
+    if (!rs->is_object()) throw Error(where, "field 'rope_scaling' must be an object or null");
+    const json* t = field(*rs, "rope_type");
+    if (!t) t = field(*rs, "type");
+    if (!t || !t->is_string()) throw Error(where, "rope_scaling: missing required field 'rope_type'");
+    std::string type = t->get<std::string>();
+    if (type == "default") {
+      c.rope_scaling = RopeScaling{};
+    } else if (type == "llama3" || type == "linear") {
+      c.rope_scaling.type = type;
+      const json* f = field(*rs, "factor");
+      if (!f) throw Error(where, "rope_scaling: missing required field 'factor'");
+      c.rope_scaling.factor = as_double(*f, where, "rope_scaling.factor");
+      if (type == "llama3") {
+        for (const char* k : {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
+          if (!field(*rs, k)) throw Error(where, std::string("rope_scaling: missing required field '") + k + "'");
+        c.rope_scaling.low_freq_factor = as_double((*rs)["low_freq_factor"], where, "rope_scaling.low_freq_factor");
+        c.rope_scaling.high_freq_factor = as_double((*rs)["high_freq_factor"], where, "rope_scaling.high_freq_factor");
+        c.rope_scaling.original_max_position_embeddings = as_int(
+            (*rs)["original_max_position_embeddings"], where, "rope_scaling.original_max_position_embeddings");
+      }
+    } else {
+      throw Error(where, "unsupported rope_scaling type '" + type + "' (supported: llama3, linear)");
+    }
+  }
+  c.validate(where);
+  return c;
+}
+
+void ModelConfig::validate(const std::string& where) const {
+  auto positive = [&](int64_t x, const char* name) {
+    if (x <= 0) throw Error(where, std::string("field '") + name + "' must be positive, got " + std::to_string(x));
+  };
+  positive(hidden_size, "hidden_size");
+  positive(num_hidden_layers, "num_hidden_layers");
+  positive(num_attention_heads, "num_attention_heads");
+  positive(num_key_value_heads, "num_key_value_heads");
+  positive(head_dim, "head_dim");
+  positive(intermediate_size, "intermediate_size");
+  positive(vocab_size, "vocab_size");
+  positive(max_position_embeddings, "max_position_embeddings");
+  // Far beyond any real model, and small enough that every shape product fits in 64 bits.
+  auto plausible = [&](int64_t x, int64_t limit, const char* name) {
+    if (x > limit) throw Error(where, std::string("field '") + name + "' is implausibly large: " + std::to_string(x));
+  };
+  plausible(hidden_size, 1 << 20, "hidden_size");
+  plausible(num_hidden_layers, 1 << 16, "num_hidden_layers");
+  plausible(num_attention_heads, 1 << 16, "num_attention_heads");
+  plausible(head_dim, 1 << 16, "head_dim");
+  plausible(intermediate_size, 1 << 22, "intermediate_size");
+  plausible(vocab_size, 1 << 24, "vocab_size");
+  if (num_attention_heads % num_key_value_heads != 0)
+    throw Error(where, "num_attention_heads " + std::to_string(num_attention_heads) +
+                           " is not a multiple of num_key_value_heads " + std::to_string(num_key_value_heads));
+  if (head_dim % 2 != 0)
+    throw Error(where, "head_dim " + std::to_string(head_dim) + " is odd; RoPE needs an even head_dim");
+  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps))
+    throw Error(where, "field 'rms_norm_eps' must be positive");
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta))
+    throw Error(where, "field 'rope_theta' must be positive");
+  if (!rope_scaling.type.empty()) {
+    if (!(rope_scaling.factor > 0)) throw Error(where, "rope_scaling: 'factor' must be positive");
+    if (rope_scaling.type == "llama3") {
+      if (!(rope_scaling.low_freq_factor > 0) || !(rope_scaling.high_freq_factor > rope_scaling.low_freq_factor))
+        throw Error(where, "rope_scaling: need 0 < low_freq_factor < high_freq_factor");
+      if (rope_scaling.original_max_position_embeddings <= 0)
+        throw Error(where, "rope_scaling: 'original_max_position_embeddings' must be positive");
+    }
+  }
+  if (qk_norm && family != Family::Qwen3) throw Error(where, "q/k norms are only defined for qwen3");
+  if (family == Family::Mistral && attention_bias) throw Error(where, "mistral has no attention biases");
+  if (family == Family::Qwen2 && !attention_bias) throw Error(where, "qwen2 always has q/k/v biases");
+}
+
+ModelConfig ModelConfig::load(const std::string& path_or_dir) {
+  std::string path = path_or_dir;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) path = (fs::path(path) / "config.json").string();
+  if (!fs::exists(path, ec)) throw Error(path, "not found");
+  std::string text = read_file(path);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(path, std::string("invalid JSON: ") + e.what());
+  }
+  return from_json(j, path);
+}
+
+json ModelConfig::to_json() const {
+  // Start from what was read so unknown fields (sliding_window, transformers_version, ...)
+  // survive; every field we model is then written explicitly.
+  json j = raw.is_object() ? raw : json::object();
+  const FamilyInfo& fi = info(family);
+  j["model_type"] = fi.model_type;
+  j["architectures"] = json::array({fi.architecture});
+  j["hidden_size"] = hidden_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["head_dim"] = head_dim;  // always explicit: qwen3's differs from hidden/heads
+  j["intermediate_size"] = intermediate_size;
+  j["vocab_size"] = vocab_size;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_theta"] = rope_theta;
+  j["hidden_act"] = "silu";
+  if (rope_scaling.type.empty()) {
+    j["rope_scaling"] = nullptr;
+  } else {
+    json rs = {{"rope_type", rope_scaling.type}, {"factor", rope_scaling.factor}};
+    if (rope_scaling.type == "llama3") {
+      rs["low_freq_factor"] = rope_scaling.low_freq_factor;
+      rs["high_freq_factor"] = rope_scaling.high_freq_factor;
+      rs["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
+    }
+    j["rope_scaling"] = rs;
+  }
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  if (family == Family::Llama || family == Family::Qwen3) j["attention_bias"] = attention_bias;
+  j.erase("dtype");
+  j["torch_dtype"] = torch_dtype;
+  auto put_id = [&](const char* k, const std::optional<int64_t>& id) {
+    if (!id) {
+      j.erase(k);
+      return;
+    }
+    // Keep a list of ids when its first entry is still ours (see token_id()).
+    auto it = j.find(k);
+    if (it != j.end() && it->is_array() && !it->empty() && (*it)[0] == *id) return;
+    j[k] = *id;
+  };
+  put_id("bos_token_id", bos_token_id);
+  put_id("eos_token_id", eos_token_id);
+  return j;
+}
+
+int64_t ModelConfig::parameter_count() const {
+  int64_t n = 0;
+  for (auto& [name, shape] : expected_tensors(*this)) {
+    int64_t k = 1;
+    for (auto d : shape)
+      if (__builtin_mul_overflow(k, d, &k)) throw Error("config.json", "parameter count overflows");
+    if (__builtin_add_overflow(n, k, &n)) throw Error("config.json", "parameter count overflows");
+  }
+  return n;
+}
+
+}  // namespace aloepri

@@ -1,0 +1,175 @@
+// HF checkpoint directories: the tensor names and shapes each family must have, loading with
+// shape checks, the output head, the fingerprint, and small synthetic checkpoints for tests.
+#include "aloepri/model.h"
+
+#include <sodium.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "aloepri/error.h"
+#include "aloepri/output.h"
+#include "aloepri/progress.h"
+#include "aloepri/rng.h"
+
+namespace fs = std::filesystem;
+
+namespace aloepri {
+
+namespace tensor_names {
+std::string embed() { return "model.embed_tokens.weight"; }
+std::string final_norm() { return "model.norm.weight"; }
+std::string lm_head() { return "lm_head.weight"; }
+std::string layer(int64_t i, const std::string& suffix) {
+  return "model.layers." + std::to_string(i) + "." + suffix;
+}
+}  // namespace tensor_names
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c) {
+  namespace tn = tensor_names;
+  const int64_t d = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), ff = c.intermediate_size;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> v;
+  v.push_back({tn::embed(), {c.vocab_size, d}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    auto L = [&](const char* s, std::vector<int64_t> shape) { v.push_back({tn::layer(i, s), std::move(shape)}); };
+    L("input_layernorm.weight", {d});
+    L("self_attn.q_proj.weight", {q, d});
+    L("self_attn.k_proj.weight", {kv, d});
+    L("self_attn.v_proj.weight", {kv, d});
+    L("self_attn.o_proj.weight", {d, q});
+    if (c.attention_bias) {
+      L("self_attn.q_proj.bias", {q});
+      L("self_attn.k_proj.bias", {kv});
+      L("self_attn.v_proj.bias", {kv});
+    }
+    if (c.o_bias()) L("self_attn.o_proj.bias", {d});
+    if (c.qk_norm) {
+      L("self_attn.q_norm.weight", {c.head_dim});
+      L("self_attn.k_norm.weight", {c.head_dim});
+    }
+    L("post_attention_layernorm.weight", {d});
+    L("mlp.gate_proj.weight", {ff, d});
+    L("mlp.up_proj.weight", {ff, d});
+    L("mlp.down_proj.weight", {d, ff});
+  }
+  v.push_back({tn::final_norm(), {d}});
+  if (!c.tie_word_embeddings) v.push_back({tn::lm_head(), {c.vocab_size, d}});
+  return v;
+}
+
+HFModel::HFModel(const std::string& dir) : dir_(dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    throw Error(dir, fs::exists(dir, ec) ? "not a directory (expected an HF checkpoint directory)"
+                                         : "no such directory");
+  config_ = ModelConfig::load(dir);
+  weights_ = std::make_unique<SafetensorsReader>(dir);
+  for (auto& [name, shape] : expected_tensors(config_)) {
+    if (!weights_->has(name))
+      throw Error(dir, "missing tensor '" + name + "' (expected shape " + shape_to_string(shape) +
+                           " from config.json)");
+    const TensorView& t = weights_->get(name);
+    if (t.shape != shape)
+      throw Error(t.file, "tensor '" + name + "' has shape " + shape_to_string(t.shape) +
+                              ", expected " + shape_to_string(shape) + " from config.json");
+    if (!dtype_is_float(t.dtype))
+      throw Error(t.file, "tensor '" + name + "' has dtype " + dtype_name(t.dtype) +
+                              ", expected a floating-point type");
+  }
+}
+
+Tensor HFModel::lm_head_f32() const {
+  return tensor_f32(config_.tie_word_embeddings ? tensor_names::embed() : tensor_names::lm_head());
+}
+
+std::string HFModel::tokenizer_json_path() const {
+  fs::path p = fs::path(dir_) / "tokenizer.json";
+  std::error_code ec;
+  return fs::is_regular_file(p, ec) ? p.string() : std::string();
+}
+
+std::string HFModel::fingerprint() const {
+  // A canonical text description (fields that define the function the model computes, then
+  // every tensor with a length-prefixed name) followed by the tensor bytes, streamed from the
+  // map. Fields like transformers_version or _name_or_path do not change the model and are
+  // left out so re-saving a checkpoint keeps its fingerprint.
+  const ModelConfig& c = config_;
+  char buf[1024];
+  std::snprintf(buf, sizeof buf,
+                "aloepri-model-fingerprint-v1\nfamily=%s hidden=%lld layers=%lld heads=%lld kv=%lld "
+                "head_dim=%lld ffn=%lld vocab=%lld eps=%.17g theta=%.17g rope=%s/%.17g/%.17g/%.17g/%lld "
+                "tied=%d bias=%d obias=%d qknorm=%d\n",
+                family_name(c.family).c_str(), (long long)c.hidden_size, (long long)c.num_hidden_layers,
+                (long long)c.num_attention_heads, (long long)c.num_key_value_heads, (long long)c.head_dim,
+                (long long)c.intermediate_size, (long long)c.vocab_size, c.rms_norm_eps, c.rope_theta,
+                c.rope_scaling.type.c_str(), c.rope_scaling.factor, c.rope_scaling.low_freq_factor,
+                c.rope_scaling.high_freq_factor, (long long)c.rope_scaling.original_max_position_embeddings,
+                int(c.tie_word_embeddings), int(c.attention_bias), int(c.o_bias()), int(c.qk_norm));
+  crypto_hash_sha256_state st;
+  crypto_hash_sha256_init(&st);
+  auto put = [&](const std::string& s) {
+    crypto_hash_sha256_update(&st, reinterpret_cast<const unsigned char*>(s.data()), s.size());
+  };
+  put(buf);
+  auto names = weights_->names();
+  for (auto& n : names) {
+    const TensorView& t = weights_->get(n);
+    put("tensor " + std::to_string(n.size()) + ":" + n + " " + dtype_name(t.dtype) + " " +
+        shape_to_string(t.shape) + " " + std::to_string(t.nbytes) + "\n");
+  }
+  Progress prog("fingerprint", weights_->total_bytes(), "B");
+  for (auto& n : names) {
+    const TensorView& t = weights_->get(n);
+    constexpr size_t kChunk = 64 << 20;  // progress granularity only
+    for (size_t i = 0; i < t.nbytes; i += kChunk) {
+      size_t m = std::min(kChunk, t.nbytes - i);
+      crypto_hash_sha256_update(&st, t.data + i, m);
+      prog.advance(m);
+    }
+  }
+  prog.finish();
+  unsigned char h[crypto_hash_sha256_BYTES];
+  crypto_hash_sha256_final(&st, h);
+  char hex[2 * crypto_hash_sha256_BYTES + 1];
+  sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+  return hex;
+}
+
+void write_synthetic_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
+                           DType dtype, uint64_t max_shard_bytes) {
+  config.validate("synthetic config");
+  Seed s{};
+  for (int i = 0; i < 8; ++i) s[i] = uint8_t(seed >> (8 * i));
+  ModelConfig c = config;
+  c.torch_dtype = dtype == DType::F32 ? "float32" : dtype == DType::F16 ? "float16"
+                : dtype == DType::BF16 ? "bfloat16" : "float64";
+  AtomicDir out(dir);
+  auto tensors = expected_tensors(c);
+  {
+    SafetensorsWriter w(out.temp_path(), max_shard_bytes);
+    for (auto& [name, shape] : tensors) w.add({name, dtype, shape});
+    for (auto& [name, shape] : tensors) {
+      Tensor t(shape);
+      RngStream r(s, "synthetic/" + name);
+      bool is_norm = name.find("norm") != std::string::npos;
+      bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+      if (is_norm) {
+        r.fill_normal(t.ptr(), t.data.size(), 0.1);
+        for (auto& x : t.data) x += 1.0f;
+      } else if (is_bias) {
+        r.fill_normal(t.ptr(), t.data.size(), 0.1);
+      } else if (name == tensor_names::embed()) {
+        r.fill_normal(t.ptr(), t.data.size(), 1.0);
+      } else {
+        r.fill_normal(t.ptr(), t.data.size(), 1.0 / std::sqrt(double(shape.back())));
+      }
+      w.write_f32(name, t.ptr(), t.data.size());
+    }
+    w.finish();
+  }
+  write_file_atomic(out.file("config.json"), c.to_json().dump(2) + "\n");
+  out.commit();
+}
+
+}  // namespace aloepri

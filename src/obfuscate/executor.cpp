@@ -1,0 +1,515 @@
+// The streaming obfuscation executor: plaintext layer in, obfuscated layer out, never the whole
+// model in memory (peak: the key-matrix base, one layer, and the embedding/head).
+#include <cblas.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "aloepri/error.h"
+#include "aloepri/keyfile.h"
+#include "aloepri/model.h"
+#include "aloepri/obfuscate.h"
+#include "aloepri/output.h"
+#include "aloepri/progress.h"
+#include "aloepri/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace aloepri {
+
+using obf::KeymatVariant;
+using obf::Mat;
+
+ObfuscationParams ObfuscationParams::exact() {
+  ObfuscationParams p;
+  p.lambda = 0;
+  p.expansion = 0;
+  p.alpha_e = p.alpha_h = 0;
+  p.beta = 1;
+  return p;
+}
+
+bool ObfuscationParams::is_exact_setting() const {
+  return lambda == 0 && alpha_e == 0 && alpha_h == 0 && beta == 1 &&
+         (expansion == 0 || keymat == KeymatVariant::ExactNorm);
+}
+
+nlohmann::json ObfuscationParams::to_json() const {
+  return {{"lambda", lambda},
+          {"expansion", expansion},
+          {"alpha_e", alpha_e},
+          {"alpha_h", alpha_h},
+          {"beta", beta},
+          {"gamma", gamma},
+          {"keymat", obf::keymat_name(keymat)},
+          {"kappa", kappa == KappaMode::Gaussian ? "gaussian" : "calibrated"},
+          {"noise_scale", noise_scale == obf::NoiseScale::Global ? "global" : "per-row"},
+          {"head_scale_range", head_scale_range},
+          {"ffn_scale_range", ffn_scale_range},
+          {"per_group_perm", per_group_perm}};
+}
+
+namespace {
+
+std::vector<float> as_vec(const Tensor& t) { return t.data; }
+
+// Reads a plaintext tensor as f32 and drops its pages of the read-only mapping afterwards, so
+// resident memory stays at one layer instead of growing with every layer read (file-backed
+// pages count in RSS until the kernel evicts them).
+void release_range(const uint8_t* p, size_t n) {
+  const uintptr_t pg = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (uintptr_t(p) + pg - 1) & ~(pg - 1), e = (uintptr_t(p) + n) & ~(pg - 1);
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
+Tensor load_and_release(const HFModel& m, const std::string& name) {
+  const TensorView& v = m.weights().get(name);
+  Tensor t = v.to_f32();
+  release_range(v.data, v.nbytes);
+  return t;
+}
+
+// Rows of a stored [n, d] tensor straight from the mapping (converted to f32), pages released
+// behind the reader: the embedding / head is never held whole in f32.
+obf::RowFetch mapped_rows(const TensorView& v) {
+  return [&v](int64_t r0, int64_t m, float* dst) {
+    const int64_t d = v.shape.at(1);
+    const size_t es = dtype_size(v.dtype);
+    const uint8_t* src = v.data + size_t(r0 * d) * es;
+    convert_to_f32(v.dtype, src, dst, size_t(m * d));
+    release_range(src, size_t(m * d) * es);
+  };
+}
+
+Tensor mat_f32(const Mat& m) { return obf::to_tensor(m); }
+
+double fro2(const Tensor& t) {
+  double s = 0;
+  for (float x : t.data) s += double(x) * x;
+  return s;
+}
+
+// y (T x out) = x (T x in) W^T (+ b), W in HF layout (out x in).
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor* b) {
+  const int64_t T = x.rows(), in = x.cols(), out = W.rows();
+  Tensor y({T, out});
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(out), int(in), 1.0f, x.ptr(), int(in), W.ptr(),
+              int(in), 0.0f, y.ptr(), int(out));
+  if (b && !b->data.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t o = 0; o < out; ++o) y.ptr()[t * out + o] += b->data[o];
+  return y;
+}
+
+// Plaintext forward of the calibration ids, one layer at a time, alongside the obfuscated
+// residual stream sum_k x_k P_k, so kappa = sqrt(d/d') mean_t ||x~_t|| / ||x_t|| is measured at
+// every RMSNorm on real activations (method.md section 5 [choice]).
+class Calibrator {
+ public:
+  Calibrator(const ModelConfig& c, const std::vector<int64_t>& ids, const TensorView& embed, const Tensor& Pemb)
+      : c_(c), T_(int64_t(ids.size())), inv_freq_(obf::rope_inv_freq(c)) {
+    const int64_t d = c.hidden_size;
+    const size_t es = dtype_size(embed.dtype);
+    R_ = Tensor({T_, d});
+    for (int64_t t = 0; t < T_; ++t) {
+      require(ids[t] >= 0 && ids[t] < c.vocab_size, "--calib-ids",
+              "token id " + std::to_string(ids[t]) + " is outside the vocabulary", kExitUsage);
+      convert_to_f32(embed.dtype, embed.data + size_t(ids[t] * d) * es, R_.ptr() + t * d, size_t(d));
+    }
+    Rt_ = Tensor({T_, Pemb.cols()});
+    add_write(R_, Pemb);
+  }
+
+  double kappa() const {
+    const int64_t d = R_.cols(), dp = Rt_.cols();
+    double acc = 0;
+    for (int64_t t = 0; t < T_; ++t) {
+      double a = 0, b = 0;
+      for (int64_t k = 0; k < d; ++k) a += double(R_.at(t, k)) * R_.at(t, k);
+      for (int64_t k = 0; k < dp; ++k) b += double(Rt_.at(t, k)) * Rt_.at(t, k);
+      acc += std::sqrt(b / a);
+    }
+    return std::sqrt(double(d) / double(dp)) * acc / double(T_);
+  }
+
+  void attention(const obf::AttnHF& W, const Tensor& norm_w, const Tensor& o_bias, const Tensor& Po) {
+    const int64_t dh = c_.head_dim, m = c_.num_attention_heads, mkv = c_.num_key_value_heads, g = m / mkv;
+    const int64_t M = dh / 2;
+    Tensor xn = normed(norm_w);
+    Tensor q = linear(xn, W.q, &W.bq), k = linear(xn, W.k, &W.bk), v = linear(xn, W.v, &W.bv);
+    auto rope = [&](Tensor& x, int64_t heads) {
+      for (int64_t t = 0; t < T_; ++t)
+        for (int64_t h = 0; h < heads; ++h) {
+          float* p = x.ptr() + (t * heads + h) * dh;
+          for (int64_t i = 0; i < M; ++i) {
+            const double a = double(t) * inv_freq_[i], cs = std::cos(a), sn = std::sin(a);
+            const double x0 = p[i], x1 = p[i + M];
+            p[i] = float(x0 * cs - x1 * sn);
+            p[i + M] = float(x1 * cs + x0 * sn);
+          }
+        }
+    };
+    rope(q, m);
+    rope(k, mkv);
+    Tensor ctx({T_, m * dh});
+    std::vector<double> sc(static_cast<size_t>(T_));
+    const double scale = 1.0 / std::sqrt(double(dh));
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t h = 0; h < m; ++h) {
+        const int64_t j = h / g;
+        const float* qp = q.ptr() + (t * m + h) * dh;
+        double mx = -1e300;
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* kp = k.ptr() + (u * mkv + j) * dh;
+          double s = 0;
+          for (int64_t e = 0; e < dh; ++e) s += double(qp[e]) * kp[e];
+          sc[u] = s * scale;
+          mx = std::max(mx, sc[u]);
+        }
+        double z = 0;
+        for (int64_t u = 0; u <= t; ++u) z += (sc[u] = std::exp(sc[u] - mx));
+        float* cp = ctx.ptr() + (t * m + h) * dh;
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* vp = v.ptr() + (u * mkv + j) * dh;
+          const double w = sc[u] / z;
+          for (int64_t e = 0; e < dh; ++e) cp[e] += float(w * vp[e]);
+        }
+      }
+    Tensor a = linear(ctx, W.o, &o_bias);
+    add_residual(a);
+    add_write(a, Po);
+  }
+
+  void ffn(const obf::FfnHF& W, const Tensor& norm_w, const Tensor& Pd) {
+    Tensor xn = normed(norm_w);
+    Tensor gt = linear(xn, W.gate, nullptr), up = linear(xn, W.up, nullptr);
+    for (size_t i = 0; i < gt.data.size(); ++i) {
+      const double x = gt.data[i];
+      gt.data[i] = float(x / (1 + std::exp(-x)) * up.data[i]);
+    }
+    Tensor f = linear(gt, W.down, nullptr);
+    add_residual(f);
+    add_write(f, Pd);
+  }
+
+ private:
+  Tensor normed(const Tensor& w) const {
+    const int64_t d = R_.cols();
+    Tensor y({T_, d});
+    for (int64_t t = 0; t < T_; ++t) {
+      double ss = 0;
+      for (int64_t k = 0; k < d; ++k) ss += double(R_.at(t, k)) * R_.at(t, k);
+      const double inv = 1.0 / std::sqrt(ss / double(d) + c_.rms_norm_eps);
+      for (int64_t k = 0; k < d; ++k) y.at(t, k) = float(R_.at(t, k) * inv * w.data[k]);
+    }
+    return y;
+  }
+  void add_residual(const Tensor& a) {
+    for (size_t i = 0; i < R_.data.size(); ++i) R_.data[i] += a.data[i];
+  }
+  void add_write(const Tensor& a, const Tensor& P) {  // Rt += a P
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T_), int(P.cols()), int(a.cols()), 1.0f, a.ptr(),
+                int(a.cols()), P.ptr(), int(P.cols()), 1.0f, Rt_.ptr(), int(P.cols()));
+  }
+
+  const ModelConfig& c_;
+  int64_t T_;
+  std::vector<double> inv_freq_;
+  Tensor R_, Rt_;
+};
+
+void copy_if_exists(const std::string& from_dir, const std::string& name, const AtomicDir& out) {
+  fs::path src = fs::path(from_dir) / name;
+  std::error_code ec;
+  if (!fs::is_regular_file(src, ec)) return;
+  fs::copy_file(src, out.file(name), fs::copy_options::overwrite_existing, ec);
+  if (ec) throw Error(src.string(), "cannot copy: " + ec.message(), kExitError);
+}
+
+// Maps every token id field (scalar or list) through tau.
+void remap_ids(nlohmann::json& j, const std::vector<int64_t>& tau, const std::string& where) {
+  for (const char* k : {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"}) {
+    auto it = j.find(k);
+    if (it == j.end() || it->is_null()) continue;
+    auto map1 = [&](const nlohmann::json& v) -> nlohmann::json {
+      if (!v.is_number_integer()) throw Error(where, std::string("field '") + k + "' is not a token id");
+      int64_t id = v.get<int64_t>();
+      if (id < 0 || id >= int64_t(tau.size()))
+        throw Error(where, std::string("field '") + k + "' = " + std::to_string(id) + " is outside the vocabulary");
+      return tau[size_t(id)];
+    };
+    if (it->is_array()) {
+      for (auto& v : *it) v = map1(v);
+    } else {
+      *it = map1(*it);
+    }
+  }
+}
+
+std::string dtype_torch_name(DType t) {
+  switch (t) {
+    case DType::F32: return "float32";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+    default: throw Error("--dtype", "unsupported output dtype " + dtype_name(t), kExitUsage);
+  }
+}
+
+}  // namespace
+
+nlohmann::json obfuscated_config(const ModelConfig& plain, int64_t obf_hidden, double obf_eps,
+                                 const std::vector<int64_t>& tau, const std::string& torch_dtype) {
+  ModelConfig c = plain;
+  c.hidden_size = obf_hidden;
+  c.tie_word_embeddings = false;
+  c.rms_norm_eps = obf_eps;
+  c.torch_dtype = torch_dtype;
+  // ModelConfig's own ids are rewritten from the remapped raw fields below.
+  c.bos_token_id.reset();
+  c.eos_token_id.reset();
+  nlohmann::json j = c.to_json();
+  for (const char* k : {"bos_token_id", "eos_token_id", "pad_token_id"})
+    if (plain.raw.contains(k)) j[k] = plain.raw[k];
+  if (!plain.raw.contains("bos_token_id") && plain.bos_token_id) j["bos_token_id"] = *plain.bos_token_id;
+  if (!plain.raw.contains("eos_token_id") && plain.eos_token_id) j["eos_token_id"] = *plain.eos_token_id;
+  remap_ids(j, tau, "config.json");
+  j["head_dim"] = plain.head_dim;  // explicit: d' != heads * head_dim
+  return j;
+}
+
+ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
+                                const ObfuscateOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const ObfuscationParams& P = opt.params;
+  HFModel plain(model_dir);
+  const ModelConfig& c = plain.config();
+  const std::string cfg_where = model_dir + "/config.json";
+  if (c.qk_norm || c.family == Family::Qwen3)
+    throw Error(cfg_where, "model_type '" + family_name(c.family) +
+                               "' (q/k norms) is not supported by obfuscate yet (supported: llama, mistral, qwen2)");
+  require(c.head_dim % 2 == 0, cfg_where, "head_dim must be even for RoPE");
+  require(P.beta >= 1, "--beta", "must be >= 1", kExitUsage);
+  require(P.alpha_e >= 0 && P.alpha_h >= 0, "--alpha-e/--alpha-h", "must be >= 0", kExitUsage);
+  for (const auto& name : plain.weights().names()) {
+    const auto& t = plain.weights().get(name);
+    if (!dtype_is_float(t.dtype))
+      throw Error("tensor '" + name + "' in " + t.file, "dtype " + dtype_name(t.dtype) + " cannot be obfuscated "
+                  "(supported: F32, F16, BF16, F64)");
+  }
+  if (P.kappa == KappaMode::Calibrated)
+    require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
+  const DType out_dtype = opt.dtype ? *opt.dtype : plain.weights().get(tensor_names::embed()).dtype;
+  const std::string torch_dtype = dtype_torch_name(out_dtype);
+  refuse_existing(out_dir, opt.force);
+
+  const int64_t n = c.vocab_size, d = c.hidden_size, L = c.num_hidden_layers, dh = c.head_dim;
+  const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, ff = c.intermediate_size;
+  const auto tau = derive_tau(seed, n);
+  const auto inv_freq = obf::rope_inv_freq(c);
+  obf::KeyMatrices K(seed, d, P.expansion, P.lambda, P.keymat);
+  const int64_t dp = K.dprime();
+
+  AtomicDir out(out_dir, opt.force);
+  SafetensorsWriter w(out.temp_path(), opt.max_shard_bytes);
+  using tensor_names::layer;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool is_norm_or_bias = false) {
+    // Norm weights and biases stay F32 in low-precision checkpoints only if the input had them
+    // so; we follow the output dtype everywhere for a uniform standard checkpoint.
+    (void)is_norm_or_bias;
+    w.add({name, out_dtype, std::move(shape)});
+  };
+  add(tensor_names::embed(), {n, dp});
+  for (int64_t l = 0; l < L; ++l) {
+    add(layer(l, "input_layernorm.weight"), {dp}, true);
+    add(layer(l, "self_attn.q_proj.weight"), {m * dh, dp});
+    add(layer(l, "self_attn.k_proj.weight"), {mkv * dh, dp});
+    add(layer(l, "self_attn.v_proj.weight"), {mkv * dh, dp});
+    if (c.attention_bias) {
+      add(layer(l, "self_attn.q_proj.bias"), {m * dh}, true);
+      add(layer(l, "self_attn.k_proj.bias"), {mkv * dh}, true);
+      add(layer(l, "self_attn.v_proj.bias"), {mkv * dh}, true);
+    }
+    add(layer(l, "self_attn.o_proj.weight"), {dp, m * dh});
+    if (c.o_bias()) add(layer(l, "self_attn.o_proj.bias"), {dp}, true);
+    add(layer(l, "post_attention_layernorm.weight"), {dp}, true);
+    add(layer(l, "mlp.gate_proj.weight"), {ff, dp});
+    add(layer(l, "mlp.up_proj.weight"), {ff, dp});
+    add(layer(l, "mlp.down_proj.weight"), {dp, ff});
+  }
+  add(tensor_names::final_norm(), {dp}, true);
+  add(tensor_names::lm_head(), {n, dp});
+
+  auto put = [&](const std::string& name, const Tensor& t) { w.write_f32(name, t.ptr(), size_t(t.numel())); };
+  auto put_vec = [&](const std::string& name, const std::vector<float>& v) { w.write_f32(name, v.data(), v.size()); };
+
+  ObfuscateResult res;
+  Progress prog("obfuscate", uint64_t(L + 2), "steps");
+
+  // Writers seen so far (for the Gaussian kappa: E||x~||^2 / E||x||^2 = mean_k ||P_k||_F^2 / d
+  // for independent equal-variance Gaussian contributions x_k).
+  double writer_fro = 0;
+  int64_t writers = 0;
+  std::unique_ptr<Calibrator> calib;
+  auto kappa_now = [&]() {
+    if (P.keymat == KeymatVariant::ExactNorm) return 1.0;  // ||xP|| = sqrt(d'/d) ||x|| exactly
+    if (calib) return calib->kappa();
+    return std::sqrt(writer_fro / double(writers) / double(dp));
+  };
+
+  // Embedding.
+  {
+    Tensor Pemb = mat_f32(K.P("emb"));
+    writer_fro += fro2(Pemb);
+    ++writers;
+    const TensorView& ev = plain.weights().get(tensor_names::embed());
+    if (P.kappa == KappaMode::Calibrated) calib = std::make_unique<Calibrator>(c, opt.calib_ids, ev, Pemb);
+    RngStream noise(seed, "noise/embed");
+    put(tensor_names::embed(), obf::transform_vocab_matrix(n, d, mapped_rows(ev), tau, P.alpha_e, P.noise_scale,
+                                                           noise, {}, Pemb, false));
+    prog.advance();
+  }
+
+  obf::AttnKeyOptions ako;
+  ako.beta = P.beta;
+  ako.gamma = P.gamma;
+  ako.scale_range = P.head_scale_range;
+  ako.per_group_perm = P.per_group_perm;
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string ls = "layer/" + std::to_string(l);
+    auto T = [&](const std::string& suffix) { return load_and_release(plain, layer(l, suffix)); };
+    // Attention.
+    const double k_in = kappa_now();
+    res.kappas.push_back(k_in);
+    put_vec(layer(l, "input_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_in)));
+    Tensor attn_norm = T("input_layernorm.weight");
+    obf::AttnHF A;
+    A.q = T("self_attn.q_proj.weight");
+    A.k = T("self_attn.k_proj.weight");
+    A.v = T("self_attn.v_proj.weight");
+    A.o = T("self_attn.o_proj.weight");
+    if (c.attention_bias) {
+      A.bq = T("self_attn.q_proj.bias");
+      A.bk = T("self_attn.k_proj.bias");
+      A.bv = T("self_attn.v_proj.bias");
+    }
+    Tensor o_bias = c.o_bias() ? T("self_attn.o_proj.bias") : Tensor();
+    Tensor Po = mat_f32(K.P(ls + "/o"));
+    if (calib) calib->attention(A, attn_norm, o_bias, Po);
+    writer_fro += fro2(Po);
+    ++writers;
+    {
+      obf::AttnKeys AK = obf::draw_attn_keys(seed, l, m, mkv, dh, inv_freq, ako);
+      obf::AttnHF S = obf::transform_attention_heads(A, AK, dh);
+      A = obf::AttnHF();  // release the plaintext copies early
+      const auto wn = as_vec(attn_norm);
+      put(layer(l, "self_attn.q_proj.weight"), obf::read_residual(S.q, wn, mat_f32(K.Q(ls + "/q"))));
+      put(layer(l, "self_attn.k_proj.weight"), obf::read_residual(S.k, wn, mat_f32(K.Q(ls + "/k"))));
+      put(layer(l, "self_attn.v_proj.weight"), obf::read_residual(S.v, wn, mat_f32(K.Q(ls + "/v"))));
+      if (c.attention_bias) {
+        put(layer(l, "self_attn.q_proj.bias"), S.bq);
+        put(layer(l, "self_attn.k_proj.bias"), S.bk);
+        put(layer(l, "self_attn.v_proj.bias"), S.bv);
+      }
+      put(layer(l, "self_attn.o_proj.weight"), obf::write_residual(S.o, Po));
+      if (c.o_bias()) {
+        Tensor bo({1, d});
+        bo.data = o_bias.data;
+        Tensor r({1, dp});
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, int(dp), int(d), 1.0f, bo.ptr(), int(d), Po.ptr(),
+                    int(dp), 0.0f, r.ptr(), int(dp));
+        put(layer(l, "self_attn.o_proj.bias"), r);
+      }
+    }
+    // FFN.
+    const double k_post = kappa_now();
+    res.kappas.push_back(k_post);
+    put_vec(layer(l, "post_attention_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_post)));
+    Tensor ffn_norm = T("post_attention_layernorm.weight");
+    obf::FfnHF F{T("mlp.gate_proj.weight"), T("mlp.up_proj.weight"), T("mlp.down_proj.weight")};
+    Tensor Pd = mat_f32(K.P(ls + "/down"));
+    if (calib) calib->ffn(F, ffn_norm, Pd);
+    writer_fro += fro2(Pd);
+    ++writers;
+    {
+      obf::FfnHF S = obf::transform_ffn_channels(F, obf::draw_ffn_keys(seed, l, ff, P.ffn_scale_range));
+      F = obf::FfnHF();
+      const auto wn = as_vec(ffn_norm);
+      put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(S.gate, wn, mat_f32(K.Q(ls + "/gate"))));
+      put(layer(l, "mlp.up_proj.weight"), obf::read_residual(S.up, wn, mat_f32(K.Q(ls + "/up"))));
+      put(layer(l, "mlp.down_proj.weight"), obf::write_residual(S.down, Pd));
+    }
+    prog.advance();
+  }
+
+  // Final norm and head.
+  {
+    const double k_f = kappa_now();
+    res.kappas.push_back(k_f);
+    put_vec(tensor_names::final_norm(), std::vector<float>(static_cast<size_t>(dp), float(k_f)));
+    calib.reset();
+    const TensorView& hv =
+        plain.weights().get(c.tie_word_embeddings ? tensor_names::embed() : tensor_names::lm_head());
+    const auto wf = as_vec(plain.tensor_f32(tensor_names::final_norm()));
+    RngStream noise(seed, "noise/head");
+    put(tensor_names::lm_head(), obf::transform_vocab_matrix(n, d, mapped_rows(hv), tau, P.alpha_h, P.noise_scale,
+                                                             noise, wf, mat_f32(K.Q("head")), true));
+    prog.advance();
+  }
+  w.finish();
+  prog.finish();
+
+  // RMSNorm eps: exact when eps' = eps kappa^2 (see obf_keymat.h); one eps per config, so the
+  // mean kappa^2 (all kappas are equal for the exact-norm variant and the exact setting).
+  double k2 = 0;
+  for (double k : res.kappas) k2 += k * k;
+  res.obf_eps = c.rms_norm_eps * k2 / double(res.kappas.size());
+  nlohmann::json cfg = obfuscated_config(c, dp, res.obf_eps, tau, torch_dtype);
+  write_file_atomic(out.file("config.json"), cfg.dump(2) + "\n");
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                        "vocab.json", "merges.txt", "added_tokens.json"})
+    copy_if_exists(model_dir, f, out);
+  fs::path gen = fs::path(model_dir) / "generation_config.json";
+  if (fs::is_regular_file(gen)) {
+    nlohmann::json g;
+    try {
+      g = nlohmann::json::parse(read_file(gen.string()));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(gen.string(), std::string("invalid JSON: ") + e.what());
+    }
+    remap_ids(g, tau, gen.string());
+    write_file_atomic(out.file("generation_config.json"), g.dump(2) + "\n");
+  }
+  out.commit();
+  {
+    // Peak RSS of the transform itself (the fingerprints below stream both models through
+    // their mmaps, whose touched pages count in RSS too).
+    struct rusage ru {};
+    ::getrusage(RUSAGE_SELF, &ru);
+    res.peak_rss_transform = uint64_t(ru.ru_maxrss) * 1024;
+    res.seconds_transform = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  res.plain_fingerprint = plain.fingerprint();
+  res.obf_fingerprint = HFModel(out_dir).fingerprint();
+  res.vocab_size = n;
+  res.hidden = d;
+  res.obf_hidden = dp;
+  if (c.eos_token_id) res.obf_eos = tau[size_t(*c.eos_token_id)];
+  if (c.bos_token_id) res.obf_bos = tau[size_t(*c.bos_token_id)];
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  res.record = {{"params", P.to_json()},
+                {"kappas", res.kappas},
+                {"rms_norm_eps", res.obf_eps},
+                {"hidden_size", d},
+                {"obf_hidden_size", dp},
+                {"eos_policy", "published"},  // method.md section 7: tau(eos) is in config.json
+                {"calib_tokens", int64_t(opt.calib_ids.size())}};
+  return res;
+}
+
+}  // namespace aloepri

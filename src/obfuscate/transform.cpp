@@ -1,0 +1,272 @@
+// Per-component transforms (method.md section 5); see obf_transform.h.
+#include <cblas.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "aloepri/error.h"
+#include "aloepri/obf_transform.h"
+
+namespace aloepri::obf {
+
+static std::string L(int64_t layer) { return "layer/" + std::to_string(layer); }
+
+static double log_uniform(RngStream& rng, double range) {
+  if (range <= 1.0) return 1.0;
+  const double lr = std::log(range);
+  return std::exp((2 * rng.uniform() - 1) * lr);
+}
+
+AttnKeys draw_attn_keys(const Seed& seed, int64_t layer, int64_t m, int64_t mkv, int64_t dh,
+                        const std::vector<double>& inv_freq, const AttnKeyOptions& opt) {
+  require(mkv > 0 && m % mkv == 0, "attention", "num_attention_heads must be a multiple of num_key_value_heads");
+  require(dh % 2 == 0 && int64_t(inv_freq.size()) == dh / 2, "attention", "head_dim must be even");
+  const int64_t M = dh / 2, g = m / mkv;
+  AttnKeys K;
+  K.group = g;
+  for (int64_t j = 0; j < mkv; ++j) {
+    const std::string base = L(layer) + "/attn/kv" + std::to_string(j);
+    HeadKeys hk;
+    RngStream rot(seed, base + "/rotation"), sc(seed, base + "/scale"), bp(seed, base + "/blockperm"),
+        vm(seed, base + "/vmap");
+    hk.angle.resize(size_t(M));
+    hk.scale.resize(size_t(M));
+    for (int64_t p = 0; p < M; ++p) hk.angle[p] = 2 * M_PI * rot.uniform();
+    for (int64_t p = 0; p < M; ++p) hk.scale[p] = log_uniform(sc, opt.scale_range);
+    hk.pair_slot = block_perm(opt.beta, opt.gamma, inv_freq, bp);
+    // Condition-checked: a badly conditioned U_j would amplify f32 rounding through U U^-1.
+    for (int attempt = 0;; ++attempt) {
+      if (attempt == 1000) throw Error("attention", "could not draw a well-conditioned value map", kExitError);
+      hk.U = gaussian(dh, dh, 1.0 / std::sqrt(double(dh)), vm);
+      if (condition_number(hk.U) <= opt.max_cond_factor * double(dh)) break;
+    }
+    hk.Uinv = inverse(hk.U);
+    K.kv.push_back(std::move(hk));
+  }
+  RngStream kvp(seed, L(layer) + "/attn/kv_perm");
+  K.kv_slot = kvp.permutation(mkv);
+  if (opt.per_group_perm) {
+    for (int64_t j = 0; j < mkv; ++j) {
+      RngStream gp(seed, L(layer) + "/attn/group_perm/" + std::to_string(j));
+      K.group_slot.push_back(gp.permutation(g));
+    }
+  } else {
+    RngStream gp(seed, L(layer) + "/attn/group_perm");
+    auto p = gp.permutation(g);
+    K.group_slot.assign(size_t(mkv), p);
+  }
+  return K;
+}
+
+Mat head_map(const HeadKeys& hk, int64_t dh, bool inverse_scale) {
+  const int64_t M = dh / 2;
+  Mat T(dh, dh);
+  for (int64_t p = 0; p < M; ++p) {
+    const double s = inverse_scale ? 1.0 / hk.scale[p] : hk.scale[p];
+    const double c = std::cos(hk.angle[p]) * s, sn = std::sin(hk.angle[p]) * s;
+    const int64_t o = hk.pair_slot[p];
+    // (x R)[p] = x[p] cos - x[p+M] sin, (x R)[p+M] = x[p] sin + x[p+M] cos: multiplication of
+    // the complex number x[p] + i x[p+M] by e^{i angle}, which commutes with RoPE.
+    T(p, o) = c;
+    T(p + M, o) = -sn;
+    T(p, o + M) = sn;
+    T(p + M, o + M) = c;
+  }
+  return T;
+}
+
+// rows_out[dst block] = T^T rows_in[src block] for a [*, d] HF weight (rows = outputs), i.e.
+// new output o = sum_i T(i, o) old output i.
+static void map_rows(const float* src, float* dst, const Mat& T, int64_t dh, int64_t d) {
+  // dst (dh x d) = T^T (dh x dh) * src (dh x d), in f32 GEMM with a f32 copy of T.
+  std::vector<float> Tf = to_f32(T);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(dh), int(d), int(dh), 1.0f, Tf.data(),
+              int(dh), src, int(d), 0.0f, dst, int(d));
+}
+
+static void map_vec(const float* src, float* dst, const Mat& T, int64_t dh) {
+  for (int64_t o = 0; o < dh; ++o) {
+    double acc = 0;
+    for (int64_t i = 0; i < dh; ++i) acc += T(i, o) * src[i];
+    dst[o] = float(acc);
+  }
+}
+
+AttnHF transform_attention_heads(const AttnHF& in, const AttnKeys& K, int64_t dh) {
+  const int64_t mkv = int64_t(K.kv.size()), g = K.group, m = mkv * g;
+  const int64_t d = in.q.cols();
+  require(in.q.rows() == m * dh && in.k.rows() == mkv * dh && in.v.rows() == mkv * dh &&
+              in.o.rows() == d && in.o.cols() == m * dh && in.k.cols() == d && in.v.cols() == d,
+          "attention", "projection shapes do not match the head layout");
+  AttnHF out;
+  out.q = Tensor(in.q.shape);
+  out.k = Tensor(in.k.shape);
+  out.v = Tensor(in.v.shape);
+  out.o = Tensor(in.o.shape);
+  const bool bias = !in.bq.data.empty();
+  if (bias) {
+    out.bq = Tensor(in.bq.shape);
+    out.bk = Tensor(in.bk.shape);
+    out.bv = Tensor(in.bv.shape);
+  }
+  for (int64_t j = 0; j < mkv; ++j) {
+    const HeadKeys& hk = K.kv[j];
+    const Mat Tq = head_map(hk, dh, false), Tk = head_map(hk, dh, true);
+    const int64_t js = K.kv_slot[j];
+    map_rows(in.k.ptr() + j * dh * d, out.k.ptr() + js * dh * d, Tk, dh, d);
+    map_rows(in.v.ptr() + j * dh * d, out.v.ptr() + js * dh * d, hk.U, dh, d);
+    if (bias) {
+      map_vec(in.bk.ptr() + j * dh, out.bk.ptr() + js * dh, Tk, dh);
+      map_vec(in.bv.ptr() + j * dh, out.bv.ptr() + js * dh, hk.U, dh);
+    }
+    // o columns of head i: new[:, o] = sum_c old[:, c] Uinv(o, c)  (W_o(i) -> U^-1 W_o(i)).
+    std::vector<float> UinvT(size_t(dh * dh));
+    for (int64_t a = 0; a < dh; ++a)
+      for (int64_t b = 0; b < dh; ++b) UinvT[a * dh + b] = float(hk.Uinv(b, a));
+    for (int64_t r = 0; r < g; ++r) {
+      const int64_t i = j * g + r, is = K.q_slot(i);
+      map_rows(in.q.ptr() + i * dh * d, out.q.ptr() + is * dh * d, Tq, dh, d);
+      if (bias) map_vec(in.bq.ptr() + i * dh, out.bq.ptr() + is * dh, Tq, dh);
+      // out.o[:, is block] = in.o[:, i block] * Uinv^T  (d x dh) with row stride m dh.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(d), int(dh), int(dh), 1.0f,
+                  in.o.ptr() + i * dh, int(m * dh), UinvT.data(), int(dh), 0.0f,
+                  out.o.ptr() + is * dh, int(m * dh));
+    }
+  }
+  return out;
+}
+
+FfnKeys draw_ffn_keys(const Seed& seed, int64_t layer, int64_t ff, double scale_range) {
+  FfnKeys K;
+  RngStream p(seed, L(layer) + "/ffn/perm"), s(seed, L(layer) + "/ffn/scale");
+  K.slot = p.permutation(ff);
+  K.scale.resize(size_t(ff));
+  for (auto& x : K.scale) x = log_uniform(s, scale_range);
+  return K;
+}
+
+FfnHF transform_ffn_channels(const FfnHF& in, const FfnKeys& K) {
+  const int64_t ff = in.gate.rows(), d = in.gate.cols();
+  require(in.up.rows() == ff && in.up.cols() == d && in.down.rows() == d && in.down.cols() == ff &&
+              int64_t(K.slot.size()) == ff,
+          "ffn", "projection shapes do not match");
+  FfnHF out{Tensor(in.gate.shape), Tensor(in.up.shape), Tensor(in.down.shape)};
+  for (int64_t c = 0; c < ff; ++c) {
+    const int64_t s = K.slot[c];
+    const float sc = float(K.scale[c]);
+    std::copy(in.gate.ptr() + c * d, in.gate.ptr() + (c + 1) * d, out.gate.ptr() + s * d);
+    for (int64_t k = 0; k < d; ++k) out.up.ptr()[s * d + k] = in.up.ptr()[c * d + k] * sc;
+  }
+  for (int64_t r = 0; r < d; ++r) {
+    const float* src = in.down.ptr() + r * ff;
+    float* dst = out.down.ptr() + r * ff;
+    for (int64_t c = 0; c < ff; ++c) dst[K.slot[c]] = float(double(src[c]) / K.scale[c]);
+  }
+  return out;
+}
+
+Tensor read_residual(const Tensor& w, const std::vector<float>& norm_w, const Tensor& Qf) {
+  const int64_t out = w.rows(), d = w.cols(), dp = Qf.rows();
+  require(Qf.cols() == d, "read_residual", "Q has " + std::to_string(Qf.cols()) + " columns, weight has " +
+                                               std::to_string(d), kExitError);
+  Tensor scaled = w;
+  if (!norm_w.empty()) {
+    require(int64_t(norm_w.size()) == d, "read_residual", "norm weight size mismatch", kExitError);
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t k = 0; k < d; ++k) scaled.ptr()[r * d + k] *= norm_w[k];
+  }
+  Tensor res({out, dp});
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(out), int(dp), int(d), 1.0f, scaled.ptr(),
+              int(d), Qf.ptr(), int(d), 0.0f, res.ptr(), int(dp));
+  return res;
+}
+
+Tensor write_residual(const Tensor& w, const Tensor& Pf) {
+  const int64_t d = w.rows(), in = w.cols(), dp = Pf.cols();
+  require(Pf.rows() == d, "write_residual", "P has " + std::to_string(Pf.rows()) + " rows, weight has " +
+                                                std::to_string(d), kExitError);
+  Tensor res({dp, in});
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(dp), int(in), int(d), 1.0f, Pf.ptr(), int(dp),
+              w.ptr(), int(in), 0.0f, res.ptr(), int(in));
+  return res;
+}
+
+static double row_std(const float* r, int64_t d) {
+  double s = 0, s2 = 0;
+  for (int64_t k = 0; k < d; ++k) s += r[k];
+  const double mean = s / double(d);
+  for (int64_t k = 0; k < d; ++k) s2 += (r[k] - mean) * (r[k] - mean);
+  return std::sqrt(s2 / double(d));
+}
+
+Tensor transform_vocab_matrix(int64_t n, int64_t d, const RowFetch& fetch, const std::vector<int64_t>& tau,
+                              double alpha, NoiseScale ns, RngStream& rng, const std::vector<float>& col_scale,
+                              const Tensor& M, bool reader) {
+  require(int64_t(tau.size()) == n, "vocabulary", "tau has " + std::to_string(tau.size()) +
+                                                      " entries, the matrix " + std::to_string(n) + " rows",
+          kExitError);
+  const int64_t dp = reader ? M.rows() : M.cols();
+  require((reader ? M.cols() : M.rows()) == d, "vocabulary", "key matrix does not match the hidden size", kExitError);
+  require(col_scale.empty() || int64_t(col_scale.size()) == d, "vocabulary", "norm weight size mismatch", kExitError);
+  constexpr int64_t kChunk = 2048;
+  std::vector<float> buf(static_cast<size_t>(std::min(n, kChunk) * d));
+  // Global std: one streaming pass (mean, then squared deviations) over the rows in order.
+  double gstd = 0;
+  if (alpha != 0 && ns == NoiseScale::Global) {
+    double sum = 0, s2 = 0;
+    for (int pass = 0; pass < 2; ++pass) {
+      const double mean = sum / double(n * d);
+      for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
+        const int64_t m = std::min(kChunk, n - r0);
+        fetch(r0, m, buf.data());
+        for (int64_t i = 0; i < m * d; ++i) {
+          if (pass == 0) sum += buf[i];
+          else s2 += (buf[i] - mean) * (buf[i] - mean);
+        }
+      }
+    }
+    gstd = std::sqrt(s2 / double(n * d));
+  }
+  Tensor out({n, dp});
+  std::vector<float> res(static_cast<size_t>(std::min(n, kChunk) * dp));
+  for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
+    const int64_t m = std::min(kChunk, n - r0);
+    fetch(r0, m, buf.data());
+    for (int64_t i = 0; i < m; ++i) {
+      float* row = buf.data() + i * d;
+      if (alpha != 0) {
+        // Noise drawn in plaintext row order; sigma from the noise-free row (per-row mode).
+        const double sigma = alpha * (ns == NoiseScale::Global ? gstd : row_std(row, d));
+        for (int64_t k = 0; k < d; ++k) row[k] = float(double(row[k]) + sigma * rng.normal());
+      }
+      if (!col_scale.empty())
+        for (int64_t k = 0; k < d; ++k) row[k] *= col_scale[k];
+    }
+    // Writer (embedding): rows P; reader (head): rows Q^T.
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, reader ? CblasTrans : CblasNoTrans, int(m), int(dp), int(d), 1.0f,
+                buf.data(), int(d), M.ptr(), reader ? int(d) : int(dp), 0.0f, res.data(), int(dp));
+    // Row t of the plaintext becomes row tau[t].
+    for (int64_t i = 0; i < m; ++i)
+      std::copy(res.data() + i * dp, res.data() + (i + 1) * dp, out.ptr() + tau[size_t(r0 + i)] * dp);
+  }
+  return out;
+}
+
+static RowFetch tensor_rows(const Tensor& t) {
+  return [&t](int64_t r0, int64_t m, float* dst) {
+    std::copy(t.ptr() + r0 * t.cols(), t.ptr() + (r0 + m) * t.cols(), dst);
+  };
+}
+
+Tensor obfuscate_embedding(const Tensor& emb, const std::vector<int64_t>& tau, double alpha,
+                           NoiseScale ns, RngStream& rng, const Tensor& Pf) {
+  return transform_vocab_matrix(emb.rows(), emb.cols(), tensor_rows(emb), tau, alpha, ns, rng, {}, Pf, false);
+}
+
+Tensor obfuscate_head(const Tensor& head, const std::vector<int64_t>& tau, double alpha, NoiseScale ns,
+                      RngStream& rng, const std::vector<float>& final_norm, const Tensor& Qf) {
+  return transform_vocab_matrix(head.rows(), head.cols(), tensor_rows(head), tau, alpha, ns, rng, final_norm, Qf,
+                                true);
+}
+
+}  // namespace aloepri::obf

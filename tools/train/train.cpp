@@ -1,0 +1,670 @@
+// aloe-train: trains the project's small reference model (models/aloe-mini) with libtorch on CPU,
+// evaluates it against unigram/bigram baselines, exports it as a standard HF checkpoint, and
+// checks the export against the project's reference forward pass.
+//
+// The network is written out by hand with exactly the Hugging Face Llama semantics the rest of
+// the project assumes (RMSNorm x*rsqrt(mean(x^2)+eps)*w, rotate_half RoPE over [freqs, freqs],
+// GQA where query head h uses kv head h / group, SiLU-gated MLP, tied or untied head), and its
+// parameters carry their HF tensor names, so export is a straight copy.
+//
+// Subcommands (see --help): train, eval, export, verify.
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "aloepri/dtype.h"
+#include "aloepri/error.h"
+#include "aloepri/forward.h"
+#include "aloepri/hf_config.h"
+#include "aloepri/model.h"
+#include "aloepri/output.h"
+#include "aloepri/safetensors.h"
+
+namespace fs = std::filesystem;
+using aloepri::Error;
+using aloepri::ModelConfig;
+using json = nlohmann::json;
+
+namespace {
+
+// ---------------------------------------------------------------- data
+
+std::vector<uint16_t> read_ids(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path, "cannot open token file (run tools/corpus/tokenize.mjs)");
+  f.seekg(0, std::ios::end);
+  const auto n = static_cast<size_t>(f.tellg());
+  if (n % 2 != 0 || n == 0) throw Error(path, "not a non-empty uint16 token file");
+  std::vector<uint16_t> ids(n / 2);
+  f.seekg(0);
+  f.read(reinterpret_cast<char*>(ids.data()), static_cast<std::streamsize>(n));
+  if (!f) throw Error(path, "short read");
+  return ids;
+}
+
+// The batch of step `step` depends only on (seed, step), so a resumed run sees the same data.
+torch::Tensor sample_batch(const std::vector<uint16_t>& ids, int64_t batch, int64_t seq, uint64_t seed,
+                           int64_t step) {
+  std::seed_seq ss{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
+                   static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), 0x5eedu};
+  std::mt19937_64 rng(ss);
+  std::uniform_int_distribution<size_t> pick(0, ids.size() - static_cast<size_t>(seq) - 2);
+  auto out = torch::empty({batch, seq + 1}, torch::kLong);
+  auto* p = out.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const size_t off = pick(rng);
+    for (int64_t t = 0; t <= seq; ++t) p[b * (seq + 1) + t] = ids[off + static_cast<size_t>(t)];
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- model
+
+struct Model {
+  ModelConfig cfg;
+  std::vector<std::string> names;               // HF tensor names, in export order
+  std::map<std::string, torch::Tensor> p;       // name -> parameter
+
+  torch::Tensor& at(const std::string& n) {
+    auto it = p.find(n);
+    if (it == p.end()) throw Error("model", "no parameter '" + n + "'");
+    return it->second;
+  }
+
+  void add(const std::string& name, torch::Tensor t) {
+    names.push_back(name);
+    p[name] = std::move(t);
+  }
+
+  // HF initialisation: normal(0, 0.02) for matrices, ones for norms.
+  static Model init(const ModelConfig& c, uint64_t seed) {
+    torch::manual_seed(seed);
+    Model m;
+    m.cfg = c;
+    auto mat = [](int64_t o, int64_t i) { return torch::randn({o, i}) * 0.02; };
+    for (const auto& [name, shape] : aloepri::expected_tensors(c)) {
+      if (shape.size() == 1)
+        m.add(name, torch::ones({shape[0]}));
+      else
+        m.add(name, mat(shape[0], shape[1]));
+    }
+    for (auto& [n, t] : m.p) t.set_requires_grad(true);
+    return m;
+  }
+
+  std::vector<torch::Tensor> params() const {
+    std::vector<torch::Tensor> v;
+    for (const auto& n : names) v.push_back(p.at(n));
+    return v;
+  }
+};
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * w;
+}
+
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  const int64_t h = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+// Logits [B, T, vocab] for ids [B, T]; computed in the dtype of the parameters (f32 to train,
+// f64 to verify against the reference forward).
+torch::Tensor forward(Model& m, const torch::Tensor& ids) {
+  const ModelConfig& c = m.cfg;
+  namespace tn = aloepri::tensor_names;
+  const auto dt = m.at(tn::embed()).scalar_type();
+  const int64_t B = ids.size(0), T = ids.size(1), H = c.num_attention_heads,
+                KV = c.num_key_value_heads, Dh = c.head_dim;
+  // RoPE tables as HF builds them: inv_freq_i = theta^(-2i/Dh), emb = cat(freqs, freqs).
+  auto inv_freq = 1.0 / torch::pow(c.rope_theta, torch::arange(0, Dh, 2, torch::kDouble) / double(Dh));
+  auto freqs = torch::outer(torch::arange(T, torch::kDouble), inv_freq);
+  auto emb = torch::cat({freqs, freqs}, -1);
+  auto cos = emb.cos().to(dt), sin = emb.sin().to(dt);  // [T, Dh]
+  auto mask = torch::ones({T, T}, torch::kBool).triu(1);
+  const double scale = 1.0 / std::sqrt(double(Dh));
+
+  auto x = torch::embedding(m.at(tn::embed()), ids);  // [B, T, d]
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    auto L = [&](const char* s) -> torch::Tensor& { return m.at(tn::layer(i, s)); };
+    auto h = rms_norm(x, L("input_layernorm.weight"), c.rms_norm_eps);
+    auto q = torch::matmul(h, L("self_attn.q_proj.weight").t()).view({B, T, H, Dh}).transpose(1, 2);
+    auto k = torch::matmul(h, L("self_attn.k_proj.weight").t()).view({B, T, KV, Dh}).transpose(1, 2);
+    auto v = torch::matmul(h, L("self_attn.v_proj.weight").t()).view({B, T, KV, Dh}).transpose(1, 2);
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+    if (H != KV) {  // HF repeat_kv: query head j reads kv head j / group
+      k = k.repeat_interleave(H / KV, 1);
+      v = v.repeat_interleave(H / KV, 1);
+    }
+    auto s = torch::matmul(q, k.transpose(-2, -1)) * scale;
+    s = s.masked_fill(mask, -std::numeric_limits<double>::infinity());
+    auto a = torch::matmul(torch::softmax(s, -1), v);  // [B, H, T, Dh]
+    a = a.transpose(1, 2).reshape({B, T, H * Dh});
+    x = x + torch::matmul(a, L("self_attn.o_proj.weight").t());
+    h = rms_norm(x, L("post_attention_layernorm.weight"), c.rms_norm_eps);
+    auto g = torch::silu(torch::matmul(h, L("mlp.gate_proj.weight").t()));
+    auto u = torch::matmul(h, L("mlp.up_proj.weight").t());
+    x = x + torch::matmul(g * u, L("mlp.down_proj.weight").t());
+  }
+  x = rms_norm(x, m.at(tn::final_norm()), c.rms_norm_eps);
+  const auto& head = c.tie_word_embeddings ? m.at(tn::embed()) : m.at(tn::lm_head());
+  return torch::matmul(x, head.t());
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+// A checkpoint holds the config, the step, the parameters (by index, in export order) and the
+// AdamW state. Written to a temporary name and renamed, so a kill never leaves a torn file.
+void save_checkpoint(const std::string& path, const Model& m, torch::optim::AdamW& opt, int64_t step,
+                     const json& args) {
+  torch::serialize::OutputArchive ar;
+  json meta = {{"config", m.cfg.to_json()}, {"step", step}, {"args", args}, {"names", m.names}};
+  const std::string ms = meta.dump();
+  ar.write("meta", torch::from_blob(const_cast<char*>(ms.data()), {int64_t(ms.size())}, torch::kChar).clone());
+  for (size_t i = 0; i < m.names.size(); ++i) ar.write("p" + std::to_string(i), m.p.at(m.names[i]).detach());
+  torch::serialize::OutputArchive oa;
+  opt.save(oa);
+  ar.write("optim", oa);
+  const std::string tmp = path + ".tmp";
+  ar.save_to(tmp);
+  fs::rename(tmp, path);
+}
+
+json read_meta(torch::serialize::InputArchive& ar) {
+  torch::Tensor t;
+  ar.read("meta", t);
+  return json::parse(std::string(static_cast<const char*>(t.data_ptr()), size_t(t.numel())));
+}
+
+// Loads parameters (and optionally the optimizer state); returns the meta block.
+json load_checkpoint(const std::string& path, Model& m, torch::optim::AdamW* opt) {
+  if (!fs::exists(path)) throw Error(path, "checkpoint not found");
+  torch::serialize::InputArchive ar;
+  ar.load_from(path);
+  json meta = read_meta(ar);
+  m.cfg = ModelConfig::from_json(meta.at("config"), path);
+  m.names = meta.at("names").get<std::vector<std::string>>();
+  for (size_t i = 0; i < m.names.size(); ++i) {
+    torch::Tensor t;
+    ar.read("p" + std::to_string(i), t);
+    auto it = m.p.find(m.names[i]);
+    if (it == m.p.end()) {
+      m.p[m.names[i]] = t.set_requires_grad(true);
+    } else {
+      torch::NoGradGuard ng;
+      it->second.copy_(t);
+    }
+  }
+  if (opt) {
+    torch::serialize::InputArchive oa;
+    ar.read("optim", oa);
+    opt->load(oa);
+  }
+  return meta;
+}
+
+// ---------------------------------------------------------------- evaluation
+
+struct EvalResult {
+  double nll = 0;        // mean negative log-likelihood (nats)
+  double top1 = 0;       // next-token accuracy
+  int64_t targets = 0;
+  double ppl() const { return std::exp(nll); }
+};
+
+// Non-overlapping windows of seq tokens over the held-out stream; every position after the first
+// of a window is a target (predicted from the window's earlier tokens). The baselines below use
+// exactly the same targets. With max_windows > 0, that many windows spread evenly over the stream
+// (the stream is ordered by source, so a prefix would see one source only).
+std::vector<int64_t> eval_windows_of(size_t n_ids, int64_t seq, int64_t max_windows) {
+  const int64_t total = int64_t(n_ids) / seq;
+  const int64_t n = max_windows > 0 ? std::min(total, max_windows) : total;
+  std::vector<int64_t> w(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) w[size_t(i)] = i * total / n;
+  return w;
+}
+
+EvalResult eval_model(Model& m, const std::vector<uint16_t>& ids, int64_t seq, int64_t max_windows,
+                      int64_t batch = 8) {
+  torch::NoGradGuard ng;
+  const auto wins = eval_windows_of(ids.size(), seq, max_windows);
+  const int64_t nwin = int64_t(wins.size());
+  double nll = 0;
+  int64_t correct = 0, n = 0;
+  for (int64_t w0 = 0; w0 < nwin; w0 += batch) {
+    const int64_t b = std::min(batch, nwin - w0);
+    auto x = torch::empty({b, seq}, torch::kLong);
+    auto* p = x.data_ptr<int64_t>();
+    for (int64_t j = 0; j < b; ++j)
+      for (int64_t t = 0; t < seq; ++t) p[j * seq + t] = ids[size_t(wins[size_t(w0 + j)] * seq + t)];
+    auto logits = forward(m, x.narrow(1, 0, seq - 1)).to(torch::kFloat);
+    auto tgt = x.narrow(1, 1, seq - 1);
+    auto lp = torch::log_softmax(logits, -1);
+    nll -= lp.gather(-1, tgt.unsqueeze(-1)).sum().item<double>();
+    correct += (logits.argmax(-1) == tgt).sum().item<int64_t>();
+    n += b * (seq - 1);
+  }
+  return {nll / double(n), double(correct) / double(n), n};
+}
+
+// Unigram (add-one) and bigram (Witten-Bell interpolated with that unigram) models counted on
+// the training stream, scored on the same targets as eval_model.
+std::pair<EvalResult, EvalResult> eval_baselines(const std::vector<uint16_t>& train,
+                                                 const std::vector<uint16_t>& held, int64_t seq,
+                                                 int64_t max_windows, int64_t vocab) {
+  const size_t V = static_cast<size_t>(vocab);
+  std::vector<double> uni(V, 0.0);
+  std::vector<std::unordered_map<uint16_t, uint32_t>> bi(V);
+  for (size_t i = 0; i < train.size(); ++i) {
+    if (train[i] >= vocab) throw Error("train.bin", "token id " + std::to_string(train[i]) + " >= vocab");
+    uni[train[i]] += 1;
+    if (i + 1 < train.size()) bi[train[i]][train[i + 1]]++;
+  }
+  const double N = double(train.size());
+  std::vector<double> puni(V);
+  for (int64_t v = 0; v < vocab; ++v) puni[size_t(v)] = (uni[size_t(v)] + 1.0) / (N + double(vocab));
+  const auto uni_best = uint16_t(std::max_element(uni.begin(), uni.end()) - uni.begin());
+  // Per context: total count, distinct followers, argmax follower.
+  std::vector<double> ctot(V, 0.0), ctypes(V, 0.0);
+  std::vector<uint16_t> cbest(V, uni_best);
+  for (int64_t v = 0; v < vocab; ++v) {
+    uint32_t best = 0;
+    for (const auto& [w, c] : bi[size_t(v)]) {
+      ctot[size_t(v)] += c;
+      if (c > best || (c == best && w < cbest[size_t(v)])) best = c, cbest[size_t(v)] = w;
+    }
+    ctypes[size_t(v)] = double(bi[size_t(v)].size());
+  }
+  EvalResult u, b;
+  int64_t uc = 0, bc = 0;
+  for (int64_t w : eval_windows_of(held.size(), seq, max_windows))
+    for (int64_t t = 1; t < seq; ++t) {
+      const uint16_t prev = held[size_t(w * seq + t - 1)], cur = held[size_t(w * seq + t)];
+      u.nll -= std::log(puni[cur]);
+      uc += cur == uni_best;
+      double pb = puni[cur];
+      if (ctot[prev] > 0) {
+        const auto it = bi[prev].find(cur);
+        const double c = it == bi[prev].end() ? 0.0 : double(it->second);
+        const double lam = ctot[prev] / (ctot[prev] + ctypes[prev]);
+        pb = lam * c / ctot[prev] + (1 - lam) * puni[cur];
+      }
+      b.nll -= std::log(pb);
+      bc += cur == cbest[prev];
+      u.targets++;
+    }
+  b.targets = u.targets;
+  u.nll /= double(u.targets);
+  b.nll /= double(b.targets);
+  u.top1 = double(uc) / double(u.targets);
+  b.top1 = double(bc) / double(b.targets);
+  return {u, b};
+}
+
+// ---------------------------------------------------------------- export / import
+
+// Writes config.json + model.safetensors (bf16) + the tokenizer files into a new directory.
+void export_model(const Model& m, const std::string& out_dir, const std::string& tokenizer_dir,
+                  bool overwrite, const std::map<std::string, std::string>& metadata) {
+  aloepri::AtomicDir dir(out_dir, overwrite);
+  ModelConfig c = m.cfg;
+  c.torch_dtype = "bfloat16";
+  aloepri::write_file_atomic(dir.file("config.json"), c.to_json().dump(2) + "\n", true);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+    const fs::path src = fs::path(tokenizer_dir) / f;
+    if (!fs::exists(src)) throw Error(src.string(), "tokenizer file missing");
+    fs::copy_file(src, dir.file(f), fs::copy_options::overwrite_existing);
+  }
+  // Keep files the caller put there earlier (the model card) when overwriting.
+  if (fs::exists(fs::path(out_dir) / "MODEL_CARD.md"))
+    fs::copy_file(fs::path(out_dir) / "MODEL_CARD.md", dir.file("MODEL_CARD.md"));
+  std::map<std::string, std::string> md = metadata;
+  md["format"] = "pt";
+  aloepri::SafetensorsWriter w(dir.temp_path(), 0, md);
+  for (const auto& n : m.names) {
+    const auto& t = m.p.at(n);
+    w.add({n, aloepri::DType::BF16, t.sizes().vec()});
+  }
+  for (const auto& n : m.names) {
+    auto t = m.p.at(n).detach().to(torch::kFloat).contiguous();
+    w.write_f32(n, t.data_ptr<float>(), size_t(t.numel()));
+  }
+  w.finish();
+  if (overwrite && fs::exists(out_dir)) fs::remove_all(out_dir);
+  dir.commit();
+}
+
+// Loads an exported HF directory into a Model (values as stored, widened to `dt`).
+Model import_model(const std::string& dir, torch::ScalarType dt) {
+  aloepri::HFModel hf(dir);
+  Model m;
+  m.cfg = hf.config();
+  for (const auto& [name, shape] : aloepri::expected_tensors(m.cfg)) {
+    aloepri::Tensor t = hf.tensor_f32(name);
+    m.add(name, torch::from_blob(t.data.data(), shape, torch::kFloat).clone().to(dt));
+  }
+  return m;
+}
+
+std::vector<int64_t> parse_ids(const std::string& s) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ',')) ids.push_back(std::stoll(tok));
+  if (ids.empty()) throw Error("--ids", "no token ids given");
+  return ids;
+}
+
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::string fmt(const char* f, double a) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, a);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"aloe-train: train / evaluate / export the aloe-mini reference model (libtorch, CPU)"};
+  app.require_subcommand(1);
+  int threads = 2;
+  app.add_option("--threads", threads, "libtorch intra-op threads")->capture_default_str();
+
+  // train
+  auto* tr = app.add_subcommand("train", "train (or --resume) a model; checkpoints to --run-dir");
+  std::string data_dir = "build/corpus", run_dir;
+  ModelConfig cfg;
+  cfg.family = aloepri::Family::Llama;
+  cfg.hidden_size = 256, cfg.num_hidden_layers = 4, cfg.num_attention_heads = 8;
+  cfg.num_key_value_heads = 4, cfg.head_dim = 32, cfg.intermediate_size = 688, cfg.vocab_size = 32000;
+  cfg.max_position_embeddings = 2048, cfg.rms_norm_eps = 1e-5, cfg.rope_theta = 10000.0;
+  cfg.tie_word_embeddings = true, cfg.bos_token_id = 1, cfg.eos_token_id = 2;
+  int64_t steps = 1000, batch = 8, seq = 256, warmup = 50, ckpt_every = 100, eval_every = 100,
+          eval_windows = 16, log_every = 10;
+  double lr = 3e-3, min_lr_frac = 0.1, wd = 0.1, clip = 1.0, max_minutes = 0, minutes = 0;
+  uint64_t seed = 1;
+  bool resume = false, untied = false;
+  tr->add_option("--data", data_dir, "directory with train.bin / heldout.bin")->capture_default_str();
+  tr->add_option("--run-dir", run_dir, "checkpoints and log go here")->required();
+  tr->add_option("--hidden", cfg.hidden_size)->capture_default_str();
+  tr->add_option("--layers", cfg.num_hidden_layers)->capture_default_str();
+  tr->add_option("--heads", cfg.num_attention_heads)->capture_default_str();
+  tr->add_option("--kv-heads", cfg.num_key_value_heads)->capture_default_str();
+  tr->add_option("--head-dim", cfg.head_dim)->capture_default_str();
+  tr->add_option("--ffn", cfg.intermediate_size)->capture_default_str();
+  tr->add_flag("--untied", untied, "separate lm_head (default: tied to the embedding)");
+  tr->add_option("--steps", steps)->capture_default_str();
+  tr->add_option("--batch", batch, "sequences per step")->capture_default_str();
+  tr->add_option("--seq", seq, "tokens per sequence")->capture_default_str();
+  tr->add_option("--lr", lr, "peak learning rate")->capture_default_str();
+  tr->add_option("--min-lr-frac", min_lr_frac, "cosine floor as a fraction of --lr")->capture_default_str();
+  tr->add_option("--warmup", warmup, "linear warmup steps")->capture_default_str();
+  tr->add_option("--weight-decay", wd, "AdamW decay on matrices (not norms)")->capture_default_str();
+  tr->add_option("--clip", clip, "gradient-norm clip")->capture_default_str();
+  tr->add_option("--seed", seed)->capture_default_str();
+  tr->add_option("--ckpt-every", ckpt_every)->capture_default_str();
+  tr->add_option("--eval-every", eval_every)->capture_default_str();
+  tr->add_option("--eval-windows", eval_windows, "held-out windows for the periodic eval")->capture_default_str();
+  tr->add_option("--log-every", log_every)->capture_default_str();
+  tr->add_option("--max-minutes", max_minutes, "stop (with a checkpoint) after this wall time; 0 = none")
+      ->capture_default_str();
+  tr->add_flag("--resume", resume, "continue from <run-dir>/last.pt");
+  // The machine is shared, so step throughput swings several-fold within an hour; a schedule
+  // over a wall-time budget ends the cosine on time whatever the throughput. The cost is that
+  // the step count is an outcome (logged, and stored in the checkpoint), not an input.
+  tr->add_option("--minutes", minutes,
+                 "time-budget schedule: cosine over this many minutes of training time (excluding "
+                 "evals/checkpoints, summed across resumes), stop when spent; --steps is then a cap")
+      ->capture_default_str();
+
+  // eval
+  auto* ev = app.add_subcommand("eval", "held-out perplexity / top-1 of a checkpoint or model dir, plus baselines");
+  std::string ckpt, model_dir, json_out;
+  int64_t ev_windows = 0, ev_seq = 256;
+  bool baselines = true;
+  ev->add_option("--checkpoint", ckpt, "a .pt checkpoint");
+  ev->add_option("--model", model_dir, "an exported HF directory (evaluates the stored bf16 weights)");
+  ev->add_option("--data", data_dir)->capture_default_str();
+  ev->add_option("--seq", ev_seq)->capture_default_str();
+  ev->add_option("--windows", ev_windows, "windows spread evenly over the held-out stream; 0 = all")->capture_default_str();
+  ev->add_option("--json", json_out, "write the figures here");
+  ev->add_flag("!--no-baselines", baselines, "skip unigram/bigram");
+
+  // export
+  auto* ex = app.add_subcommand("export", "checkpoint -> HF directory (config.json, bf16 model.safetensors, tokenizer)");
+  std::string out_dir, tok_dir = "vocab/llama2";
+  bool overwrite = false;
+  ex->add_option("--checkpoint", ckpt)->required();
+  ex->add_option("--out", out_dir)->required();
+  ex->add_option("--tokenizer", tok_dir, "directory with tokenizer.json + tokenizer_config.json")->capture_default_str();
+  ex->add_flag("--overwrite", overwrite);
+
+  // verify
+  auto* vf = app.add_subcommand("verify", "libtorch (f64) vs the project's ReferenceModel on an exported model");
+  std::string ids_str = "1,415,2936,9060,285,2";
+  double tol = 1e-6;
+  vf->add_option("--model", model_dir)->required();
+  vf->add_option("--ids", ids_str, "comma-separated token ids")->capture_default_str();
+  vf->add_option("--tol", tol, "max abs logit difference allowed")->capture_default_str();
+  int64_t greedy_n = 0;
+  vf->add_option("--greedy", greedy_n, "also print the reference model's greedy continuation of --ids")
+      ->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+  torch::set_num_threads(threads);
+
+  try {
+    if (*tr) {
+      cfg.tie_word_embeddings = !untied;
+      cfg.validate("aloe-train flags");
+      fs::create_directories(run_dir);
+      const auto train_ids = read_ids(data_dir + "/train.bin");
+      const auto held_ids = read_ids(data_dir + "/heldout.bin");
+      const std::string last = run_dir + "/last.pt";
+      json args = {{"steps", steps}, {"batch", batch}, {"seq", seq}, {"lr", lr}, {"min_lr_frac", min_lr_frac},
+                   {"warmup", warmup}, {"weight_decay", wd}, {"clip", clip}, {"seed", seed},
+                   {"data", data_dir}, {"train_tokens", train_ids.size()}, {"threads", threads},
+                   {"minutes", minutes}};
+      Model m = Model::init(cfg, seed);
+      // Decay matrices only (norm gains stay at their scale), as is usual for AdamW on LLMs.
+      std::vector<torch::Tensor> decay, no_decay;
+      for (const auto& n : m.names) (m.p[n].dim() >= 2 ? decay : no_decay).push_back(m.p[n]);
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
+                                     torch::optim::AdamWOptions(lr).betas({0.9, 0.95}).weight_decay(wd)));
+      groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
+                                        torch::optim::AdamWOptions(lr).betas({0.9, 0.95}).weight_decay(0.0)));
+      torch::optim::AdamW opt(std::move(groups));
+      int64_t step = 0;
+      double train_s = 0;  // time spent in training steps, carried across resumes
+      if (resume) {
+        json meta = load_checkpoint(last, m, &opt);
+        step = meta.at("step").get<int64_t>();
+        train_s = meta.at("args").value("train_seconds", 0.0);
+        if (meta.at("config") != cfg.to_json())
+          throw Error(last, "checkpoint config differs from the flags given with --resume");
+        std::cout << "resumed from " << last << " at step " << step << std::endl;
+      }
+      std::cout << "model: " << cfg.parameter_count() << " parameters; train " << train_ids.size()
+                << " tokens, held-out " << held_ids.size() << "; " << steps << " steps x " << batch << " x "
+                << seq << " tokens" << std::endl;
+      const double t0 = now_s();
+      double tl = t0, loss_acc = 0;
+      int64_t loss_n = 0;
+      while (step < steps) {
+        // Linear warmup, then cosine from lr down to min_lr_frac*lr at the last step.
+        // With --minutes, progress is the share of the time budget spent instead of steps.
+        double cur = lr;
+        if (minutes > 0 && train_s >= minutes * 60) {
+          std::cout << "time budget of " << minutes << " min spent at step " << step << std::endl;
+          break;
+        }
+        if (step < warmup) {
+          cur = lr * double(step + 1) / double(warmup);
+        } else {
+          const double pr = minutes > 0 ? train_s / (minutes * 60)
+                                         : double(step - warmup) / double(std::max<int64_t>(1, steps - warmup));
+          cur = lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + std::cos(M_PI * pr)));
+        }
+        for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(cur);
+        const double ts = now_s();
+        auto b = sample_batch(train_ids, batch, seq, seed, step);
+        auto logits = forward(m, b.narrow(1, 0, seq));
+        auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, cfg.vocab_size}),
+                                                         b.narrow(1, 1, seq).reshape({-1}));
+        opt.zero_grad();
+        loss.backward();
+        torch::nn::utils::clip_grad_norm_(m.params(), clip);
+        opt.step();
+        ++step;
+        loss_acc += loss.item<double>();
+        train_s += now_s() - ts;
+        args["train_seconds"] = train_s;
+        args["tokens_seen"] = step * batch * seq;
+        ++loss_n;
+        if (step % log_every == 0 || step == steps) {
+          const double t = now_s();
+          std::cout << "step " << step << " loss " << fmt("%.4f", loss_acc / double(loss_n)) << " lr "
+                    << fmt("%.2e", cur) << " tok/s " << fmt("%.0f", double(loss_n * batch * seq) / (t - tl))
+                    << " elapsed " << fmt("%.1f", (t - t0) / 60) << "min" << std::endl;
+          tl = t, loss_acc = 0, loss_n = 0;
+        }
+        const bool out_of_time = max_minutes > 0 && (now_s() - t0) / 60 > max_minutes;
+        if (step % eval_every == 0 || step == steps || out_of_time) {
+          auto r = eval_model(m, held_ids, seq, eval_windows);
+          std::cout << "eval step " << step << " heldout_loss " << fmt("%.4f", r.nll) << " ppl "
+                    << fmt("%.2f", r.ppl()) << " top1 " << fmt("%.4f", r.top1) << std::endl;
+        }
+        const bool budget_done = minutes > 0 && train_s >= minutes * 60;
+        if (budget_done && step % eval_every != 0 && step != steps && !out_of_time) {
+          auto r = eval_model(m, held_ids, seq, eval_windows);
+          std::cout << "eval step " << step << " heldout_loss " << fmt("%.4f", r.nll) << " ppl "
+                    << fmt("%.2f", r.ppl()) << " top1 " << fmt("%.4f", r.top1) << std::endl;
+        }
+        if (step % ckpt_every == 0 || step == steps || out_of_time || budget_done) {
+          save_checkpoint(last, m, opt, step, args);
+          std::cout << "checkpoint " << last << " step " << step << std::endl;
+        }
+        if (out_of_time) {
+          std::cout << "stopping: --max-minutes " << max_minutes << " reached at step " << step << std::endl;
+          break;
+        }
+      }
+      std::cout << "training wall time " << fmt("%.1f", (now_s() - t0) / 60) << " min (this run), "
+                << fmt("%.1f", train_s / 60) << " min in steps (all runs), " << step << " steps, "
+                << step * batch * seq << " tokens" << std::endl;
+      return 0;
+    }
+
+    if (*ev) {
+      Model m;
+      std::string what;
+      if (!ckpt.empty()) {
+        load_checkpoint(ckpt, m, nullptr);
+        what = ckpt;
+      } else if (!model_dir.empty()) {
+        m = import_model(model_dir, torch::kFloat);
+        what = model_dir;
+      } else {
+        throw Error("eval", "give --checkpoint or --model");
+      }
+      const auto held = read_ids(data_dir + "/heldout.bin");
+      const double t0 = now_s();
+      auto r = eval_model(m, held, ev_seq, ev_windows);
+      json j = {{"model", what},
+                {"seq", ev_seq},
+                {"targets", r.targets},
+                {"model_nll", r.nll},
+                {"model_ppl", r.ppl()},
+                {"model_top1", r.top1},
+                {"eval_seconds", now_s() - t0}};
+      if (baselines) {
+        const auto train = read_ids(data_dir + "/train.bin");
+        auto [u, b] = eval_baselines(train, held, ev_seq, ev_windows, m.cfg.vocab_size);
+        j["unigram_ppl"] = u.ppl(), j["unigram_top1"] = u.top1;
+        j["bigram_ppl"] = b.ppl(), j["bigram_top1"] = b.top1;
+      }
+      std::cout << j.dump(2) << std::endl;
+      if (!json_out.empty()) aloepri::write_file_atomic(json_out, j.dump(2) + "\n", true);
+      return 0;
+    }
+
+    if (*ex) {
+      Model m;
+      json meta = load_checkpoint(ckpt, m, nullptr);
+      export_model(m, out_dir, tok_dir, overwrite,
+                   {{"aloepri.trained_by", "tools/train aloe-train"},
+                    {"aloepri.step", std::to_string(meta.at("step").get<int64_t>())},
+                    {"aloepri.args", meta.at("args").dump()}});
+      std::cout << "exported step " << meta.at("step") << " to " << out_dir << std::endl;
+      return 0;
+    }
+
+    if (*vf) {
+      // Both sides read the same stored bf16 weights; libtorch computes in f64, the reference
+      // holds f32 weights (exact for bf16 values) and accumulates in f64.
+      Model m = import_model(model_dir, torch::kDouble);
+      const auto ids = parse_ids(ids_str);
+      torch::Tensor x = torch::tensor(ids, torch::kLong).unsqueeze(0);
+      torch::Tensor lt;
+      {
+        torch::NoGradGuard ng;
+        lt = forward(m, x).squeeze(0).contiguous();  // [T, V]
+      }
+      auto ref = aloepri::ReferenceModel::load(model_dir);
+      const auto rl = ref.forward(ids);
+      const int64_t V = m.cfg.vocab_size;
+      if (int64_t(rl.size()) != int64_t(ids.size()) * V)
+        throw Error("verify", "reference returned " + std::to_string(rl.size()) + " logits");
+      const double* a = lt.data_ptr<double>();
+      double maxdiff = 0, maxabs = 0;
+      int64_t agree = 0;
+      for (size_t t = 0; t < ids.size(); ++t) {
+        int64_t am = 0, bm = 0;
+        for (int64_t v = 0; v < V; ++v) {
+          const double x1 = a[t * V + v], x2 = rl[t * V + v];
+          maxdiff = std::max(maxdiff, std::abs(x1 - x2));
+          maxabs = std::max(maxabs, std::abs(x2));
+          if (x1 > a[t * V + am]) am = v;
+          if (x2 > rl[t * V + bm]) bm = v;
+        }
+        agree += am == bm;
+      }
+      std::cout << "verify " << model_dir << ": " << ids.size() << " positions, max |logit| " << fmt("%.4f", maxabs)
+                << ", max abs diff " << fmt("%.3e", maxdiff) << ", argmax agree " << agree << "/" << ids.size()
+                << std::endl;
+      if (greedy_n > 0) {
+        std::cout << "greedy:";
+        for (int64_t id : ref.greedy(ids, greedy_n)) std::cout << " " << id;
+        std::cout << std::endl;
+      }
+      return maxdiff <= tol ? 0 : 1;
+    }
+  } catch (const Error& e) {
+    std::cerr << "aloe-train: " << e.what() << std::endl;
+    return e.code();
+  } catch (const std::exception& e) {
+    std::cerr << "aloe-train: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}
