@@ -9,4 +9,6 @@ status=0
 if [ -d engine/llamacpp/test ]; then
   (cd engine/llamacpp && node --test test/) || status=1
 fi
+# The parsers face untrusted files: fuzz them for a short fixed budget on every run.
+tools/fuzz.sh "${ALOEPRI_FUZZ_SECONDS:-15}" || status=1
 exit $status

@@ -2,7 +2,10 @@
 
 #include <sys/wait.h>
 
+#include <unistd.h>
+
 #include <array>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
@@ -23,8 +26,23 @@ std::string vocab_dir(const std::string& which) {
   return d;
 }
 
+// Per process: ctest runs the tests of one executable as parallel processes, and two of them
+// must never wipe each other's directory. Removed at exit unless ALOEPRI_KEEP_SCRATCH is set.
+static fs::path process_scratch_root() {
+  static const fs::path root = [] {
+    fs::path r = fs::path(binary_dir()) / "test-scratch" / ("p" + std::to_string(::getpid()));
+    if (!std::getenv("ALOEPRI_KEEP_SCRATCH"))
+      std::atexit([] {
+        std::error_code ec;
+        fs::remove_all(fs::path(binary_dir()) / "test-scratch" / ("p" + std::to_string(::getpid())), ec);
+      });
+    return r;
+  }();
+  return root;
+}
+
 std::string scratch_dir(const std::string& name) {
-  fs::path p = fs::path(binary_dir()) / "test-scratch" / name;
+  fs::path p = process_scratch_root() / name;
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();

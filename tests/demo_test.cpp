@@ -1,0 +1,45 @@
+// The README's main job, end to end: aloe-mini obfuscated, served by llama.cpp, answered.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "support/paths.h"
+
+namespace at = aloepri::testing;
+
+static bool engine_installed() {
+  return std::filesystem::exists(at::source_dir() + "/engine/llamacpp/node_modules/node-llama-cpp");
+}
+
+TEST(Demo, ExactPipelineGivesThePlaintextAnswerAndHidesThePrompt) {
+  if (!engine_installed()) GTEST_SKIP() << "llama.cpp harness not installed (run ./setup.sh)";
+  std::string out;
+  int rc = at::run_command(at::aloepri_exe() + " -q demo --exact --json --tokens 16", &out);
+  ASSERT_EQ(rc, 0) << out;
+  auto j = nlohmann::json::parse(out);
+  EXPECT_TRUE(j["ok"].get<bool>());
+  EXPECT_EQ(j["answer"]["ids"], j["plaintext_reference"]["ids"]);
+  EXPECT_EQ(j["answer"]["text"], j["plaintext_reference"]["text"]);
+  EXPECT_FALSE(j["answer"]["text"].get<std::string>().empty());
+  // What the server saw is the permuted prompt, not the plaintext one.
+  auto plain = j["prompt"]["ids"].get<std::vector<int64_t>>();
+  auto seen = j["server_saw"]["prompt_ids"].get<std::vector<int64_t>>();
+  ASSERT_EQ(plain.size(), seen.size());
+  size_t same = 0;
+  for (size_t i = 0; i < plain.size(); ++i) same += plain[i] == seen[i];
+  EXPECT_LT(same, plain.size() / 2 + 1);
+  EXPECT_EQ(j["server_saw"]["prompt_as_text"].get<std::string>().find(j["prompt"]["text"].get<std::string>()),
+            std::string::npos);
+}
+
+TEST(Demo, DefaultParametersRunAndReportAgreement) {
+  if (!engine_installed()) GTEST_SKIP() << "llama.cpp harness not installed (run ./setup.sh)";
+  std::string out;
+  int rc = at::run_command(at::aloepri_exe() + " -q demo --json --tokens 8", &out);
+  ASSERT_EQ(rc, 0) << out;
+  auto j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["obfuscation"]["obf_hidden"], 256 + 2 * 128);
+  EXPECT_EQ(j["answer"]["ids"].size(), 8u);
+  EXPECT_LE(j["greedy_agreement"]["identical_prefix"].get<size_t>(), 8u);
+}
