@@ -15,6 +15,7 @@
 #include "aloepri/keyfile.h"
 #include "aloepri/obfuscate.h"
 #include "aloepri/synth.h"
+#include "aloepri/tokenizer.h"
 #include "support/paths.h"
 
 using namespace aloepri;
@@ -81,22 +82,34 @@ Stats measure(ReferenceModel& plain, ReferenceModel& obf, const std::vector<int6
 
 // full: every ingredient alone too (ALOEPRI_OBF_FULL=1; by default only the 32k-vocabulary family
 // runs, with the short table, so the suite stays fast).
-void run_family(const char* name, Family fam, const char* vocab, bool full) {
+// model_dir empty: a synthesized "small" model of the family with random ids; else that trained
+// model with the given real-text ids (first 8 are the greedy prompt, all of them calibrate).
+void run_family(const char* name, Family fam, const char* vocab, bool full, const std::string& model_dir = "",
+                const std::vector<int64_t>& text_ids = {}) {
   if (std::getenv("ALOEPRI_OBF_FULL")) full = true;
-  const std::string plain_dir = aloepri::testing::scratch_dir(std::string("obf_acc_") + name) + "/model";
-  SynthOptions so;
-  so.family = fam;
-  so.preset = "small";
-  so.vocab_dir = aloepri::testing::vocab_dir(vocab);
-  so.seed = 11;
-  synthesize(so, plain_dir);
+  std::string plain_dir = model_dir;
+  if (plain_dir.empty()) {
+    plain_dir = aloepri::testing::scratch_dir(std::string("obf_acc_") + name) + "/model";
+    SynthOptions so;
+    so.family = fam;
+    so.preset = "small";
+    so.vocab_dir = aloepri::testing::vocab_dir(vocab);
+    so.seed = 11;
+    synthesize(so, plain_dir);
+  }
   ReferenceModel plain = ReferenceModel::load(plain_dir);
   const int64_t n = plain.vocab_size();
   RngStream r(key_seed(), "ids");
   std::vector<int64_t> ids, prompt, calib;
-  for (int i = 0; i < 48; ++i) ids.push_back(int64_t(r.below(uint64_t(n))));
-  for (int i = 0; i < 6; ++i) prompt.push_back(int64_t(r.below(uint64_t(n))));
-  for (int i = 0; i < 64; ++i) calib.push_back(int64_t(r.below(uint64_t(n))));
+  if (text_ids.empty()) {
+    for (int i = 0; i < 48; ++i) ids.push_back(int64_t(r.below(uint64_t(n))));
+    for (int i = 0; i < 6; ++i) prompt.push_back(int64_t(r.below(uint64_t(n))));
+    for (int i = 0; i < 64; ++i) calib.push_back(int64_t(r.below(uint64_t(n))));
+  } else {
+    ids = text_ids;
+    prompt.assign(text_ids.begin(), text_ids.begin() + 8);
+    calib = text_ids;
+  }
   const auto tau = derive_tau(key_seed(), n);
 
   struct V {
@@ -142,6 +155,10 @@ void run_family(const char* name, Family fam, const char* vocab, bool full) {
     p.alpha_e = 0.5;
     vs.push_back({"defaults, alpha_e 0.5", p, false, false});
   }
+  if (!model_dir.empty())
+    std::printf("\n%s (%s), %zu teacher-forced positions of real text, 32 greedy tokens\n", name, model_dir.c_str(),
+                ids.size());
+  else
   std::printf("\n%s (synth small: d 256, 4 layers, 8/4 heads, head_dim 32, vocab %ld), 48 teacher-forced "
               "positions, 32 greedy tokens\n",
               name, long(n));
@@ -154,6 +171,9 @@ void run_family(const char* name, Family fam, const char* vocab, bool full) {
     const std::string out = aloepri::testing::scratch_dir(std::string("obf_acc_out_") + name + std::to_string(k++)) + "/o";
     ObfuscateOptions opt;
     opt.params = v.p;
+    // A bf16 checkpoint would otherwise be re-rounded to bf16 after mixing: keep the transform's
+    // own error apart from storage precision.
+    if (!model_dir.empty()) opt.dtype = DType::F32;
     if (v.p.kappa == KappaMode::Calibrated) opt.calib_ids = calib;
     obfuscate_model(plain_dir, key_seed(), out, opt);
     ReferenceModel obf = ReferenceModel::load(out);
@@ -169,6 +189,11 @@ void run_family(const char* name, Family fam, const char* vocab, bool full) {
       EXPECT_GT(s.kl, 1e-7) << v.label;  // really approximate
       EXPECT_TRUE(std::isfinite(s.kl)) << v.label;
     }
+  }
+  if (!model_dir.empty()) {
+    // A trained model has margins: the key matrices alone keep nearly every prediction.
+    EXPECT_GT(got["keymat paper only, gaussian kappa"].top1, 0.9);
+    return;
   }
   // The key matrices alone keep most top-1 predictions even on a random model (no margins).
   EXPECT_GT(got["keymat paper only, gaussian kappa"].top1, 0.5);
@@ -192,3 +217,17 @@ TEST(ObfAccuracy, Qwen2) {
   run_family("qwen2", Family::Qwen2, "qwen3", false);
 }
 TEST(ObfAccuracy, Mistral) { run_family("mistral", Family::Mistral, "llama2", false); }
+
+// The shipped trained model on real text (the figures in docs/RESULTS.md come from this run with
+// ALOEPRI_OBF_FULL=1; by default the short table).
+TEST(ObfAccuracy, AloeMini) {
+  const std::string dir = aloepri::testing::source_dir() + "/models/aloe-mini";
+  const char* text =
+      "And God said, Let there be light: and there was light. And God saw the light, that it was good: "
+      "and God divided the light from the darkness. And God called the light Day, and the darkness he "
+      "called Night. And the evening and the morning were the first day. Call me Ishmael. Some years "
+      "ago, never mind how long precisely, having little or no money in my purse, and nothing particular "
+      "to interest me on shore, I thought I would sail about a little and see the watery part of the world.";
+  auto ids32 = Tokenizer::load(dir).encode(text, true);
+  run_family("aloe-mini", Family::Llama, "llama2", false, dir, std::vector<int64_t>(ids32.begin(), ids32.end()));
+}
