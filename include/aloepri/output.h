@@ -2,6 +2,7 @@
 // An existing destination is refused unless `overwrite` is set.
 #pragma once
 #include <cstdio>
+#include <cstdint>
 #include <string>
 
 namespace aloepri {

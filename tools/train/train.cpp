@@ -41,6 +41,11 @@ using json = nlohmann::json;
 
 namespace {
 
+// Where parameters and batches live: CPU (the documented recipe) or CUDA (--device cuda, when
+// libtorch was built with it). Initialisation and batch sampling always run on the CPU, so the
+// starting point and the data order do not depend on the device.
+torch::Device g_device = torch::kCPU;
+
 // ---------------------------------------------------------------- data
 
 std::vector<uint16_t> read_ids(const std::string& path) {
@@ -102,7 +107,7 @@ struct Model {
       else
         m.add(name, mat(shape[0], shape[1]));
     }
-    for (auto& [n, t] : m.p) t.set_requires_grad(true);
+    for (auto& [n, t] : m.p) t = t.to(g_device).set_requires_grad(true);
     return m;
   }
 
@@ -134,8 +139,8 @@ torch::Tensor forward(Model& m, const torch::Tensor& ids) {
   auto inv_freq = 1.0 / torch::pow(c.rope_theta, torch::arange(0, Dh, 2, torch::kDouble) / double(Dh));
   auto freqs = torch::outer(torch::arange(T, torch::kDouble), inv_freq);
   auto emb = torch::cat({freqs, freqs}, -1);
-  auto cos = emb.cos().to(dt), sin = emb.sin().to(dt);  // [T, Dh]
-  auto mask = torch::ones({T, T}, torch::kBool).triu(1);
+  auto cos = emb.cos().to(ids.device(), dt), sin = emb.sin().to(ids.device(), dt);  // [T, Dh]
+  auto mask = torch::ones({T, T}, torch::kBool).triu(1).to(ids.device());
   const double scale = 1.0 / std::sqrt(double(Dh));
 
   auto x = torch::embedding(m.at(tn::embed()), ids);  // [B, T, d]
@@ -176,7 +181,7 @@ void save_checkpoint(const std::string& path, const Model& m, torch::optim::Adam
   json meta = {{"config", m.cfg.to_json()}, {"step", step}, {"args", args}, {"names", m.names}};
   const std::string ms = meta.dump();
   ar.write("meta", torch::from_blob(const_cast<char*>(ms.data()), {int64_t(ms.size())}, torch::kChar).clone());
-  for (size_t i = 0; i < m.names.size(); ++i) ar.write("p" + std::to_string(i), m.p.at(m.names[i]).detach());
+  for (size_t i = 0; i < m.names.size(); ++i) ar.write("p" + std::to_string(i), m.p.at(m.names[i]).detach().cpu());
   torch::serialize::OutputArchive oa;
   opt.save(oa);
   ar.write("optim", oa);
@@ -204,7 +209,7 @@ json load_checkpoint(const std::string& path, Model& m, torch::optim::AdamW* opt
     ar.read("p" + std::to_string(i), t);
     auto it = m.p.find(m.names[i]);
     if (it == m.p.end()) {
-      m.p[m.names[i]] = t.set_requires_grad(true);
+      m.p[m.names[i]] = t.to(g_device).set_requires_grad(true);
     } else {
       torch::NoGradGuard ng;
       it->second.copy_(t);
@@ -252,6 +257,7 @@ EvalResult eval_model(Model& m, const std::vector<uint16_t>& ids, int64_t seq, i
     auto* p = x.data_ptr<int64_t>();
     for (int64_t j = 0; j < b; ++j)
       for (int64_t t = 0; t < seq; ++t) p[j * seq + t] = ids[size_t(wins[size_t(w0 + j)] * seq + t)];
+    x = x.to(g_device);
     auto logits = forward(m, x.narrow(1, 0, seq - 1)).to(torch::kFloat);
     auto tgt = x.narrow(1, 1, seq - 1);
     auto lp = torch::log_softmax(logits, -1);
@@ -341,7 +347,7 @@ void export_model(const Model& m, const std::string& out_dir, const std::string&
     w.add({n, aloepri::DType::BF16, t.sizes().vec()});
   }
   for (const auto& n : m.names) {
-    auto t = m.p.at(n).detach().to(torch::kFloat).contiguous();
+    auto t = m.p.at(n).detach().cpu().to(torch::kFloat).contiguous();
     w.write_f32(n, t.data_ptr<float>(), size_t(t.numel()));
   }
   w.finish();
@@ -356,7 +362,7 @@ Model import_model(const std::string& dir, torch::ScalarType dt) {
   m.cfg = hf.config();
   for (const auto& [name, shape] : aloepri::expected_tensors(m.cfg)) {
     aloepri::Tensor t = hf.tensor_f32(name);
-    m.add(name, torch::from_blob(t.data.data(), shape, torch::kFloat).clone().to(dt));
+    m.add(name, torch::from_blob(t.data.data(), shape, torch::kFloat).clone().to(g_device, dt));
   }
   return m;
 }
@@ -388,6 +394,12 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int threads = 2;
   app.add_option("--threads", threads, "libtorch intra-op threads")->capture_default_str();
+  std::string device = "cpu";
+  app.add_option("--device", device,
+                 "cpu, or cuda when libtorch has CUDA (see tools/train/cuda_build.sh); results match the "
+                 "CPU recipe statistically, not bit for bit")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
 
   // train
   auto* tr = app.add_subcommand("train", "train (or --resume) a model; checkpoints to --run-dir");
@@ -471,6 +483,13 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
+  if (device == "cuda") {
+    if (!torch::cuda::is_available()) {
+      std::cerr << "aloe-train: --device cuda, but this libtorch sees no CUDA device" << std::endl;
+      return 2;
+    }
+    g_device = torch::Device(torch::kCUDA);
+  }
 
   try {
     if (*tr) {
@@ -527,7 +546,7 @@ int main(int argc, char** argv) {
         }
         for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(cur);
         const double ts = now_s();
-        auto b = sample_batch(train_ids, batch, seq, seed, step);
+        auto b = sample_batch(train_ids, batch, seq, seed, step).to(g_device);
         auto logits = forward(m, b.narrow(1, 0, seq));
         auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, cfg.vocab_size}),
                                                          b.narrow(1, 1, seq).reshape({-1}));
@@ -628,7 +647,7 @@ int main(int argc, char** argv) {
       torch::Tensor lt;
       {
         torch::NoGradGuard ng;
-        lt = forward(m, x).squeeze(0).contiguous();  // [T, V]
+        lt = forward(m, x.to(g_device)).squeeze(0).cpu().contiguous();  // [T, V]
       }
       auto ref = aloepri::ReferenceModel::load(model_dir);
       const auto rl = ref.forward(ids);
