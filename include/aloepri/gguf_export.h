@@ -46,6 +46,10 @@ struct GGUFExportResult {
 // unsupported model or tokenizer, or Error(kExitOutputExists) if out_path exists and !overwrite.
 GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, DType dtype,
                              const GGUFExportOptions& opt = {});
+// Any GGUF matrix type: F32, F16, BF16, or ggml's Q8_0 / Q4_0 blocks (which tensors are
+// quantized, and how: include/aloepri/gguf_quant.h).
+GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, gguf::GGMLType matrix_type,
+                             const GGUFExportOptions& opt = {});
 
 // --- pieces, exposed for tests and other tools ---
 

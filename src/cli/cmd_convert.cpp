@@ -4,6 +4,7 @@
 
 #include "aloepri/error.h"
 #include "aloepri/gguf_export.h"
+#include "aloepri/gguf_quant.h"
 #include "aloepri/model.h"
 #include "command.h"
 
@@ -16,11 +17,8 @@ struct Options {
 
 int run(const Options& o) {
   using namespace aloepri;
-  DType dt;
-  if (o.dtype == "f32") dt = DType::F32;
-  else if (o.dtype == "f16") dt = DType::F16;
-  else if (o.dtype == "bf16") dt = DType::BF16;
-  else throw Error("--dtype", "unknown dtype '" + o.dtype + "' (supported: f32, f16, bf16)", kExitUsage);
+  const auto dt = gguf::parse_gguf_dtype(o.dtype);
+  if (!dt) throw Error("--dtype", "unknown dtype '" + o.dtype + "' (supported: f32, f16, bf16, q8_0, q4_0)", kExitUsage);
   // Fail on an existing output before loading anything.
   refuse_existing(o.gguf, o.force);
   HFModel model(o.model);
@@ -31,7 +29,7 @@ int run(const Options& o) {
   opt.arch = o.arch;
   opt.tokenizer_pre = o.tokenizer_pre;
   opt.opaque_vocab = o.opaque_vocab;
-  GGUFExportResult r = export_gguf(model, o.gguf, dt, opt);
+  GGUFExportResult r = export_gguf(model, o.gguf, *dt, opt);
   std::cerr << "wrote " << o.gguf << ": arch " << r.arch << ", " << r.n_tensors << " tensors, " << o.dtype
             << ", vocab " << r.n_vocab << " (tokenizer " << r.tokenizer_model << "/" << r.tokenizer_pre;
   if (!o.opaque_vocab) std::cerr << ", " << r.n_tokenizer_tokens << " tokenizer ids";
@@ -44,7 +42,8 @@ auto setup(CLI::App& sub) {
   sub.add_option("MODEL", o->model, "HF checkpoint directory (config.json, *.safetensors, tokenizer.json)")
       ->required();
   sub.add_option("--gguf", o->gguf, "Output GGUF file (written atomically)")->required();
-  sub.add_option("--dtype", o->dtype, "Matrix type: f32 | f16 | bf16 (norms and biases stay f32)")
+  sub.add_option("--dtype", o->dtype, "Matrix type: f32 | f16 | bf16 | q8_0 | q4_0 (norms and biases stay f32; q4_0 keeps\n"
+                  "the output head q8_0; rows not a multiple of 32 stay f16)")
       ->capture_default_str();
   sub.add_flag("--force", o->force, "Replace an existing output file");
   sub.add_option("--name", o->name, "general.name (default: the model directory's name)");
@@ -67,6 +66,8 @@ auto setup(CLI::App& sub) {
       "  * The vocabulary comes from tokenizer.json: SentencePiece-style BPE (Llama-2, Mistral) as\n"
       "    tokenizer 'llama' with scores and byte tokens, byte-level BPE (Llama-3, Qwen) as 'gpt2' with\n"
       "    merges; ids past the tokenizer up to vocab_size become [PAD{i}] placeholders.\n"
+      "  * q8_0 / q4_0: ggml's block formats, byte-identical to llama-quantize's reference quantizer\n"
+      "    (llama-quantize makes the head Q6_K for q4_0; aloepri writes it Q8_0).\n"
       "  * Obfuscated models: use --opaque-vocab. Their token ids are secretly permuted, and llama.cpp\n"
       "    reads meaning into token text (e.g. '<|im_end|>' ends generation wherever it sits).\n"
       "Example:\n"

@@ -1,5 +1,7 @@
 // `aloepri inspect MODEL [--json]`: what a checkpoint is (family, dimensions, dtypes, size,
 // tensors) and its fingerprint, after the same validation every other command applies.
+// A .gguf file gets the llama.cpp view instead: architecture, the hyper-parameters llama.cpp
+// reads, tokenizer, tensor types and sizes (what a server operator sees of an obfuscated model).
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -8,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aloepri/error.h"
+#include "aloepri/gguf.h"
 #include "aloepri/model.h"
 #include "command.h"
 
@@ -39,11 +42,126 @@ struct Options {
   int show = 3;
 };
 
+// A metadata value as JSON (arrays summarised: their length and first elements, since a
+// vocabulary array has tens of thousands of entries).
+json value_json(const aloepri::gguf::Value& v, size_t max_elems) {
+  using aloepri::gguf::ValueType;
+  auto one = [&](size_t i) -> json {
+    return std::visit([&](const auto& vec) -> json { return json(vec[i]); }, v.storage());
+  };
+  if (!v.is_array()) {
+    if (v.type() == ValueType::BOOL) return json(v.as_bool());
+    return one(0);
+  }
+  json a = json::array();
+  for (size_t i = 0; i < std::min(v.size(), max_elems); ++i) a.push_back(one(i));
+  return {{"array_of", aloepri::gguf::value_type_name(v.elem_type())}, {"length", v.size()}, {"first", a}};
+}
+
+int run_gguf(const Options& o) {
+  using namespace aloepri;
+  gguf::GGUFReader r(o.model);
+  const std::string arch = r.has("general.architecture") ? r.get("general.architecture").as_string() : "";
+  std::map<std::string, std::pair<uint64_t, uint64_t>> by_type;  // ggml type -> (tensors, bytes)
+  uint64_t total = 0, params = 0;
+  for (const auto& t : r.tensors()) {
+    auto& e = by_type[gguf::ggml_type_name(t.type)];
+    e.first += 1, e.second += t.nbytes;
+    total += t.nbytes, params += uint64_t(t.numel());
+  }
+  const uint64_t file_bytes = fs::file_size(o.model);
+  auto ne_str = [](const std::vector<int64_t>& ne) {
+    std::string s = "[";
+    for (size_t i = 0; i < ne.size(); ++i) s += (i ? ", " : "") + std::to_string(ne[i]);
+    return s + "]";
+  };
+  const size_t n = r.tensors().size(), k = size_t(std::max(0, o.show));
+  std::vector<size_t> listed;
+  for (size_t i = 0; i < n; ++i)
+    if (i < k || i + k >= n) listed.push_back(i);
+  const std::string vocab_key = "tokenizer.ggml.tokens";
+  const size_t vocab = r.has(vocab_key) ? r.get(vocab_key).size() : 0;
+
+  if (o.json_out) {
+    json j;
+    j["path"] = o.model;
+    j["format"] = "gguf";
+    j["version"] = r.version();
+    j["alignment"] = r.alignment();
+    j["architecture"] = arch;
+    j["file_bytes"] = file_bytes;
+    j["tensor_count"] = n;
+    j["tensor_bytes"] = total;
+    j["parameters"] = params;
+    j["vocab_size"] = vocab;
+    json md = json::object();
+    for (const auto& [key, value] : r.metadata()) md[key] = value_json(value, 8);
+    j["metadata"] = md;
+    json d = json::object();
+    for (auto& [name, e] : by_type) d[name] = {{"tensors", e.first}, {"bytes", e.second}};
+    j["types"] = d;
+    json ts = json::array();
+    for (size_t i : listed) {
+      const auto& t = r.tensors()[i];
+      ts.push_back({{"name", t.name}, {"type", gguf::ggml_type_name(t.type)}, {"ne", t.ne}, {"bytes", t.nbytes}});
+    }
+    j["tensors_shown"] = ts;
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  auto row = [](const std::string& key, const std::string& v) { std::printf("%-12s %s\n", key.c_str(), v.c_str()); };
+  auto scalar = [&](const std::string& key) -> std::string {
+    if (!r.has(key)) return "";
+    const auto& v = r.get(key);
+    if (v.is_array()) return "array of " + std::to_string(v.size());
+    if (v.type() == gguf::ValueType::STRING) return v.as_string();
+    if (v.type() == gguf::ValueType::BOOL) return v.as_bool() ? "true" : "false";
+    if (v.type() == gguf::ValueType::FLOAT32 || v.type() == gguf::ValueType::FLOAT64) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%g", v.as_f64());
+      return b;
+    }
+    return v.type() == gguf::ValueType::INT32 || v.type() == gguf::ValueType::INT64 ? std::to_string(v.as_i64())
+                                                                                      : std::to_string(v.as_u64());
+  };
+  row("model", o.model);
+  row("format", "GGUF v" + std::to_string(r.version()) + ", alignment " + std::to_string(r.alignment()) + ", " +
+                    human_bytes(file_bytes));
+  row("arch", arch.empty() ? "(general.architecture missing)" : arch);
+  if (r.has("general.name")) row("name", scalar("general.name"));
+  const std::pair<const char*, const char*> keys[] = {
+      {"hidden", "embedding_length"},       {"layers", "block_count"},
+      {"heads", "attention.head_count"},    {"kv heads", "attention.head_count_kv"},
+      {"key len", "attention.key_length"},  {"value len", "attention.value_length"},
+      {"ffn", "feed_forward_length"},       {"context", "context_length"},
+      {"rope theta", "rope.freq_base"},     {"norm eps", "attention.layer_norm_rms_epsilon"}};
+  for (const auto& [label, suffix] : keys) {
+    const std::string v = scalar(arch + "." + suffix);
+    if (!v.empty()) row(label, v);
+  }
+  std::string tok = scalar("tokenizer.ggml.model");
+  if (r.has("tokenizer.ggml.pre")) tok += ", pre " + scalar("tokenizer.ggml.pre");
+  row("tokenizer", (tok.empty() ? std::string("(none)") : tok) + ", " + std::to_string(vocab) + " tokens" +
+                       (r.has("tokenizer.ggml.eos_token_id") ? ", eos " + scalar("tokenizer.ggml.eos_token_id") : ""));
+  char buf[64];
+  const double pc = double(params);
+  std::snprintf(buf, sizeof buf, pc >= 1e9 ? " (%.2f B)" : " (%.2f M)", pc >= 1e9 ? pc / 1e9 : pc / 1e6);
+  row("parameters", with_commas(params) + buf);
+  row("tensors", std::to_string(n) + ", " + human_bytes(total));
+  for (auto& [name, e] : by_type) row("  " + name, std::to_string(e.first) + " tensors, " + human_bytes(e.second));
+  for (size_t li = 0; li < listed.size(); ++li) {
+    const auto& t = r.tensors()[listed[li]];
+    if (li == k && n > 2 * k) row("", "...");
+    row(li == 0 ? "names" : "", t.name + " " + gguf::ggml_type_name(t.type) + " " + ne_str(t.ne));
+  }
+  row("metadata", std::to_string(r.metadata().size()) + " keys (--json lists them)");
+  return 0;
+}
+
 int run(const Options& o) {
   using namespace aloepri;
   std::error_code ec;
-  if (fs::path(o.model).extension() == ".gguf")
-    throw Error(o.model, "GGUF input is not supported by inspect yet (pass an HF checkpoint directory)");
+  if (fs::path(o.model).extension() == ".gguf") return run_gguf(o);
   HFModel m(o.model);
   const ModelConfig& c = m.config();
   const SafetensorsReader& w = m.weights();
@@ -156,7 +274,7 @@ auto setup(CLI::App& sub) {
   auto o = std::make_shared<Options>();
   sub.add_option("MODEL", o->model,
                  "An HF checkpoint directory (config.json + model.safetensors or a sharded\n"
-                 "model.safetensors.index.json, optionally tokenizer.json)")
+                 "model.safetensors.index.json, optionally tokenizer.json), or a .gguf file")
       ->required();
   sub.add_flag("--json", o->json_out, "Print one JSON object instead of the table");
   sub.add_flag("--no-fingerprint", o->no_fingerprint,
@@ -176,5 +294,5 @@ auto setup(CLI::App& sub) {
 
 }  // namespace
 
-ALOEPRI_COMMAND(inspect, "inspect", 10, "Describe an HF checkpoint: family, dimensions, dtypes, tensors, fingerprint",
+ALOEPRI_COMMAND(inspect, "inspect", 10, "Describe an HF checkpoint (family, dimensions, dtypes, tensors, fingerprint) or a GGUF file",
                 setup);

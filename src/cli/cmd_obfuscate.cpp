@@ -5,6 +5,7 @@
 
 #include "aloepri/error.h"
 #include "aloepri/gguf_export.h"
+#include "aloepri/gguf_quant.h"
 #include "aloepri/keyfile.h"
 #include "aloepri/model.h"
 #include "aloepri/obfuscate.h"
@@ -59,11 +60,16 @@ int run(Opts o, CLI::App& sub) {
     p.keymat = km;
     p.kappa = kp;
   }
-  if (!o.dtype.empty()) {
+  // q8_0 / q4_0 quantize the GGUF only; the HF checkpoint keeps the input's dtype.
+  std::optional<gguf::GGMLType> gguf_quant;
+  if (o.dtype == "q8_0" || o.dtype == "q4_0") {
+    if (o.gguf.empty()) throw Error("--dtype", o.dtype + " is a GGUF type: it needs --gguf", kExitUsage);
+    gguf_quant = gguf::parse_gguf_dtype(o.dtype);
+  } else if (!o.dtype.empty()) {
     if (o.dtype == "f32") opt.dtype = DType::F32;
     else if (o.dtype == "bf16") opt.dtype = DType::BF16;
     else if (o.dtype == "f16") opt.dtype = DType::F16;
-    else throw Error("--dtype", "unknown dtype '" + o.dtype + "' (supported: f32, bf16, f16)", kExitUsage);
+    else throw Error("--dtype", "unknown dtype '" + o.dtype + "' (supported: f32, bf16, f16, q8_0, q4_0)", kExitUsage);
   }
   if (!o.calib_ids.empty()) opt.calib_ids = cli::parse_ids_csv(o.calib_ids);
   if (!o.calib_file.empty()) opt.calib_ids = read_ids_file(o.calib_file);
@@ -90,7 +96,8 @@ int run(Opts o, CLI::App& sub) {
     // plaintext id of "<|im_end|>" etc., which is now an unrelated token).
     go.opaque_vocab = true;
     const DType gd = opt.dtype ? *opt.dtype : obf.weights().get(tensor_names::embed()).dtype;
-    export_gguf(obf, o.gguf, gd, go);
+    if (gguf_quant) export_gguf(obf, o.gguf, *gguf_quant, go);
+    else export_gguf(obf, o.gguf, gd, go);
   }
 
   ObfuscationRecord rec;
@@ -135,7 +142,8 @@ auto setup(CLI::App& sub) {
   sub.add_option("--calib-file", o->calib_file, "File of calibration token ids (comma/space separated)");
   sub.add_option("--calib-text", o->calib_text, "Text file tokenized with the model's tokenizer (first 512 ids)");
   sub.add_option("--noise-scale", o->noise_scale, "Noise std: global (std of the whole matrix) | per-row");
-  sub.add_option("--dtype", o->dtype, "Output dtype f32 | bf16 | f16 (default: the input's)");
+  sub.add_option("--dtype", o->dtype, "Output dtype f32 | bf16 | f16 (default: the input's); q8_0 | q4_0 quantize the\n"
+                 "--gguf file only (the checkpoint keeps the input's dtype)");
   sub.add_flag("--force", o->force, "Replace an existing output directory / GGUF");
   sub.footer(
       "Every secret (vocabulary permutation tau, key matrices, head/FFN maps, noise) is derived from\n"

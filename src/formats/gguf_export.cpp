@@ -13,6 +13,7 @@
 #include <unordered_set>
 
 #include "aloepri/error.h"
+#include "aloepri/gguf_quant.h"
 #include "aloepri/model.h"
 #include "aloepri/progress.h"
 
@@ -62,7 +63,8 @@ struct Job {
   bool two_d = false;
   int64_t permute_head_dim = 0;    // > 0: llama Q/K row permutation
   DType out = DType::F32;
-  uint64_t out_bytes() const { return uint64_t(rows) * uint64_t(cols) * dtype_size(out); }
+  GGMLType gtype = GGMLType::F32;  // the GGUF type; Q8_0 / Q4_0: rows are staged as f32 (out)
+  uint64_t out_bytes() const { return uint64_t(rows) * gguf::ggml_row_bytes(gtype, cols); }
 };
 
 void check_shape(const TensorView& v, std::vector<int64_t> want) {
@@ -90,6 +92,28 @@ void write_job(GGUFWriter& w, const Job& j, std::vector<float>& f32buf, std::vec
   int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, j.cols));
   if (j.permute_head_dim > 0) chunk = std::max<int64_t>(1, chunk / j.permute_head_dim) * j.permute_head_dim;
   chunk = std::min(chunk, j.rows);
+  const bool quant = gguf::ggml_type_is_block_quant(j.gtype);
+  if (quant) {
+    // Block quantization: stage whole rows as f32 (permuted if asked), then quantize the chunk
+    // (every row is a whole number of blocks, so chunk-wise equals row-wise).
+    f32buf.resize(size_t(chunk * j.cols));
+    outbuf.resize(gguf::ggml_row_bytes(j.gtype, chunk * j.cols));
+    for (int64_t r0 = 0; r0 < j.rows; r0 += chunk) {
+      const int64_t r1 = std::min(j.rows, r0 + chunk);
+      for (int64_t r = r0; r < r1; ++r) {
+        int64_t s = j.permute_head_dim > 0 ? llama_qk_source_row(r, j.permute_head_dim) : r;
+        convert_to_f32(v.dtype, v.data + size_t(s) * in_row, f32buf.data() + size_t(r - r0) * j.cols, size_t(j.cols));
+      }
+      const int64_t n = (r1 - r0) * j.cols;
+      gguf::quantize_values(j.gtype, f32buf.data(), outbuf.data(), n);
+      const size_t nb = gguf::ggml_row_bytes(j.gtype, n);
+      w.write_data(outbuf.data(), nb);
+      release_pages(v.data + size_t(r0) * in_row, size_t(r1 - r0) * in_row);
+      if (prog) prog->advance(nb);
+    }
+    w.end_tensor();
+    return;
+  }
   const bool passthrough = v.dtype == j.out && j.permute_head_dim == 0;
   const bool direct = v.dtype == DType::F32 && reinterpret_cast<uintptr_t>(v.data) % alignof(float) == 0;
   if (!passthrough) outbuf.resize(size_t(chunk * j.cols) * out_es);
@@ -341,8 +365,14 @@ void add_opaque_tokenizer_metadata(GGUFWriter& w, const ModelConfig& c) {
 
 GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, DType dtype,
                              const GGUFExportOptions& opt) {
+  return export_gguf(model, out_path, ggml_type_of(dtype), opt);
+}
+
+GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, GGMLType wtype,
+                             const GGUFExportOptions& opt) {
   const ModelConfig& c = model.config();
-  const GGMLType wtype = ggml_type_of(dtype);
+  require(gguf::ggml_type_writable(wtype), "--dtype",
+          "GGUF export supports f32, f16, bf16, q8_0 and q4_0, not " + gguf::ggml_type_name(wtype), kExitUsage);
   const std::string arch = gguf_arch_for(c, opt.arch);
   const bool permute = arch == "llama";
   const std::string& rope = c.rope_scaling.type;
@@ -372,12 +402,13 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   std::string name = opt.name;
   if (name.empty()) name = fs::path(model.dir()).filename().string();
   if (name.empty()) name = fs::path(model.dir()).parent_path().filename().string();
-  const uint32_t file_type = dtype == DType::F32 ? gguf::kFileAllF32 : dtype == DType::F16 ? gguf::kFileMostlyF16
-                                                                                           : gguf::kFileMostlyBF16;
+  const uint32_t file_type = gguf::gguf_file_type_for(wtype);
   w.set("general.architecture", Value::string(arch));
   w.set("general.type", Value::string("model"));
   w.set("general.name", Value::string(name));
   w.set("general.file_type", Value::u32(file_type));
+  if (gguf::ggml_type_is_block_quant(wtype))
+    w.set("general.quantization_version", Value::u32(gguf::kQuantizationVersion));
   const std::string a = arch + ".";
   w.set(a + "vocab_size", Value::u32(u32_field(c.vocab_size, "vocab_size")));
   w.set(a + "context_length", Value::u32(u32_field(c.max_position_embeddings, "max_position_embeddings")));
@@ -424,7 +455,8 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
     j.cols = cols;
     j.two_d = true;
     j.permute_head_dim = perm_hd;
-    j.out = dtype;
+    j.gtype = gguf::gguf_tensor_type(gname, true, cols, wtype);
+    j.out = j.gtype == GGMLType::F16 ? DType::F16 : j.gtype == GGMLType::BF16 ? DType::BF16 : DType::F32;
     jobs.push_back(std::move(j));
   };
   auto vec = [&](const std::string& gname, const std::string& hf, int64_t n, int64_t perm_hd = 0) {
@@ -487,7 +519,7 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   uint64_t total = 0;
   for (const auto& j : jobs) {
     std::vector<int64_t> ne = j.two_d ? std::vector<int64_t>{j.cols, j.rows} : std::vector<int64_t>{j.rows * j.cols};
-    w.add_tensor(j.name, ne, j.two_d ? wtype : GGMLType::F32);
+    w.add_tensor(j.name, ne, j.gtype);
     total += j.out_bytes();
     if (j.src) res.bytes_in += j.src->nbytes;
   }
