@@ -35,6 +35,11 @@ struct ObfuscationParams {
 
   // lambda 0, h 0, no noise, beta 1: every remaining transform is exact.
   static ObfuscationParams exact();
+  // Named parameter sets (issue 6, docs/results/eval.md): "paper" = the report's defaults (the
+  // values of this struct); "default" = the measured frontier point `aloepri obfuscate` uses
+  // when no privacy flag is given; "exact". Throws Error(kExitUsage) for an unknown name.
+  static ObfuscationParams profile(const std::string& name);
+  static std::vector<std::string> profile_names();
   bool is_exact_setting() const;
   nlohmann::json to_json() const;
 };
@@ -64,6 +69,13 @@ struct ObfuscateResult {
 // missing tensors, non-float dtypes, or an existing out_dir without force.
 ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
                                 const ObfuscateOptions& opt);
+
+// A short public id of a key (16 hex digits from the stream "adapt/key-id"; reveals nothing of
+// the seed). A model fine-tuned for one key's noise (tools/train/adapt.cpp) records it in
+// config.json as "aloepri_adapted": {key_id, alpha_e, alpha_h, noise_scale, ...};
+// obfuscate_model refuses such a model with another key or other noise parameters (the
+// adaptation would be wasted) and never copies the record into the served config.
+std::string adaptation_key_id(const Seed& seed);
 
 // The output config.json for a plaintext config (exposed for tests): hidden_size d', explicit
 // head_dim, untied, eps' and the published obfuscated special token ids (method.md section 7:

@@ -18,6 +18,7 @@ namespace {
 struct Opts {
   std::string model, key, out, gguf, keymat = "paper", kappa = "gaussian", dtype, noise_scale = "global";
   std::string calib_ids, calib_file, calib_text;
+  std::string profile = "default";  // named parameter set; explicit flags override its fields
   double lambda = 0.3, alpha_e = 1.0, alpha_h = 0.2, gamma = 1000;
   int64_t expansion = 128, beta = 8;
   bool exact = false, force = false;
@@ -34,21 +35,30 @@ int run(Opts o, CLI::App& sub) {
   using namespace aloepri;
   ObfuscateOptions opt;
   ObfuscationParams& p = opt.params;
-  p.lambda = o.lambda;
-  p.expansion = o.expansion;
-  p.alpha_e = o.alpha_e;
-  p.alpha_h = o.alpha_h;
-  p.beta = o.beta;
-  p.gamma = o.gamma;
-  if (o.keymat == "paper") p.keymat = obf::KeymatVariant::Paper;
-  else if (o.keymat == "exact-norm") p.keymat = obf::KeymatVariant::ExactNorm;
-  else throw Error("--keymat", "unknown variant '" + o.keymat + "' (supported: paper, exact-norm)", kExitUsage);
-  if (o.kappa == "gaussian") p.kappa = KappaMode::Gaussian;
-  else if (o.kappa == "calibrated") p.kappa = KappaMode::Calibrated;
-  else throw Error("--kappa", "unknown mode '" + o.kappa + "' (supported: gaussian, calibrated)", kExitUsage);
-  if (o.noise_scale == "global") p.noise_scale = obf::NoiseScale::Global;
-  else if (o.noise_scale == "per-row") p.noise_scale = obf::NoiseScale::PerRow;
-  else throw Error("--noise-scale", "unknown '" + o.noise_scale + "' (supported: global, per-row)", kExitUsage);
+  // The profile gives every privacy parameter; flags given explicitly override it.
+  p = ObfuscationParams::profile(o.profile);
+  auto given = [&](const char* f) { return sub.count(f) > 0; };
+  if (given("--lambda")) p.lambda = o.lambda;
+  if (given("--expansion")) p.expansion = o.expansion;
+  if (given("--alpha-e")) p.alpha_e = o.alpha_e;
+  if (given("--alpha-h")) p.alpha_h = o.alpha_h;
+  if (given("--beta")) p.beta = o.beta;
+  if (given("--gamma")) p.gamma = o.gamma;
+  if (given("--keymat")) {
+    if (o.keymat == "paper") p.keymat = obf::KeymatVariant::Paper;
+    else if (o.keymat == "exact-norm") p.keymat = obf::KeymatVariant::ExactNorm;
+    else throw Error("--keymat", "unknown variant '" + o.keymat + "' (supported: paper, exact-norm)", kExitUsage);
+  }
+  if (given("--kappa")) {
+    if (o.kappa == "gaussian") p.kappa = KappaMode::Gaussian;
+    else if (o.kappa == "calibrated") p.kappa = KappaMode::Calibrated;
+    else throw Error("--kappa", "unknown mode '" + o.kappa + "' (supported: gaussian, calibrated)", kExitUsage);
+  }
+  if (given("--noise-scale")) {
+    if (o.noise_scale == "global") p.noise_scale = obf::NoiseScale::Global;
+    else if (o.noise_scale == "per-row") p.noise_scale = obf::NoiseScale::PerRow;
+    else throw Error("--noise-scale", "unknown '" + o.noise_scale + "' (supported: global, per-row)", kExitUsage);
+  }
   if (o.exact) {
     // --exact overrides the privacy parameters; naming them too is a contradiction.
     for (const char* f : {"--lambda", "--expansion", "--alpha-e", "--alpha-h", "--beta"})
@@ -129,7 +139,10 @@ auto setup(CLI::App& sub) {
   sub.add_option("--key", o->key, "Client key file (from `aloepri keygen`)")->required();
   sub.add_option("--out", o->out, "Obfuscated model directory to create")->required();
   sub.add_option("--gguf", o->gguf, "Also write the obfuscated model as GGUF for llama.cpp");
-  sub.add_option("--lambda", o->lambda, "Key-matrix non-orthogonality lambda (default 0.3)");
+  sub.add_option("--profile", o->profile,
+                 "Privacy parameter set: default (measured frontier point, docs/results/eval.md) | paper "
+                 "(the report's: lambda .3, h 128, alpha_e 1, alpha_h .2, beta 8) | exact; flags override it");
+  sub.add_option("--lambda", o->lambda, "Key-matrix non-orthogonality lambda (paper 0.3)");
   sub.add_option("--expansion", o->expansion, "Expansion h: hidden size grows by 2h (default 128)");
   sub.add_option("--alpha-e", o->alpha_e, "Embedding noise, x std of the embedding (default 1.0)");
   sub.add_option("--alpha-h", o->alpha_h, "Head noise, x std of the head (default 0.2)");

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -32,6 +33,28 @@ ObfuscationParams ObfuscationParams::exact() {
   p.alpha_e = p.alpha_h = 0;
   p.beta = 1;
   return p;
+}
+
+ObfuscationParams ObfuscationParams::profile(const std::string& name) {
+  if (name == "paper") return ObfuscationParams();
+  if (name == "exact") return exact();
+  if (name == "default") {
+    // Issue 6's measured frontier point on aloe-mini (docs/results/eval.md).
+    ObfuscationParams p;
+    return p;
+  }
+  std::string all;
+  for (const auto& n : profile_names()) all += (all.empty() ? "" : ", ") + n;
+  throw Error("--profile", "unknown profile '" + name + "' (supported: " + all + ")", kExitUsage);
+}
+
+std::vector<std::string> ObfuscationParams::profile_names() { return {"default", "paper", "exact"}; }
+
+std::string adaptation_key_id(const Seed& seed) {
+  RngStream r(seed, "adapt/key-id");
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", (unsigned long long)r.next_u64());
+  return b;
 }
 
 bool ObfuscationParams::is_exact_setting() const {
@@ -279,6 +302,7 @@ nlohmann::json obfuscated_config(const ModelConfig& plain, int64_t obf_hidden, d
   if (!plain.raw.contains("eos_token_id") && plain.eos_token_id) j["eos_token_id"] = *plain.eos_token_id;
   remap_ids(j, tau, "config.json");
   j["head_dim"] = plain.head_dim;  // explicit: d' != heads * head_dim
+  j.erase("aloepri_adapted");      // client-side record of a noise-aware adaptation: never served
   return j;
 }
 
@@ -300,6 +324,22 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     if (!dtype_is_float(t.dtype))
       throw Error("tensor '" + name + "' in " + t.file, "dtype " + dtype_name(t.dtype) + " cannot be obfuscated "
                   "(supported: F32, F16, BF16, F64)");
+  }
+  if (c.raw.is_object() && c.raw.contains("aloepri_adapted")) {
+    // A body fine-tuned for one key's embedding/head noise (tools/train/adapt.cpp): only that key
+    // and those noise parameters reproduce the noise it expects.
+    const nlohmann::json& a = c.raw["aloepri_adapted"];
+    const std::string ns = P.noise_scale == obf::NoiseScale::Global ? "global" : "per-row";
+    require(a.value("key_id", std::string()) == adaptation_key_id(seed), cfg_where,
+            "this model was adapted to another key's noise (aloepri_adapted.key_id); obfuscate it with that key",
+            kExitKeyMismatch);
+    require(std::fabs(a.value("alpha_e", -1.0) - P.alpha_e) < 1e-12 && std::fabs(a.value("alpha_h", -1.0) - P.alpha_h) < 1e-12 &&
+                a.value("noise_scale", std::string("global")) == ns,
+            cfg_where,
+            "this model was adapted to alpha_e " + a.value("alpha_e", nlohmann::json()).dump() + ", alpha_h " +
+                a.value("alpha_h", nlohmann::json()).dump() + ", noise " + a.value("noise_scale", std::string("global")) +
+                "; obfuscate it with the same noise parameters",
+            kExitUsage);
   }
   if (P.kappa == KappaMode::Calibrated)
     require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
