@@ -140,11 +140,12 @@ auto setup(CLI::App& sub) {
   sub.add_option("--out", o->out, "Obfuscated model directory to create")->required();
   sub.add_option("--gguf", o->gguf, "Also write the obfuscated model as GGUF for llama.cpp");
   sub.add_option("--profile", o->profile,
-                 "Privacy parameter set: default (measured frontier point, docs/results/eval.md) | paper "
-                 "(the report's: lambda .3, h 128, alpha_e 1, alpha_h .2, beta 8) | exact; flags override it");
+                 "Privacy parameter set: default (measured frontier point, docs/results/eval.md: the paper's "
+                 "with alpha_e 0.5) | paper (the report's: lambda .3, h 128, alpha_e 1, alpha_h .2, beta 8) | exact; "
+                 "flags override it");
   sub.add_option("--lambda", o->lambda, "Key-matrix non-orthogonality lambda (paper 0.3)");
   sub.add_option("--expansion", o->expansion, "Expansion h: hidden size grows by 2h (default 128)");
-  sub.add_option("--alpha-e", o->alpha_e, "Embedding noise, x std of the embedding (default 1.0)");
+  sub.add_option("--alpha-e", o->alpha_e, "Embedding noise, x std of the embedding (default profile 0.5, paper 1.0)");
   sub.add_option("--alpha-h", o->alpha_h, "Head noise, x std of the head (default 0.2)");
   sub.add_option("--beta", o->beta, "BlockPerm window size (default 8; 1 = no RoPE pair permutation)");
   sub.add_option("--gamma", o->gamma, "BlockPerm frequency sharpness (default 1000)");

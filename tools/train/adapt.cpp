@@ -1,0 +1,358 @@
+// aloe-adapt: noise-aware adaptation of a plaintext model before obfuscation (issue 6).
+//
+// Client-side and offline: the obfuscator adds noise alpha_e sigma_e N_e to the embedding and
+// alpha_h sigma_h N_h to the head, both drawn from the key's seed (streams "noise/embed" and
+// "noise/head", plaintext row order, src/obfuscate/transform.cpp). This tool rebuilds exactly
+// that noisy embedding and head (through obf::transform_vocab_matrix with identity tau and key
+// matrix, so the draws are the obfuscator's own), freezes them, and fine-tunes the body (every
+// layer and the final norm) on training text so the body expects them. It writes an ordinary HF
+// checkpoint whose embedding/head are the ORIGINAL plaintext ones (the obfuscator adds the same
+// noise again) and whose config.json carries "aloepri_adapted": {key_id, alpha_e, alpha_h,
+// noise_scale, base_fingerprint, ...}. `aloepri obfuscate` checks that record against its key
+// and parameters (a different key or noise would make the adaptation useless) and strips it
+// from the served config.
+//
+// usage: aloe-adapt --model models/aloe-mini --key K --alpha-e 0.75 --alpha-h 0.2 --data build/corpus
+//                   --out DIR [--minutes 3] [--steps N] [--lr 1e-3] [--batch 4] [--seq 256]
+//                   [--noise-scale global|per-row] [--threads 2] [--seed 1] [--force]
+// --alpha-e 0 --alpha-h 0 is the control: the same fine-tuning without noise.
+// GPU runs (tools/train/cuda_build.sh style, -DALOEPRI_ADAPT_STANDALONE: no obfuscate module):
+// --device cuda --body-out F writes only the trained body; `--body-in F --steps 0` on the CPU
+// build assembles the checkpoint (and checks the noise replica against the obfuscator's).
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "aloepri/error.h"
+#include "aloepri/forward.h"
+#include "aloepri/keyfile.h"
+#include "aloepri/model.h"
+#include "aloepri/obf_transform.h"
+#ifndef ALOEPRI_ADAPT_STANDALONE
+#include "aloepri/obfuscate.h"
+#endif
+#include "aloepri/output.h"
+#include "aloepri/safetensors.h"
+
+namespace fs = std::filesystem;
+using namespace aloepri;
+
+namespace {
+
+torch::Tensor to_torch(const Tensor& t) {
+  std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
+  return torch::from_blob(const_cast<float*>(t.ptr()), shape, torch::kFloat).clone();
+}
+
+// The obfuscator's noise on a vocabulary matrix [n, d], replicated with the core RNG alone (for
+// GPU builds without the obfuscate module): same stream, same row order, same sigma rule as
+// obf::transform_vocab_matrix (checked against it by the CPU build on every run).
+Tensor noisy_replica(const Tensor& W, double alpha, obf::NoiseScale ns, const Seed& seed, const std::string& stream) {
+  const int64_t n = W.rows(), d = W.cols();
+  Tensor out = W;
+  if (alpha == 0) return out;
+  RngStream rng(seed, stream);
+  double gstd = 0;
+  if (ns == obf::NoiseScale::Global) {
+    double sum = 0, s2 = 0;
+    for (int64_t i = 0; i < n * d; ++i) sum += W.data[size_t(i)];
+    const double mean = sum / double(n * d);
+    for (int64_t i = 0; i < n * d; ++i) s2 += (W.data[size_t(i)] - mean) * (W.data[size_t(i)] - mean);
+    gstd = std::sqrt(s2 / double(n * d));
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = out.ptr() + r * d;
+    double sigma = gstd;
+    if (ns == obf::NoiseScale::PerRow) {
+      double s = 0, q = 0;
+      for (int64_t k = 0; k < d; ++k) s += row[k];
+      const double mean = s / double(d);
+      for (int64_t k = 0; k < d; ++k) q += (row[k] - mean) * (row[k] - mean);
+      sigma = std::sqrt(q / double(d));
+    }
+    sigma *= alpha;
+    for (int64_t k = 0; k < d; ++k) row[k] = float(double(row[k]) + sigma * rng.normal());
+  }
+  return out;
+}
+
+#ifndef ALOEPRI_ADAPT_STANDALONE
+Tensor noisy_obfuscator(const Tensor& W, double alpha, obf::NoiseScale ns, const Seed& seed, const std::string& stream) {
+  const int64_t n = W.rows(), d = W.cols();
+  std::vector<int64_t> id(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) id[size_t(i)] = i;
+  Tensor I({d, d});
+  for (int64_t i = 0; i < d; ++i) I.at(i, i) = 1.0f;
+  RngStream rng(seed, stream);
+  auto fetch = [&W](int64_t r0, int64_t m, float* dst) {
+    std::copy(W.ptr() + r0 * W.cols(), W.ptr() + (r0 + m) * W.cols(), dst);
+  };
+  return obf::transform_vocab_matrix(n, d, fetch, id, alpha, ns, rng, {}, I, false);
+}
+#endif
+
+Tensor noisy(const Tensor& W, double alpha, obf::NoiseScale ns, const Seed& seed, const std::string& stream) {
+  Tensor r = noisy_replica(W, alpha, ns, seed, stream);
+#ifndef ALOEPRI_ADAPT_STANDALONE
+  const Tensor o = noisy_obfuscator(W, alpha, ns, seed, stream);
+  require(o.data == r.data, stream, "noise replica differs from the obfuscator's noise", kExitError);
+#endif
+  return r;
+}
+
+std::string key_id(const Seed& seed) {
+  RngStream r(seed, "adapt/key-id");  // = aloepri::adaptation_key_id (obfuscate.h)
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", (unsigned long long)r.next_u64());
+  return b;
+}
+
+struct Layer {
+  torch::Tensor attn_norm, ffn_norm, q, k, v, o, bq, bk, bv, bo, gate, up, down;
+};
+
+torch::Tensor rms(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  return x * torch::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
+}
+
+torch::Tensor lin(const torch::Tensor& x, const torch::Tensor& W, const torch::Tensor& b) {
+  return b.defined() ? torch::linear(x, W, b) : torch::linear(x, W);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"aloe-adapt: noise-aware adaptation of a plaintext model before obfuscation"};
+  std::string model, key_path, data, out, noise_scale = "global", device = "cpu", body_in, body_out;
+  double alpha_e = 0.75, alpha_h = 0.2, lr = 1e-3, minutes = 3, wd = 0.0;
+  int64_t steps = 0, batch = 4, seq = 256, threads = 2, seed_opt = 1, warmup = 10;
+  bool force = false;
+  app.add_option("--model", model, "Plaintext HF model directory")->required();
+  app.add_option("--key", key_path, "Client key file (the seed the obfuscation will use)")->required();
+  app.add_option("--data", data, "Corpus directory with train.bin (uint16 ids)");
+  app.add_option("--out", out, "Adapted checkpoint directory to create");
+  app.add_option("--device", device, "cpu | cuda");
+  app.add_option("--body-in", body_in, "Start from the body tensors in this safetensors file");
+  app.add_option("--body-out", body_out, "Write only the trained body (f32 safetensors) here, no checkpoint");
+  app.add_option("--alpha-e", alpha_e, "Embedding noise the obfuscation will use");
+  app.add_option("--alpha-h", alpha_h, "Head noise the obfuscation will use");
+  app.add_option("--noise-scale", noise_scale, "global | per-row (as the obfuscation will use)");
+  app.add_option("--lr", lr, "AdamW learning rate (default 1e-3)");
+  app.add_option("--weight-decay", wd, "AdamW weight decay (default 0)");
+  app.add_option("--minutes", minutes, "Wall-clock budget (default 3)");
+  app.add_option("--steps", steps, "Step budget (0 = minutes only)");
+  app.add_option("--warmup", warmup, "Linear warm-up steps (default 10)");
+  app.add_option("--batch", batch, "Sequences per step (default 4)");
+  app.add_option("--seq", seq, "Sequence length (default 256)");
+  app.add_option("--threads", threads, "Torch threads (default 2)");
+  app.add_option("--seed", seed_opt, "Data sampling seed (default 1)");
+  app.add_flag("--force", force, "Replace an existing --out");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    torch::set_num_threads(int(threads));
+    torch::manual_seed(uint64_t(seed_opt));
+    const obf::NoiseScale ns = noise_scale == "per-row" ? obf::NoiseScale::PerRow : obf::NoiseScale::Global;
+    require(noise_scale == "global" || noise_scale == "per-row", "--noise-scale", "global or per-row", kExitUsage);
+    require(!out.empty() || !body_out.empty(), "--out", "give --out or --body-out", kExitUsage);
+    if (!out.empty()) refuse_existing(out, force);
+    if (!body_out.empty()) refuse_existing(body_out, force);
+    const torch::Device dev(device == "cuda" ? torch::kCUDA : torch::kCPU);
+    std::unique_ptr<SafetensorsReader> bin_body;
+    if (!body_in.empty()) bin_body = std::make_unique<SafetensorsReader>(body_in);
+    KeyFile key = KeyFile::load(key_path);
+    HFModel hf(model);
+    const ModelConfig& c = hf.config();
+    ModelWeights W = ModelWeights::load(hf);
+    const int64_t n = c.vocab_size, d = c.hidden_size, L = c.num_hidden_layers, dh = c.head_dim;
+    const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, g = m / mkv;
+    const double eps = c.rms_norm_eps;
+
+    // Frozen noisy embedding / head (HF layout [n, d]).
+    const Tensor head_hf = hf.lm_head_f32();
+    torch::Tensor E = to_torch(noisy(hf.tensor_f32(tensor_names::embed()), alpha_e, ns, key.seed, "noise/embed")).to(dev);
+    torch::Tensor H = to_torch(noisy(head_hf, alpha_h, ns, key.seed, "noise/head")).to(dev);
+
+    // Trainable body, HF layout (nn.Linear weight = out x in).
+    std::vector<Layer> layers;
+    std::vector<torch::Tensor> params;
+    auto P = [&](const std::string& name) {
+      torch::Tensor t = to_torch(bin_body ? bin_body->get(name).to_f32() : hf.tensor_f32(name)).to(dev);
+      t.set_requires_grad(true);
+      params.push_back(t);
+      return t;
+    };
+    auto has = [&](const std::string& name) { return hf.weights().has(name); };
+    for (int64_t l = 0; l < L; ++l) {
+      using tensor_names::layer;
+      Layer y;
+      y.attn_norm = P(layer(l, "input_layernorm.weight"));
+      y.ffn_norm = P(layer(l, "post_attention_layernorm.weight"));
+      y.q = P(layer(l, "self_attn.q_proj.weight"));
+      y.k = P(layer(l, "self_attn.k_proj.weight"));
+      y.v = P(layer(l, "self_attn.v_proj.weight"));
+      y.o = P(layer(l, "self_attn.o_proj.weight"));
+      if (has(layer(l, "self_attn.q_proj.bias"))) {
+        y.bq = P(layer(l, "self_attn.q_proj.bias"));
+        y.bk = P(layer(l, "self_attn.k_proj.bias"));
+        y.bv = P(layer(l, "self_attn.v_proj.bias"));
+      }
+      if (has(layer(l, "self_attn.o_proj.bias"))) y.bo = P(layer(l, "self_attn.o_proj.bias"));
+      y.gate = P(layer(l, "mlp.gate_proj.weight"));
+      y.up = P(layer(l, "mlp.up_proj.weight"));
+      y.down = P(layer(l, "mlp.down_proj.weight"));
+      layers.push_back(y);
+    }
+    torch::Tensor final_norm = P(tensor_names::final_norm());
+    const auto inv = rope_inv_freq(c);
+    torch::Tensor invf = torch::tensor(std::vector<float>(inv.begin(), inv.end()));
+    torch::Tensor pos = torch::arange(seq, torch::kFloat);
+    torch::Tensor ang = torch::outer(pos, invf);  // [T, dh/2]
+    torch::Tensor cs = torch::cos(ang).to(dev), sn = torch::sin(ang).to(dev);
+    torch::Tensor mask = torch::full({seq, seq}, -INFINITY).triu(1).to(dev);
+
+    auto rope = [&](const torch::Tensor& x) {  // x [B, heads, T, dh], rotate_half pairs
+      auto x1 = x.narrow(-1, 0, dh / 2), x2 = x.narrow(-1, dh / 2, dh / 2);
+      return torch::cat({x1 * cs - x2 * sn, x2 * cs + x1 * sn}, -1);
+    };
+    auto forward = [&](const torch::Tensor& ids) {  // [B, T] -> logits [B, T, n]
+      const int64_t B = ids.size(0), T = ids.size(1);
+      torch::Tensor h = torch::embedding(E, ids);
+      for (const auto& y : layers) {
+        auto xn = rms(h, y.attn_norm, eps);
+        auto q = lin(xn, y.q, y.bq).view({B, T, m, dh}).transpose(1, 2);
+        auto k = lin(xn, y.k, y.bk).view({B, T, mkv, dh}).transpose(1, 2);
+        auto v = lin(xn, y.v, y.bv).view({B, T, mkv, dh}).transpose(1, 2);
+        q = rope(q), k = rope(k);
+        if (g > 1) k = k.repeat_interleave(g, 1), v = v.repeat_interleave(g, 1);
+        auto att = torch::softmax(q.matmul(k.transpose(-2, -1)) / std::sqrt(double(dh)) + mask, -1);
+        auto ctx = att.matmul(v).transpose(1, 2).reshape({B, T, m * dh});
+        h = h + lin(ctx, y.o, y.bo);
+        xn = rms(h, y.ffn_norm, eps);
+        h = h + torch::linear(torch::silu(torch::linear(xn, y.gate)) * torch::linear(xn, y.up), y.down);
+      }
+      return torch::linear(rms(h, final_norm, eps), H);
+    };
+
+    // Training text.
+    const std::string bin = steps == 0 && minutes == 0 ? std::string(4 * size_t(seq), '\0') : read_file(data + "/train.bin");
+    const int64_t N = int64_t(bin.size() / 2);
+    require(N > seq + 1, data + "/train.bin", "too short");
+    const uint16_t* tok = reinterpret_cast<const uint16_t*>(bin.data());
+    std::mt19937_64 rng{static_cast<uint64_t>(seed_opt)};
+    std::uniform_int_distribution<int64_t> start(0, N - seq - 2);
+
+    torch::optim::AdamW opt(params, torch::optim::AdamWOptions(lr).betas({0.9, 0.95}).weight_decay(wd));
+    const auto t0 = std::chrono::steady_clock::now();
+    double ema = 0;
+    int64_t step = 0, tokens = 0;
+    for (;; ++step) {
+      const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if ((steps > 0 && step >= steps) || (minutes > 0 && el >= minutes * 60) || (steps == 0 && minutes == 0)) break;
+      std::vector<int64_t> x(size_t(batch * seq)), t(size_t(batch * seq));
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t s = start(rng);
+        for (int64_t i = 0; i < seq; ++i) x[size_t(b * seq + i)] = tok[s + i], t[size_t(b * seq + i)] = tok[s + i + 1];
+      }
+      auto xi = torch::tensor(x, torch::kLong).view({batch, seq}).to(dev);
+      auto ti = torch::tensor(t, torch::kLong).view({batch * seq}).to(dev);
+      // Linear warm-up, then linear decay to 10% over the budget (steps or minutes).
+      double prog = 0;
+      if (steps > 0) prog = std::max(prog, double(step) / double(steps));
+      if (minutes > 0) prog = std::max(prog, el / (minutes * 60));
+      const double cur = lr * std::min(1.0, double(step + 1) / double(std::max<int64_t>(warmup, 1))) *
+                         (1.0 - 0.9 * std::min(1.0, prog));
+      for (auto& gr : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(gr.options()).lr(cur);
+      opt.zero_grad();
+      auto loss = torch::nn::functional::cross_entropy(forward(xi).view({batch * seq, n}), ti);
+      loss.backward();
+      torch::nn::utils::clip_grad_norm_(params, 1.0);
+      opt.step();
+      tokens += batch * seq;
+      const double lv = loss.item<double>();
+      ema = step == 0 ? lv : 0.9 * ema + 0.1 * lv;
+      if (step % 10 == 0)
+        std::fprintf(stderr, "step %lld  loss %.4f  (ema %.4f)  %.0f s  %.0f tok/s\n", (long long)step, lv, ema, el,
+                     el > 0 ? double(tokens) / el : 0.0);
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    // Export: original embedding (and head when untied), adapted body, f32.
+    std::vector<std::pair<std::string, torch::Tensor>> outs;
+    auto keep = [&](const std::string& name) { outs.push_back({name, to_torch(hf.tensor_f32(name))}); };
+    if (body_out.empty()) {
+      keep(tensor_names::embed());
+      if (!c.tie_word_embeddings) keep(tensor_names::lm_head());
+    }
+    size_t pi = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      using tensor_names::layer;
+      std::vector<std::string> names = {"input_layernorm.weight", "post_attention_layernorm.weight",
+                                        "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                        "self_attn.v_proj.weight", "self_attn.o_proj.weight"};
+      if (layers[size_t(l)].bq.defined())
+        for (const char* b : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) names.push_back(b);
+      if (layers[size_t(l)].bo.defined()) names.push_back("self_attn.o_proj.bias");
+      for (const char* s : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}) names.push_back(s);
+      for (const auto& s : names) outs.push_back({layer(l, s), params[pi++].detach().to(torch::kCPU).contiguous()});
+    }
+    outs.push_back({tensor_names::final_norm(), params[pi++].detach().to(torch::kCPU).contiguous()});
+    if (!body_out.empty()) {
+      const std::string tmp = body_out + ".d";
+      fs::create_directories(tmp);
+      {
+        SafetensorsWriter bw(tmp);
+        for (auto& [name, t] : outs) bw.add({name, DType::F32, std::vector<int64_t>(t.sizes().begin(), t.sizes().end())});
+        for (auto& [name, t] : outs) bw.write_f32(name, t.data_ptr<float>(), size_t(t.numel()));
+        bw.finish();
+      }
+      fs::rename(fs::path(tmp) / "model.safetensors", body_out);
+      fs::remove_all(tmp);
+      std::fprintf(stderr, "wrote body %s: %lld steps, %lld tokens, %.0f s, final loss (ema) %.4f\n", body_out.c_str(),
+                   (long long)step, (long long)tokens, secs, ema);
+      if (out.empty()) return 0;
+      keep(tensor_names::embed());
+      if (!c.tie_word_embeddings) keep(tensor_names::lm_head());
+    }
+    AtomicDir od(out, force);
+    SafetensorsWriter w(od.temp_path());
+    for (auto& [name, t] : outs) w.add({name, DType::F32, std::vector<int64_t>(t.sizes().begin(), t.sizes().end())});
+    for (auto& [name, t] : outs) w.write_f32(name, t.data_ptr<float>(), size_t(t.numel()));
+    w.finish();
+    nlohmann::json cfg = c.to_json();
+    cfg["torch_dtype"] = "float32";
+#ifndef ALOEPRI_ADAPT_STANDALONE
+    require(key_id(key.seed) == adaptation_key_id(key.seed), "key id", "differs from the obfuscator's", kExitError);
+#endif
+    cfg["aloepri_adapted"] = {{"key_id", key_id(key.seed)},
+                              {"alpha_e", alpha_e},
+                              {"alpha_h", alpha_h},
+                              {"noise_scale", noise_scale},
+                              {"base_fingerprint", hf.fingerprint()},
+                              {"steps", step},
+                              {"tokens", tokens},
+                              {"seconds", secs},
+                              {"lr", lr},
+                              {"final_loss_ema", ema}};
+    write_file_atomic(od.file("config.json"), cfg.dump(2) + "\n");
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                          "generation_config.json"}) {
+      const fs::path src = fs::path(model) / f;
+      if (fs::is_regular_file(src)) fs::copy_file(src, od.file(f), fs::copy_options::overwrite_existing);
+    }
+    od.commit();
+    std::fprintf(stderr, "wrote %s: %lld steps, %lld tokens, %.0f s, final loss (ema) %.4f\n", out.c_str(),
+                 (long long)step, (long long)tokens, secs, ema);
+    return 0;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "aloe-adapt: %s\n", e.what());
+    return e.code();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "aloe-adapt: %s\n", e.what());
+    return 1;
+  }
+}
