@@ -29,7 +29,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Options {
-  std::string model, work, prompt = "In the beginning God created";
+  std::string model, work, prompt = "In the beginning God created", profile = "default";
   int64_t tokens = 24;
   int threads = 1;
   bool keep = false, json = false, exact = false, synth = false;
@@ -101,9 +101,9 @@ int run(const Options& o) {
               gguf = (work / "obf.gguf").string();
   KeyFile key = KeyFile::generate();
   ObfuscateOptions oo;
-  if (o.exact) oo.params = ObfuscationParams::exact();
+  oo.params = o.exact ? ObfuscationParams::exact() : ObfuscationParams::profile(o.profile);
   oo.dtype = DType::F32;
-  std::cerr << "[demo] obfuscating " << model_dir << (o.exact ? " (--exact)" : " (default parameters)") << "\n";
+  std::cerr << "[demo] obfuscating " << model_dir << (o.exact ? " (--exact)" : " (profile " + o.profile + ")") << "\n";
   ObfuscateResult obf_res;
   timed("obfuscate", [&] { obf_res = obfuscate_model(model_dir, key.seed, obf_dir, oo); });
   // The key records what it obfuscated (as `aloepri obfuscate` does): the proxy checks it.
@@ -300,6 +300,11 @@ auto setup(CLI::App& sub) {
   sub.add_option("--prompt", o->prompt, "The user's chat message");
   sub.add_option("--tokens", o->tokens, "Greedy tokens to generate at most (max_tokens)")->check(CLI::Range(1, 4096));
   sub.add_flag("--exact", o->exact, "Exact setting (no noise, lambda 0, h 0, beta 1): answers must be identical");
+  sub.add_option("--profile", o->profile,
+                 "Privacy parameters, as `aloepri obfuscate --profile`: default (the measured frontier point), "
+                 "paper (the report's values), exact")
+      ->check(CLI::IsMember(aloepri::ObfuscationParams::profile_names()))
+      ->capture_default_str();
   sub.add_option("--threads", o->threads, "llama.cpp threads")->check(CLI::Range(1, 256));
   sub.add_option("--work", o->work, "Work directory (must not exist; kept); default: a temporary one, removed");
   sub.add_flag("--keep", o->keep, "Keep the temporary work directory");

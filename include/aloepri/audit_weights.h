@@ -1,0 +1,110 @@
+// Weight-based privacy attacks (method.md section 9, issue 5): VMA (sort-and-match on weight
+// pairs, voting across layers), Gate-IA / Attn-IA (invariants), and NN (nearest neighbour after
+// the strongest linear alignment we found: FFN channel matching, then a least-squares inversion
+// of the key matrix).
+//
+// The attacker holds the plaintext public model, the obfuscated model and the mechanism's
+// public parameters (alpha_e, alpha_h and the noise-scale rule; never the seed). Every attack
+// returns, per obfuscated token id it is asked about, a ranked list of plaintext ids
+// (Guesses). The key is used only afterwards, by score_vocab_attack(), to know tau.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "aloepri/audit.h"
+#include "aloepri/hf_config.h"
+#include "aloepri/tensor.h"
+
+namespace aloepri::audit {
+
+// One decoder layer in Hugging Face layout (nn.Linear weight = out x in), f32.
+struct LayerWeights {
+  Tensor q, k, v, o, gate, up, down;
+  std::vector<float> attn_norm, ffn_norm;
+};
+
+// A dense checkpoint in memory (f32), plaintext or obfuscated.
+struct ModelWeights {
+  ModelConfig config;
+  Tensor emb;                    // [n, d]
+  Tensor head;                   // [n, d] (the embedding again when tied)
+  std::vector<float> final_norm;  // [d]
+  std::vector<LayerWeights> layers;
+  static ModelWeights load(const std::string& dir);  // via HFModel (checks every tensor)
+  int64_t vocab() const { return emb.rows(); }
+  int64_t hidden() const { return emb.cols(); }
+};
+
+// What the attacker knows about the mechanism (public parameters, not the seed).
+struct Mechanism {
+  double alpha_e = 1.0, alpha_h = 0.2;
+  bool per_row_noise = false;  // noise std per row (else the global std of the matrix)
+};
+
+struct WeightAttackOptions {
+  Mechanism mech;
+  int quantiles = 32;         // sorted-row signature length per weight pair
+  int topk = 10;              // candidates kept per obfuscated id
+  bool emb_head_pair = true;  // VMA: the n x n embedding x head pair (the costly one)
+  bool per_pair_scores = true;  // VMA: also match on each pair alone (details, needs truth)
+  uint64_t sim_seed = 12345;  // the attacker's own randomness (noise simulation)
+  double budget_seconds = 0;  // 0 = unlimited; pairs past the budget are skipped (noted)
+};
+
+// The obfuscated ids an attack is asked to invert (typically the distinct ids of the observed
+// traffic plus a uniform sample for vocabulary-level recovery).
+struct Query {
+  std::vector<int32_t> obf_ids;
+};
+
+struct VocabAttack {
+  std::string attack;
+  Guesses guesses;  // indexed by obfuscated id (size n); entries outside the query are empty
+  nlohmann::json details = nlohmann::json::object();
+  double seconds = 0;
+  // Optional: per-component guesses (e.g. VMA per weight pair), scored alongside.
+  std::vector<std::pair<std::string, Guesses>> parts;
+};
+
+VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const Query& q,
+                       const WeightAttackOptions& opt);
+VocabAttack gate_ia_attack(const ModelWeights& plain, const ModelWeights& obf, const Query& q,
+                           const WeightAttackOptions& opt);
+VocabAttack attn_ia_attack(const ModelWeights& plain, const ModelWeights& obf, const Query& q,
+                           const WeightAttackOptions& opt);
+VocabAttack nn_attack(const ModelWeights& plain, const ModelWeights& obf, const Query& q,
+                      const WeightAttackOptions& opt);
+
+// Scoring (uses the truth): tau[plain] = obf. TTRSR and top-k on the victim token stream
+// (plaintext ids), vocabulary-level recovery on `vocab_sample` (plaintext ids).
+AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting, const std::vector<int64_t>& tau,
+                                const std::vector<int32_t>& victim, const std::vector<int32_t>& vocab_sample,
+                                const std::vector<int>& ks = {1, 5, 10});
+
+// Token ids stored as little-endian uint16 (tools/corpus heldout.bin); at most max_tokens (0: all).
+std::vector<int32_t> load_token_file(const std::string& path, size_t max_tokens = 0);
+// A uniform sample of `count` distinct ids in [0, n) from a fixed seed.
+std::vector<int32_t> sample_ids(int64_t n, int64_t count, uint64_t seed);
+// The query an attacker builds from traffic: distinct obfuscated ids of tau(victim) and of
+// tau(vocab_sample) (the sample stands for "every id"; tau is applied here as the client would).
+Query make_query(const std::vector<int64_t>& tau, const std::vector<int32_t>& victim,
+                 const std::vector<int32_t>& vocab_sample);
+
+// Building blocks (exposed for tests).
+namespace detail {
+// Per row of the [rows, len] matrix: the sorted values at `q` evenly spaced quantiles, then
+// centred and scaled to unit norm (a shape signature, invariant to column permutations and
+// to one positive scale per row). out: [rows, q].
+Tensor sorted_row_signature(const Tensor& m, int q);
+// Divides every column by its standard deviation over rows (removes positive column scales).
+void normalize_columns(Tensor& m);
+// For each query row of `queries` [r, D], the k nearest rows of `base` [n, D] (squared L2),
+// nearest first.
+std::vector<std::vector<int32_t>> nearest_rows(const Tensor& queries, const Tensor& base, int k);
+// Minimum-cost perfect assignment of an n x n cost matrix (Hungarian): row i -> column out[i].
+std::vector<int32_t> min_cost_assignment(const std::vector<double>& cost, int64_t n);
+}  // namespace detail
+
+}  // namespace aloepri::audit

@@ -1,0 +1,401 @@
+// Shared machinery of the weight attacks: loading, signatures, nearest-neighbour search,
+// assignment, scoring, token files.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <numeric>
+#include <unordered_set>
+
+#include "aloepri/error.h"
+#include "aloepri/model.h"
+#include "weight_internal.h"
+
+namespace aloepri::audit {
+
+ModelWeights ModelWeights::load(const std::string& dir) {
+  HFModel m(dir);
+  ModelWeights w;
+  w.config = m.config();
+  w.emb = m.tensor_f32(tensor_names::embed());
+  w.head = m.lm_head_f32();
+  w.final_norm = m.tensor_f32(tensor_names::final_norm()).data;
+  using tensor_names::layer;
+  for (int64_t l = 0; l < w.config.num_hidden_layers; ++l) {
+    LayerWeights L;
+    L.q = m.tensor_f32(layer(l, "self_attn.q_proj.weight"));
+    L.k = m.tensor_f32(layer(l, "self_attn.k_proj.weight"));
+    L.v = m.tensor_f32(layer(l, "self_attn.v_proj.weight"));
+    L.o = m.tensor_f32(layer(l, "self_attn.o_proj.weight"));
+    L.gate = m.tensor_f32(layer(l, "mlp.gate_proj.weight"));
+    L.up = m.tensor_f32(layer(l, "mlp.up_proj.weight"));
+    L.down = m.tensor_f32(layer(l, "mlp.down_proj.weight"));
+    L.attn_norm = m.tensor_f32(layer(l, "input_layernorm.weight")).data;
+    L.ffn_norm = m.tensor_f32(layer(l, "post_attention_layernorm.weight")).data;
+    w.layers.push_back(std::move(L));
+  }
+  return w;
+}
+
+namespace internal {
+
+Tensor matmul_nt(const Tensor& A, const Tensor& B) {
+  require(A.cols() == B.cols(), "audit", "inner dimensions differ: " + A.shape_str() + " x " + B.shape_str() + "^T");
+  Tensor C({A.rows(), B.rows()});
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(A.rows()), int(B.rows()), int(A.cols()), 1.0f, A.ptr(),
+              int(A.cols()), B.ptr(), int(B.cols()), 0.0f, C.ptr(), int(B.rows()));
+  return C;
+}
+
+Tensor matmul_nn(const Tensor& A, const Tensor& B) {
+  require(A.cols() == B.rows(), "audit", "inner dimensions differ: " + A.shape_str() + " x " + B.shape_str());
+  Tensor C({A.rows(), B.cols()});
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(A.rows()), int(B.cols()), int(A.cols()), 1.0f, A.ptr(),
+              int(A.cols()), B.ptr(), int(B.cols()), 0.0f, C.ptr(), int(B.cols()));
+  return C;
+}
+
+Tensor scale_cols(const Tensor& A, const std::vector<float>& w) {
+  Tensor B = A;
+  const int64_t c = A.cols();
+  require(int64_t(w.size()) == c, "audit", "norm weight size mismatch");
+  for (int64_t r = 0; r < A.rows(); ++r)
+    for (int64_t j = 0; j < c; ++j) B.ptr()[r * c + j] *= w[size_t(j)];
+  return B;
+}
+
+Tensor gather_rows(const Tensor& A, const std::vector<int32_t>& rows) {
+  const int64_t c = A.cols();
+  Tensor B({int64_t(rows.size()), c});
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::copy(A.ptr() + int64_t(rows[i]) * c, A.ptr() + (int64_t(rows[i]) + 1) * c, B.ptr() + int64_t(i) * c);
+  return B;
+}
+
+Tensor hcat(const std::vector<Tensor>& parts, const std::vector<double>& weights) {
+  require(!parts.empty(), "audit", "nothing to concatenate");
+  const int64_t r = parts[0].rows();
+  int64_t c = 0;
+  for (const auto& p : parts) {
+    require(p.rows() == r, "audit", "row counts differ");
+    c += p.cols();
+  }
+  Tensor out({r, c});
+  int64_t off = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const float s = float(std::sqrt(weights.empty() ? 1.0 : weights[i]));
+    const int64_t pc = parts[i].cols();
+    for (int64_t row = 0; row < r; ++row)
+      for (int64_t j = 0; j < pc; ++j) out.ptr()[row * c + off + j] = s * parts[i].ptr()[row * pc + j];
+    off += pc;
+  }
+  return out;
+}
+
+double global_std(const Tensor& A) {
+  double s = 0, s2 = 0;
+  const double n = double(A.numel());
+  for (float x : A.data) s += x;
+  const double mean = s / n;
+  for (float x : A.data) s2 += (x - mean) * (x - mean);
+  return std::sqrt(s2 / n);
+}
+
+Tensor add_noise(const Tensor& A, double alpha, bool per_row, RngStream& rng) {
+  Tensor B = A;
+  if (alpha == 0) return B;
+  const double g = global_std(A);
+  const int64_t c = A.cols();
+  std::vector<float> z(static_cast<size_t>(c));
+  for (int64_t r = 0; r < A.rows(); ++r) {
+    double sigma = g;
+    if (per_row) {
+      double s = 0, s2 = 0;
+      for (int64_t j = 0; j < c; ++j) s += A.ptr()[r * c + j];
+      const double m = s / double(c);
+      for (int64_t j = 0; j < c; ++j) s2 += (A.ptr()[r * c + j] - m) * (A.ptr()[r * c + j] - m);
+      sigma = std::sqrt(s2 / double(c));
+    }
+    rng.fill_normal(z.data(), z.size(), alpha * sigma);
+    for (int64_t j = 0; j < c; ++j) B.ptr()[r * c + j] += z[size_t(j)];
+  }
+  return B;
+}
+
+void column_stats(const Tensor& A, std::vector<double>& mean, std::vector<double>& sd) {
+  const int64_t r = A.rows(), c = A.cols();
+  mean.assign(size_t(c), 0.0);
+  sd.assign(size_t(c), 0.0);
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < c; ++j) mean[size_t(j)] += A.ptr()[i * c + j];
+  for (auto& m : mean) m /= double(std::max<int64_t>(r, 1));
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      const double dv = A.ptr()[i * c + j] - mean[size_t(j)];
+      sd[size_t(j)] += dv * dv;
+    }
+  for (auto& s : sd) s = std::sqrt(s / double(std::max<int64_t>(r, 1)));
+}
+
+void standardize(Tensor& A, const std::vector<double>& mean, const std::vector<double>& sd) {
+  const int64_t c = A.cols();
+  for (int64_t i = 0; i < A.rows(); ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      const double s = sd[size_t(j)] > 0 ? sd[size_t(j)] : 1.0;
+      A.ptr()[i * c + j] = float((A.ptr()[i * c + j] - mean[size_t(j)]) / s);
+    }
+}
+
+Guesses guesses_from(int64_t n, const std::vector<int32_t>& obf_ids, const Tensor& query_feats,
+                     const Tensor& plain_feats, int k) {
+  Guesses g(static_cast<size_t>(n));
+  auto nn = detail::nearest_rows(query_feats, plain_feats, k);
+  for (size_t i = 0; i < obf_ids.size(); ++i) g[size_t(obf_ids[i])] = std::move(nn[i]);
+  return g;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace internal
+
+namespace detail {
+
+Tensor sorted_row_signature(const Tensor& m, int q) {
+  require(q >= 2, "audit", "signature needs at least 2 quantiles");
+  const int64_t rows = m.rows(), len = m.cols();
+  Tensor out({rows, q});
+  std::vector<float> buf(static_cast<size_t>(len));
+  std::vector<int64_t> pos(static_cast<size_t>(q));
+  for (int i = 0; i < q; ++i) pos[size_t(i)] = int64_t(std::llround(double(i) * double(len - 1) / double(q - 1)));
+  const bool full_sort = len <= 4096;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(m.ptr() + r * len, m.ptr() + (r + 1) * len, buf.begin());
+    float* o = out.ptr() + r * q;
+    if (full_sort) {
+      std::sort(buf.begin(), buf.end());
+      for (int i = 0; i < q; ++i) o[i] = buf[size_t(pos[size_t(i)])];
+    } else {
+      // Successive selections on the shrinking tail: O(len log q) instead of a full sort.
+      auto first = buf.begin();
+      for (int i = 0; i < q; ++i) {
+        auto nth = buf.begin() + pos[size_t(i)];
+        std::nth_element(first, nth, buf.end());
+        o[i] = *nth;
+        first = nth;
+      }
+    }
+    double mean = 0;
+    for (int i = 0; i < q; ++i) mean += o[i];
+    mean /= q;
+    double ss = 0;
+    for (int i = 0; i < q; ++i) ss += (o[i] - mean) * (o[i] - mean);
+    const double inv = ss > 0 ? 1.0 / std::sqrt(ss) : 0.0;
+    for (int i = 0; i < q; ++i) o[i] = float((o[i] - mean) * inv);
+  }
+  return out;
+}
+
+void normalize_columns(Tensor& m) {
+  std::vector<double> mean, sd;
+  internal::column_stats(m, mean, sd);
+  const int64_t c = m.cols();
+  for (int64_t i = 0; i < m.rows(); ++i)
+    for (int64_t j = 0; j < c; ++j)
+      if (sd[size_t(j)] > 0) m.ptr()[i * c + j] = float(m.ptr()[i * c + j] / sd[size_t(j)]);
+}
+
+std::vector<std::vector<int32_t>> nearest_rows(const Tensor& queries, const Tensor& base, int k) {
+  require(queries.cols() == base.cols(), "audit", "feature sizes differ: " + queries.shape_str() + " vs " +
+                                                      base.shape_str());
+  const int64_t nq = queries.rows(), n = base.rows(), D = base.cols();
+  k = int(std::min<int64_t>(k, n));
+  std::vector<float> bn(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < D; ++j) s += double(base.ptr()[i * D + j]) * base.ptr()[i * D + j];
+    bn[size_t(i)] = float(s);
+  }
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(nq));
+  constexpr int64_t kBlock = 256;
+  std::vector<float> dot(static_cast<size_t>(std::min(nq, kBlock) * n));
+  std::vector<int32_t> idx(static_cast<size_t>(n));
+  for (int64_t q0 = 0; q0 < nq; q0 += kBlock) {
+    const int64_t m = std::min(kBlock, nq - q0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(D), 1.0f, queries.ptr() + q0 * D, int(D),
+                base.ptr(), int(D), 0.0f, dot.data(), int(n));
+    for (int64_t i = 0; i < m; ++i) {
+      float* d = dot.data() + i * n;
+      for (int64_t j = 0; j < n; ++j) d[j] = bn[size_t(j)] - 2.0f * d[j];  // + |q|^2, the same for all j
+      std::iota(idx.begin(), idx.end(), 0);
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [d](int32_t a, int32_t b) {
+        return d[a] < d[b] || (d[a] == d[b] && a < b);
+      });
+      out[size_t(q0 + i)].assign(idx.begin(), idx.begin() + k);
+    }
+  }
+  return out;
+}
+
+std::vector<int32_t> min_cost_assignment(const std::vector<double>& cost, int64_t n) {
+  // Hungarian algorithm with potentials, O(n^3) (1-based internally).
+  require(int64_t(cost.size()) == n * n, "audit", "assignment cost matrix is not n x n");
+  const double INF = std::numeric_limits<double>::infinity();
+  std::vector<double> u(size_t(n + 1), 0), v(size_t(n + 1), 0), minv(size_t(n + 1));
+  std::vector<int64_t> p(size_t(n + 1), 0), way(size_t(n + 1), 0);
+  std::vector<char> used(size_t(n + 1));
+  for (int64_t i = 1; i <= n; ++i) {
+    p[0] = i;
+    int64_t j0 = 0;
+    std::fill(minv.begin(), minv.end(), INF);
+    std::fill(used.begin(), used.end(), 0);
+    do {
+      used[size_t(j0)] = 1;
+      const int64_t i0 = p[size_t(j0)];
+      double delta = INF;
+      int64_t j1 = 0;
+      for (int64_t j = 1; j <= n; ++j) {
+        if (used[size_t(j)]) continue;
+        const double cur = cost[size_t((i0 - 1) * n + (j - 1))] - u[size_t(i0)] - v[size_t(j)];
+        if (cur < minv[size_t(j)]) {
+          minv[size_t(j)] = cur;
+          way[size_t(j)] = j0;
+        }
+        if (minv[size_t(j)] < delta) {
+          delta = minv[size_t(j)];
+          j1 = j;
+        }
+      }
+      for (int64_t j = 0; j <= n; ++j) {
+        if (used[size_t(j)]) {
+          u[size_t(p[size_t(j)])] += delta;
+          v[size_t(j)] -= delta;
+        } else {
+          minv[size_t(j)] -= delta;
+        }
+      }
+      j0 = j1;
+    } while (p[size_t(j0)] != 0);
+    do {
+      const int64_t j1 = way[size_t(j0)];
+      p[size_t(j0)] = p[size_t(j1)];
+      j0 = j1;
+    } while (j0 != 0);
+  }
+  std::vector<int32_t> out(static_cast<size_t>(n), -1);
+  for (int64_t j = 1; j <= n; ++j)
+    if (p[size_t(j)] > 0) out[size_t(p[size_t(j)] - 1)] = int32_t(j - 1);
+  return out;
+}
+
+}  // namespace detail
+
+AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting, const std::vector<int64_t>& tau,
+                                const std::vector<int32_t>& victim, const std::vector<int32_t>& vocab_sample,
+                                const std::vector<int>& ks) {
+  AttackResult r;
+  r.attack = a.attack;
+  r.setting = setting;
+  r.seconds = a.seconds;
+  r.victim_tokens = int64_t(victim.size());
+  r.details = a.details;
+  const int64_t n = int64_t(tau.size());
+  require(int64_t(a.guesses.size()) == n, "audit", "attack '" + a.attack + "' guessed over " +
+                                                        std::to_string(a.guesses.size()) + " ids, vocabulary has " +
+                                                        std::to_string(n));
+  // rank of the truth among the candidates of obfuscated id tau[t] (-1: absent)
+  auto rank_of = [&](const Guesses& g, int32_t t) -> int {
+    const auto& c = g[size_t(tau[size_t(t)])];
+    for (size_t i = 0; i < c.size(); ++i)
+      if (c[i] == t) return int(i);
+    return -1;
+  };
+  auto score = [&](const Guesses& g, double& top1, std::vector<std::pair<int, double>>& topk, double& vocab) {
+    std::vector<int64_t> hits(ks.size(), 0);
+    int64_t hit1 = 0;
+    for (int32_t t : victim) {
+      const int rk = rank_of(g, t);
+      if (rk == 0) ++hit1;
+      for (size_t i = 0; i < ks.size(); ++i)
+        if (rk >= 0 && rk < ks[i]) ++hits[i];
+    }
+    top1 = victim.empty() ? 0.0 : double(hit1) / double(victim.size());
+    topk.clear();
+    for (size_t i = 0; i < ks.size(); ++i)
+      topk.emplace_back(ks[i], victim.empty() ? 0.0 : double(hits[i]) / double(victim.size()));
+    int64_t vh = 0;
+    for (int32_t t : vocab_sample)
+      if (rank_of(g, t) == 0) ++vh;
+    vocab = vocab_sample.empty() ? -1.0 : double(vh) / double(vocab_sample.size());
+  };
+  score(a.guesses, r.ttrsr, r.topk, r.vocab_recovery);
+  // Recovered text vs truth (top-1, unknown ids kept as -1).
+  if (!victim.empty()) {
+    std::vector<int32_t> rec(victim.size());
+    for (size_t i = 0; i < victim.size(); ++i) {
+      const auto& c = a.guesses[size_t(tau[size_t(victim[i])])];
+      rec[i] = c.empty() ? -1 : c[0];
+    }
+    const size_t m = std::min<size_t>(victim.size(), 20000);  // BLEU on a prefix: n-gram maps grow fast
+    r.bleu4 = bleu4(std::vector<int32_t>(rec.begin(), rec.begin() + long(m)),
+                    std::vector<int32_t>(victim.begin(), victim.begin() + long(m)));
+    r.cosine = bag_cosine(rec, victim);
+  }
+  if (!a.parts.empty()) {
+    nlohmann::json parts = nlohmann::json::object();
+    for (const auto& [name, g] : a.parts) {
+      double t1, voc;
+      std::vector<std::pair<int, double>> tk;
+      score(g, t1, tk, voc);
+      nlohmann::json pj = {{"ttrsr", t1}, {"vocab_recovery", voc}};
+      for (const auto& [k, v] : tk) pj["top" + std::to_string(k)] = v;
+      parts[name] = pj;
+    }
+    r.details["parts"] = parts;
+  }
+  return r;
+}
+
+std::vector<int32_t> load_token_file(const std::string& path, size_t max_tokens) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path, "cannot open token file", kExitError);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (bytes.size() % 2 != 0) throw Error(path, "odd size: not a uint16 token file", kExitError);
+  size_t n = bytes.size() / 2;
+  if (max_tokens > 0) n = std::min(n, max_tokens);
+  std::vector<int32_t> ids(n);
+  for (size_t i = 0; i < n; ++i)
+    ids[i] = int32_t(uint8_t(bytes[2 * i])) | (int32_t(uint8_t(bytes[2 * i + 1])) << 8);
+  return ids;
+}
+
+std::vector<int32_t> sample_ids(int64_t n, int64_t count, uint64_t seed) {
+  Seed s{};
+  for (size_t i = 0; i < 8; ++i) s[i] = uint8_t(seed >> (8 * i));
+  RngStream rng(s, "audit/vocab-sample");
+  auto p = rng.permutation(n);
+  count = std::min(count, n);
+  std::vector<int32_t> out(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) out[size_t(i)] = int32_t(p[size_t(i)]);
+  return out;
+}
+
+Query make_query(const std::vector<int64_t>& tau, const std::vector<int32_t>& victim,
+                 const std::vector<int32_t>& vocab_sample) {
+  std::unordered_set<int32_t> seen;
+  Query q;
+  auto add = [&](int32_t t) {
+    require(t >= 0 && t < int32_t(tau.size()), "audit", "token id " + std::to_string(t) + " outside the vocabulary");
+    const int32_t o = int32_t(tau[size_t(t)]);
+    if (seen.insert(o).second) q.obf_ids.push_back(o);
+  };
+  for (int32_t t : victim) add(t);
+  for (int32_t t : vocab_sample) add(t);
+  std::sort(q.obf_ids.begin(), q.obf_ids.end());
+  return q;
+}
+
+}  // namespace aloepri::audit

@@ -1,0 +1,344 @@
+// `aloepri audit --plain MODEL --obf OBF_DIR [--key K] [--victim IDS | --traffic IDS] ...`:
+// runs the privacy attacks (method.md section 9) against an obfuscated model within a time
+// budget, prints a table and writes a JSON and a self-contained HTML report.
+//
+// The key, when given, only scores: it maps the victim's plaintext ids to the traffic a server
+// would see (or the observed traffic back to the truth) and knows the right answer. The attacks
+// themselves get the two models, the traffic and the public parameters.
+#include <algorithm>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "aloepri/audit_report.h"
+#include "aloepri/error.h"
+#include "aloepri/keyfile.h"
+#include "aloepri/model.h"
+#include "aloepri/output.h"
+#include "command.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Opts {
+  std::string plain, obf, key, victim, traffic, attacks, json_out, html_out, learned_exe;
+  size_t victim_tokens = 50000;
+  int64_t vocab_sample = 2000;
+  double budget = 900;
+  double alpha_e = -1, alpha_h = -1;
+  int quantiles = 32;
+  bool no_emb_head = false, no_parts = false, force = false, quiet = false;
+};
+
+// Token ids: a .bin file of little-endian uint16, or text with ids separated by commas/space.
+std::vector<int32_t> read_ids(const std::string& path, size_t max_tokens) {
+  if (path.size() > 4 && path.substr(path.size() - 4) == ".bin") return aloepri::audit::load_token_file(path, max_tokens);
+  std::string s = aloepri::read_file(path);
+  for (char& c : s)
+    if (c == ',' || c == '\n' || c == '\r' || c == '\t') c = ' ';
+  std::istringstream in(s);
+  std::vector<int32_t> ids;
+  std::string tok;
+  while (in >> tok && (max_tokens == 0 || ids.size() < max_tokens)) {
+    try {
+      size_t pos = 0;
+      const long v = std::stol(tok, &pos);
+      if (pos != tok.size() || v < 0) throw std::invalid_argument(tok);
+      ids.push_back(int32_t(v));
+    } catch (const std::exception&) {
+      throw aloepri::Error(path, "not a token id: '" + tok + "'", aloepri::kExitUsage);
+    }
+  }
+  return ids;
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  char b[32];
+  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return b;
+}
+
+int run(const Opts& o) {
+  using namespace aloepri;
+  using namespace aloepri::audit;
+  if (!o.json_out.empty()) refuse_existing(o.json_out, o.force);
+  if (!o.html_out.empty()) refuse_existing(o.html_out, o.force);
+  require(!o.victim.empty() || !o.traffic.empty(), "audit", "give --victim (plaintext ids, with --key) or --traffic",
+          kExitUsage);
+  require(o.victim.empty() || !o.key.empty(), "--victim", "needs --key (to produce the traffic a server would see)",
+          kExitUsage);
+  require(o.victim.empty() || o.traffic.empty(), "--victim", "conflicts with --traffic", kExitUsage);
+
+  AuditContext ctx;
+  ctx.plain_dir = o.plain;
+  ctx.obf_dir = o.obf;
+  const ModelConfig pc = ModelConfig::load(o.plain), oc = ModelConfig::load(o.obf);
+  require(pc.vocab_size == oc.vocab_size, o.obf + "/config.json",
+          "vocabulary size " + std::to_string(oc.vocab_size) + " differs from the plaintext model's " +
+              std::to_string(pc.vocab_size));
+  const int64_t n = pc.vocab_size;
+
+  std::optional<KeyFile> key;
+  if (!o.key.empty()) {
+    key = KeyFile::load(o.key);
+    const auto& rec = key->require_record(o.key);
+    check_key_matches_model(*key, o.key, HFModel(o.obf).fingerprint(), o.obf);
+    ctx.params = rec.params;
+    ctx.truth = derive_tau(key->seed, n);
+    ctx.key_path = o.key;
+  }
+  // The attacker's knowledge of the mechanism: the public parameters (from the key's record for
+  // convenience; they are not secret), overridable; the seed is never passed on.
+  const nlohmann::json p = ctx.params.contains("params") ? ctx.params["params"] : nlohmann::json::object();
+  ctx.mech.alpha_e = o.alpha_e >= 0 ? o.alpha_e : p.value("alpha_e", 1.0);
+  ctx.mech.alpha_h = o.alpha_h >= 0 ? o.alpha_h : p.value("alpha_h", 0.2);
+  ctx.mech.per_row_noise = p.value("noise_scale", std::string("global")) == "per-row";
+
+  auto check_ids = [&](const std::vector<int32_t>& ids, const std::string& where) {
+    for (int32_t t : ids)
+      require(t >= 0 && t < n, where, "token id " + std::to_string(t) + " is outside the vocabulary (" +
+                                          std::to_string(n) + ")", kExitUsage);
+  };
+  if (!o.victim.empty()) {
+    ctx.victim = read_ids(o.victim, o.victim_tokens);
+    check_ids(ctx.victim, o.victim);
+    for (int32_t t : ctx.victim) ctx.traffic.push_back(int32_t((*ctx.truth)[size_t(t)]));
+  } else {
+    ctx.traffic = read_ids(o.traffic, o.victim_tokens);
+    check_ids(ctx.traffic, o.traffic);
+    if (ctx.truth) {
+      const auto inv = invert_permutation(*ctx.truth);
+      for (int32_t t : ctx.traffic) ctx.victim.push_back(int32_t(inv[size_t(t)]));
+    }
+  }
+  require(!ctx.traffic.empty(), "audit", "no tokens to attack", kExitUsage);
+  if (ctx.truth) ctx.vocab_sample = sample_ids(n, o.vocab_sample, 7);
+  ctx.weight_opt.quantiles = o.quantiles;
+  ctx.weight_opt.emb_head_pair = !o.no_emb_head;
+  ctx.weight_opt.per_pair_scores = !o.no_parts;
+  ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(o.budget * 1000));
+
+  // The registry: weight attacks here; the token-stream attacks (audit_stream.h) and the
+  // learned attacks (an external `aloe-attack` printing JSON) are appended the same way.
+  std::vector<AttackEntry> entries = weight_attacks();
+  std::string learned = o.learned_exe;
+  if (learned.empty()) {
+    std::error_code ec;
+    const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec && fs::exists(self.parent_path() / "aloe-attack")) learned = (self.parent_path() / "aloe-attack").string();
+  }
+  if (!learned.empty()) {  // aloe-attack's subcommands (tools/attacks): ISA and IMA
+    entries.push_back(external_attack("isa", learned, {"isa", "--json"}));
+    entries.push_back(external_attack("ima", learned, {"ima", "--json"}));
+  }
+
+  std::vector<std::string> names;
+  if (!o.attacks.empty()) {
+    std::stringstream ss(o.attacks);
+    std::string a;
+    while (std::getline(ss, a, ','))
+      if (!a.empty()) names.push_back(a);
+  }
+  AuditRun run = run_audit(entries, names, ctx);
+  struct utsname u {};
+  ::uname(&u);
+  run.meta = {{"plain", o.plain},
+              {"obf", o.obf},
+              {"date", utc_now()},
+              {"machine", std::string(u.sysname) + " " + u.machine + " " + u.release},
+              {"cpus", int64_t(::sysconf(_SC_NPROCESSORS_ONLN))},
+              {"params", ctx.params.contains("params") ? ctx.params["params"] : nlohmann::json(nullptr)},
+              {"attacker_knows", {{"alpha_e", ctx.mech.alpha_e},
+                                  {"alpha_h", ctx.mech.alpha_h},
+                                  {"noise_scale", ctx.mech.per_row_noise ? "per-row" : "global"}}},
+              {"scored", bool(ctx.truth)},
+              {"traffic_tokens", int64_t(ctx.traffic.size())},
+              {"vocab_sample", int64_t(ctx.vocab_sample.size())},
+              {"budget_seconds", o.budget}};
+  if (!o.quiet) std::cout << audit_table(run);
+  if (!o.json_out.empty()) write_file_atomic(o.json_out, audit_json(run).dump(2) + "\n", o.force);
+  if (!o.html_out.empty()) write_file_atomic(o.html_out, audit_html(run), o.force);
+  return 0;
+}
+
+auto setup(CLI::App& sub) {
+  auto o = std::make_shared<Opts>();
+  sub.add_option("--plain", o->plain, "Plaintext (public) model directory")->required();
+  sub.add_option("--obf", o->obf, "Obfuscated model directory")->required();
+  sub.add_option("--key", o->key, "Key file: used only to score the attacks (and to make traffic from --victim)");
+  sub.add_option("--victim", o->victim, "Victim text as plaintext token ids (.bin uint16, or text ids)");
+  sub.add_option("--traffic", o->traffic, "Observed obfuscated token ids (.bin uint16, or text ids)");
+  sub.add_option("--victim-tokens", o->victim_tokens, "Use at most this many tokens (default 50000; 0 = all)");
+  sub.add_option("--vocab-sample", o->vocab_sample, "Ids sampled for vocabulary-level recovery (default 2000)");
+  sub.add_option("--attacks", o->attacks, "Comma-separated attacks to run (default: all; vma,gate-ia,attn-ia,nn,...)");
+  sub.add_option("--budget-seconds", o->budget, "Time budget for the whole suite (default 900)");
+  sub.add_option("--alpha-e", o->alpha_e, "Attacker's knowledge of alpha_e (default: the key record's, else 1.0)");
+  sub.add_option("--alpha-h", o->alpha_h, "Attacker's knowledge of alpha_h (default: the key record's, else 0.2)");
+  sub.add_option("--quantiles", o->quantiles, "VMA signature length per weight pair (default 32)");
+  sub.add_flag("--no-emb-head", o->no_emb_head, "VMA: skip the n x n embedding x head pair (the slow one)");
+  sub.add_flag("--no-parts", o->no_parts, "Do not score each VMA weight pair alone (faster)");
+  sub.add_option("--learned-exe", o->learned_exe, "Learned-attack program run as `EXE isa|ima --json --plain --obf [--key]` (default: aloe-attack beside aloepri)");
+  sub.add_option("--json", o->json_out, "Write the results as JSON");
+  sub.add_option("--html", o->html_out, "Write a self-contained HTML report");
+  sub.add_flag("--force", o->force, "Replace existing report files");
+  sub.add_flag("--quiet", o->quiet, "No table on stdout");
+  sub.footer(
+      "The attacker knows the plaintext model, the obfuscated model and the public parameters\n"
+      "(alpha_e, alpha_h, noise rule), never the seed. TTRSR = share of victim tokens whose plaintext\n"
+      "id the attack's best guess recovers; goals: VMA, IA <= 5%, NN, ISA, IMA <= 1%.");
+  return [o] { return run(*o); };
+}
+
+}  // namespace
+ALOEPRI_COMMAND(audit, "audit", 60, "Privacy audit: attack an obfuscated model, report recovered tokens", setup);
+
+// `aloepri audit-sweep AUDIT.json... --json OUT --md OUT --html OUT`: joins audit reports of
+// several parameter settings (params -> attack figures) for the sweep tables and Figure 3.
+namespace {
+
+struct SweepOpts {
+  std::vector<std::string> inputs;
+  std::string json_out, md_out, html_out;
+  bool force = false;
+};
+
+int run_sweep(const SweepOpts& o) {
+  using namespace aloepri;
+  using nlohmann::json;
+  for (const auto& f : {o.json_out, o.md_out, o.html_out})
+    if (!f.empty()) refuse_existing(f, o.force);
+  json rows = json::array();
+  std::vector<std::string> attacks;
+  for (const auto& path : o.inputs) {
+    json j;
+    try {
+      j = json::parse(read_file(path));
+    } catch (const json::exception& e) {
+      throw Error(path, std::string("invalid JSON: ") + e.what());
+    }
+    require(j.contains("results") && j.contains("meta"), path, "not an `aloepri audit --json` report");
+    // Reports of the same parameters (e.g. one attack rerun alone) join into one row.
+    const json params = j["meta"].value("params", json(nullptr));
+    json* existing = nullptr;
+    for (auto& r : rows)
+      if (!params.is_null() && r["params"] == params) existing = &r;
+    std::string name = fs::path(path).stem().string();
+    // NAME.<attacks>.json (a rerun of some attacks): drop the attack-list suffix, keep "ae0.25".
+    if (const auto dot = name.rfind('.'); dot != std::string::npos &&
+        name.find_first_not_of("abcdefghijklmnopqrstuvwxyz-", dot + 1) == std::string::npos)
+      name = name.substr(0, dot);
+    json row = existing ? *existing
+                        : json{{"name", name}, {"params", params}, {"ttrsr", json::object()},
+                               {"vocab_recovery", json::object()}, {"top10", json::object()},
+                               {"goal_met", json::object()}};
+    json tt = row["ttrsr"], voc = row["vocab_recovery"], top10 = row["top10"], met = row["goal_met"];
+    for (const auto& r : j["results"]) {
+      const std::string a = r.value("attack", "?");
+      if (std::find(attacks.begin(), attacks.end(), a) == attacks.end()) attacks.push_back(a);
+      tt[a] = r["ttrsr"];
+      voc[a] = r["vocab_recovery"];
+      top10[a] = r["topk"].value("top10", json(nullptr));
+      met[a] = r["goal_met"];
+      if (r.contains("details") && r["details"].contains("parts"))
+        for (const auto& [k, v] : r["details"]["parts"].items())
+          if (a == "NN") {
+            const std::string pa = "NN/" + k;
+            if (std::find(attacks.begin(), attacks.end(), pa) == attacks.end()) attacks.push_back(pa);
+            tt[pa] = v["ttrsr"];
+            voc[pa] = v["vocab_recovery"];
+          }
+    }
+    row["ttrsr"] = tt;
+    row["vocab_recovery"] = voc;
+    row["top10"] = top10;
+    row["goal_met"] = met;
+    // Also as a list in the shape `aloepri eval-frontier --attacks` joins on (params + attacks).
+    json list = json::array();
+    for (const auto& [a, v] : tt.items())
+      if (a.find('/') == std::string::npos)
+        list.push_back({{"attack", a}, {"ttrsr", v}, {"vocab_recovery", voc.value(a, json(nullptr))},
+                        {"goal_met", met.value(a, json(nullptr))}});
+    row["attacks"] = list;
+    if (existing) *existing = row;
+    else rows.push_back(row);
+  }
+  if (!o.json_out.empty()) write_file_atomic(o.json_out, rows.dump(2) + "\n", o.force);
+  auto pnum = [](const json& row, const char* k) {
+    return row["params"].is_object() && row["params"].contains(k) ? row["params"][k].get<double>() : -1.0;
+  };
+  auto pct = [](const json& v) {
+    if (!v.is_number()) return std::string("-");
+    char b[32];
+    std::snprintf(b, sizeof b, "%.2f%%", 100 * v.get<double>());
+    return std::string(b);
+  };
+  if (!o.md_out.empty()) {
+    std::ostringstream md;
+    md << "| setting | alpha_e | alpha_h | lambda | h | beta |";
+    for (const auto& a : attacks) md << " " << a << " TTRSR (vocab) |";
+    md << "\n|---|---|---|---|---|---|";
+    for (size_t i = 0; i < attacks.size(); ++i) md << "---|";
+    md << "\n";
+    for (const auto& r : rows) {
+      md << "| " << r["name"].get<std::string>() << " | " << pnum(r, "alpha_e") << " | " << pnum(r, "alpha_h") << " | "
+         << pnum(r, "lambda") << " | " << pnum(r, "expansion") << " | " << pnum(r, "beta") << " |";
+      for (const auto& a : attacks)
+        md << " " << pct(r["ttrsr"].value(a, json(nullptr))) << " (" << pct(r["vocab_recovery"].value(a, json(nullptr)))
+           << ") |";
+      md << "\n";
+    }
+    write_file_atomic(o.md_out, md.str(), o.force);
+  }
+  if (!o.html_out.empty()) {
+    // Figure 3: TTRSR against alpha_e (other parameters at the defaults) and against alpha_h.
+    auto is_default_except = [&](const json& r, const char* free) {
+      const std::vector<std::pair<const char*, double>> d = {
+          {"alpha_e", 1.0}, {"alpha_h", 0.2}, {"lambda", 0.3}, {"expansion", 128}, {"beta", 8}};
+      for (const auto& [k, v] : d)
+        if (std::string(k) != free && std::abs(pnum(r, k) - v) > 1e-9) return false;
+      return true;
+    };
+    std::ostringstream h;
+    h << "<!DOCTYPE html><html><head><meta charset='utf-8'><title>aloepri audit sweep</title></head>"
+         "<body style='font-family:sans-serif;max-width:1000px;margin:2em auto'><h1>Privacy audit sweep</h1>\n";
+    for (const char* x : {"alpha_e", "alpha_h"}) {
+      std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> series;
+      for (const auto& a : attacks) {
+        std::vector<std::pair<double, double>> pts;
+        for (const auto& r : rows)
+          if (is_default_except(r, x) && r["ttrsr"].contains(a) && r["ttrsr"][a].is_number())
+            pts.emplace_back(pnum(r, x), r["ttrsr"][a].get<double>());
+        std::sort(pts.begin(), pts.end());
+        if (pts.size() >= 2) series.emplace_back(a, pts);
+      }
+      if (!series.empty())
+        h << "<p>" << audit::svg_line_chart(std::string("TTRSR vs ") + x + " (other parameters at the defaults)", x,
+                                          "victim tokens recovered", series)
+          << "</p>\n";
+    }
+    h << "<pre>" << rows.dump(1) << "</pre></body></html>\n";
+    write_file_atomic(o.html_out, h.str(), o.force);
+  }
+  std::cerr << "joined " << o.inputs.size() << " audit reports into " << rows.size() << " settings\n";
+  return 0;
+}
+
+auto setup_sweep(CLI::App& sub) {
+  auto o = std::make_shared<SweepOpts>();
+  sub.add_option("reports", o->inputs, "Audit JSON reports (from `aloepri audit --json`)")->required();
+  sub.add_option("--json", o->json_out, "Joined table: one row per report, params -> attack figures");
+  sub.add_option("--md", o->md_out, "Markdown table");
+  sub.add_option("--html", o->html_out, "HTML with TTRSR vs alpha_e / alpha_h charts (inline SVG)");
+  sub.add_flag("--force", o->force, "Replace existing outputs");
+  return [o] { return run_sweep(*o); };
+}
+
+}  // namespace
+ALOEPRI_COMMAND(audit_sweep, "audit-sweep", 61, "Join audit reports of a parameter sweep (tables, TTRSR vs alpha)", setup_sweep);

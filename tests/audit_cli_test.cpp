@@ -1,0 +1,179 @@
+// `aloepri audit` and `aloepri audit-sweep` end to end on a small random checkpoint obfuscated
+// with --exact (every weight attack but Attn-IA must then recover nearly everything), the
+// report files (JSON fields, self-contained HTML), refusals and the runner's time budget.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "aloepri/audit_report.h"
+#include "aloepri/error.h"
+#include "aloepri/model.h"
+#include "aloepri/output.h"
+#include "support/paths.h"
+
+using namespace aloepri;
+namespace at = aloepri::testing;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Fixture {
+  std::string dir, plain, obf, key, victim;
+};
+
+const Fixture& fixture() {
+  static const Fixture f = [] {
+    Fixture x;
+    x.dir = at::scratch_dir("audit_cli");
+    x.plain = x.dir + "/plain";
+    x.obf = x.dir + "/obf";
+    x.key = x.dir + "/key";
+    x.victim = x.dir + "/victim.txt";
+    write_synthetic_model(x.plain, ModelConfig::from_json({{"model_type", "llama"}, {"hidden_size", 32},
+                                                           {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                                                           {"num_key_value_heads", 2}, {"intermediate_size", 96},
+                                                           {"vocab_size", 600}}),
+                          3, DType::F32);
+    std::string out;
+    EXPECT_EQ(at::run_command(at::aloepri_exe() + " keygen --out " + x.key + " 2>&1", &out), 0) << out;
+    EXPECT_EQ(at::run_command(at::aloepri_exe() + " obfuscate " + x.plain + " --key " + x.key + " --out " + x.obf +
+                                  " --exact --dtype f32 2>&1", &out), 0) << out;
+    std::ofstream v(x.victim);
+    for (int i = 0; i < 3000; ++i) v << (i * 37 + i / 7) % 600 << (i % 20 == 19 ? "\n" : " ");
+    return x;
+  }();
+  return f;
+}
+
+int run_audit_cli(const std::string& args, std::string* out) {
+  const Fixture& f = fixture();
+  return at::run_command(at::aloepri_exe() + " audit --plain " + f.plain + " --obf " + f.obf + " " + args + " 2>&1", out);
+}
+
+}  // namespace
+
+TEST(AuditCli, ScoresTheWeightAttacksAndWritesReports) {
+  const Fixture& f = fixture();
+  const std::string js = f.dir + "/r.json", html = f.dir + "/r.html";
+  std::string out;
+  ASSERT_EQ(run_audit_cli("--key " + f.key + " --victim " + f.victim + " --alpha-e 0 --alpha-h 0 --vocab-sample 600 --json " +
+                      js + " --html " + html, &out), 0) << out;
+  EXPECT_NE(out.find("TTRSR"), std::string::npos) << out;
+  const json j = json::parse(read_file(js));
+  ASSERT_EQ(j["results"].size(), 4u) << j.dump(1);
+  std::map<std::string, json> by;
+  for (const auto& r : j["results"]) by[r["attack"]] = r;
+  EXPECT_GT(by["VMA"]["ttrsr"].get<double>(), 0.95);
+  EXPECT_GT(by["Gate-IA"]["vocab_recovery"].get<double>(), 0.95);
+  EXPECT_GT(by["NN"]["ttrsr"].get<double>(), 0.95);
+  EXPECT_EQ(by["NN"]["goal"].get<double>(), 0.01);
+  EXPECT_FALSE(by["NN"]["goal_met"].get<bool>());  // permutation only: nothing is hidden
+  EXPECT_EQ(by["VMA"]["victim_tokens"].get<int64_t>(), 3000);
+  EXPECT_TRUE(by["VMA"]["details"].contains("parts"));
+  EXPECT_EQ(j["meta"]["attacker_knows"]["alpha_e"].get<double>(), 0.0);
+  EXPECT_EQ(j["meta"]["params"]["beta"].get<int64_t>(), 1);  // from the key's record
+  const std::string h = read_file(html);
+  EXPECT_NE(h.find("<svg"), std::string::npos);
+  EXPECT_EQ(h.find("<script"), std::string::npos);  // self-contained, no JS
+  EXPECT_EQ(h.find("src="), std::string::npos);
+  // Refuses to overwrite without --force.
+  EXPECT_NE(run_audit_cli("--key " + f.key + " --victim " + f.victim + " --attacks gate-ia --json " + js, &out), 0);
+  EXPECT_NE(out.find("exists"), std::string::npos) << out;
+
+  // The sweep join: params -> figures.
+  const std::string md = f.dir + "/s.md", sj = f.dir + "/s.json", sh = f.dir + "/s.html";
+  ASSERT_EQ(at::run_command(at::aloepri_exe() + " audit-sweep " + js + " --json " + sj + " --md " + md + " --html " + sh +
+                                " 2>&1", &out), 0) << out;
+  const json s = json::parse(read_file(sj));
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0]["ttrsr"]["VMA"], by["VMA"]["ttrsr"]);
+  EXPECT_EQ(s[0]["params"]["alpha_e"].get<double>(), 0.0);
+  EXPECT_NE(read_file(md).find("| r | 0 | 0 |"), std::string::npos) << read_file(md);
+}
+
+TEST(AuditCli, TrafficWithoutKeyIsNotScored) {
+  const Fixture& f = fixture();
+  const std::string js = f.dir + "/t.json";
+  std::string out;
+  ASSERT_EQ(run_audit_cli("--traffic " + f.victim + " --attacks gate-ia --json " + js + " --force", &out), 0) << out;
+  const json j = json::parse(read_file(js));
+  ASSERT_EQ(j["results"].size(), 1u);
+  EXPECT_TRUE(j["results"][0]["ttrsr"].is_null());
+  EXPECT_FALSE(j["meta"]["scored"].get<bool>());
+  EXPECT_EQ(j["results"][0]["details"]["sample"]["recovered_ids"].size(), 48u);
+}
+
+TEST(AuditCli, ClearErrors) {
+  const Fixture& f = fixture();
+  std::string out;
+  EXPECT_NE(run_audit_cli("--victim " + f.victim, &out), 0);
+  EXPECT_NE(out.find("--key"), std::string::npos) << out;
+  EXPECT_NE(run_audit_cli("--key " + f.key + " --victim " + f.victim + " --attacks vma,bogus", &out), 0);
+  EXPECT_NE(out.find("unknown attack 'bogus'"), std::string::npos) << out;
+  EXPECT_NE(out.find("gate-ia"), std::string::npos) << out;  // lists what exists
+  const std::string bad = f.dir + "/bad.txt";
+  write_file_atomic(bad, "1 2 99999\n", true);
+  EXPECT_NE(run_audit_cli("--key " + f.key + " --victim " + bad, &out), 0);
+  EXPECT_NE(out.find("outside the vocabulary"), std::string::npos) << out;
+  EXPECT_NE(run_audit_cli("", &out), 0);
+}
+
+TEST(AuditRunner, ExternalAttackProgramIsRunAndParsed) {
+  const std::string dir = at::scratch_dir("audit_external");
+  const std::string exe = dir + "/fake attack.sh";  // a space: the command line must quote
+  write_file_atomic(exe,
+                    "#!/bin/sh\n"
+                    "[ \"$1\" = isa ] && [ \"$2\" = --json ] && [ \"$3\" = --plain ] && [ \"$4\" = \"/p l\" ] || exit 3\n"
+                    "echo '{\"attack\": \"ISA\", \"setting\": \"s\", \"ttrsr\": 0.004, \"topk\": {\"top10\": 0.02}}'\n",
+                    true);
+  fs::permissions(exe, fs::perms::owner_all);
+  audit::AuditContext ctx;
+  ctx.plain_dir = "/p l";
+  ctx.obf_dir = "/o";
+  auto run = audit::run_audit({audit::external_attack("isa", exe, {"isa", "--json"})}, {}, ctx);
+  ASSERT_EQ(run.results.size(), 1u) << run.skipped.dump();
+  EXPECT_EQ(run.results[0].attack, "ISA");
+  EXPECT_DOUBLE_EQ(run.results[0].ttrsr, 0.004);
+  ASSERT_EQ(run.results[0].topk.size(), 1u);
+  EXPECT_EQ(run.results[0].topk[0].first, 10);
+  EXPECT_EQ(run.results[0].details["family"], "learned");
+  const json j = audit::audit_json(run);
+  EXPECT_TRUE(j["results"][0]["goal_met"].get<bool>());  // 0.4% <= 1%
+  // A failing program is recorded, not fatal.
+  ctx.plain_dir = "/elsewhere";
+  run = audit::run_audit({audit::external_attack("isa", exe, {"isa", "--json"})}, {}, ctx);
+  ASSERT_EQ(run.skipped.size(), 1u);
+  EXPECT_NE(run.skipped[0]["reason"].get<std::string>().find("status"), std::string::npos);
+}
+
+TEST(AuditRunner, BudgetSpentSkipsAndThrowingAttackIsRecorded) {
+  audit::AuditContext ctx;
+  ctx.deadline = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+  std::vector<audit::AttackEntry> es = {
+      {"a", "weights", "", [](const audit::AuditContext&) { return std::vector<audit::AttackResult>{}; }}};
+  auto run = audit::run_audit(es, {}, ctx);
+  ASSERT_EQ(run.skipped.size(), 1u);
+  EXPECT_EQ(run.skipped[0]["reason"], "time budget spent");
+  ctx.deadline = std::chrono::steady_clock::time_point::max();
+  es.push_back({"b", "stream", "", [](const audit::AuditContext&) -> std::vector<audit::AttackResult> {
+                  throw std::runtime_error("boom");
+                }});
+  es.push_back({"c", "stream", "", [](const audit::AuditContext&) {
+                  audit::AttackResult r;
+                  r.attack = "TFMA";
+                  r.topk = {{100, 0.2}};
+                  return std::vector<audit::AttackResult>{r};
+                }});
+  run = audit::run_audit(es, {"b", "c"}, ctx);
+  ASSERT_EQ(run.results.size(), 1u);
+  ASSERT_EQ(run.skipped.size(), 1u);
+  EXPECT_EQ(run.skipped[0]["reason"], "boom");
+  const json j = audit::audit_json(run);
+  EXPECT_FALSE(j["results"][0]["goal_met"].get<bool>());  // TFMA top-100 20% > 16.5%
+  EXPECT_NE(audit::audit_table(run).find("NO"), std::string::npos);
+  EXPECT_THROW(audit::run_audit(es, {"zzz"}, ctx), Error);
+}
