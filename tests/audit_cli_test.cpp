@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -105,6 +106,41 @@ TEST(AuditCli, TrafficWithoutKeyIsNotScored) {
   EXPECT_TRUE(j["results"][0]["ttrsr"].is_null());
   EXPECT_FALSE(j["meta"]["scored"].get<bool>());
   EXPECT_EQ(j["results"][0]["details"]["sample"]["recovered_ids"].size(), 48u);
+}
+
+// The token-stream attacks through `aloepri audit --prior`: a prior drawn from the same skewed
+// distribution as the victim lets TFMA read the most frequent tokens by rank alone.
+TEST(AuditCli, StreamAttacksWithAPrior) {
+  const Fixture& f = fixture();
+  uint64_t lcg = 12345;
+  auto draw = [&lcg] {  // ids 3..599 with a Zipf-like skew (1 and 2 are BOS/EOS in a .bin prior)
+    lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+    const double u = double(lcg >> 11) / double(1ull << 53);
+    return uint16_t(3 + int(597 * u * u * u));
+  };
+  const std::string prior = f.dir + "/prior.bin", victim = f.dir + "/skewed.txt", js = f.dir + "/stream.json";
+  {
+    std::ofstream p(prior, std::ios::binary);
+    for (int d = 0; d < 300; ++d) {
+      std::vector<uint16_t> doc = {1};
+      for (int i = 0; i < 100; ++i) doc.push_back(draw());
+      doc.push_back(2);
+      p.write(reinterpret_cast<const char*>(doc.data()), std::streamsize(doc.size() * 2));
+    }
+    std::ofstream v(victim);
+    for (int i = 0; i < 20000; ++i) v << draw() << " ";
+  }
+  std::string out;
+  ASSERT_EQ(run_audit_cli("--key " + f.key + " --victim " + victim + " --attacks stream --prior " + prior +
+                              " --sda-seconds 1 --json " + js + " --force", &out), 0) << out;
+  const json j = json::parse(read_file(js));
+  std::map<std::string, json> by;
+  for (const auto& r : j["results"]) by[r["attack"].get<std::string>()] = r;
+  ASSERT_TRUE(by.count("TFMA") && by.count("SDA")) << j.dump(1);
+  EXPECT_GT(by["TFMA"]["ttrsr"].get<double>(), 0.15);
+  EXPECT_GT(by["SDA"]["ttrsr"].get<double>(), 0.15);
+  // Without --prior the stream attacks are not registered.
+  EXPECT_NE(run_audit_cli("--key " + f.key + " --victim " + victim + " --attacks stream", &out), 0);
 }
 
 TEST(AuditCli, ClearErrors) {

@@ -10,12 +10,15 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include "aloepri/audit_report.h"
+#include "aloepri/audit_stream.h"
+#include "aloepri/tokenizer.h"
 #include "aloepri/error.h"
 #include "aloepri/keyfile.h"
 #include "aloepri/model.h"
@@ -28,6 +31,8 @@ namespace {
 
 struct Opts {
   std::string plain, obf, key, victim, traffic, attacks, json_out, html_out, learned_exe;
+  std::vector<std::string> priors;  // public corpora for the token-stream attacks
+  double sda_seconds = 20;
   size_t victim_tokens = 50000;
   int64_t vocab_sample = 2000;
   double budget = 900;
@@ -139,6 +144,28 @@ int run(const Opts& o) {
     entries.push_back(external_attack("ima", learned, {"ima", "--json"}));
   }
 
+  // Token-stream attacks (TFMA + SDA) need a public prior corpus; without --prior they are
+  // skipped, since which text is "public and close to the victim's" is the auditor's call.
+  if (!o.priors.empty()) {
+    entries.push_back(AttackEntry{
+        "stream", "stream", "TFMA + SDA on the observed token stream, one run per --prior corpus",
+        [&o, n](const AuditContext& c) {
+          StreamAttackInputs in;
+          in.vocab_size = int32_t(n);
+          in.traffic = {c.traffic};
+          if (!c.victim.empty()) in.truth = {c.victim};
+          in.victim_name = "audit traffic";
+          in.sda.seconds = o.sda_seconds;
+          std::optional<Tokenizer> tok;  // only text priors need it (a .bin prior is ids already)
+          for (const auto& path : o.priors) {
+            if (fs::path(path).extension() != ".bin" && !tok) tok = Tokenizer::load(o.plain);
+            in.priors.push_back({fs::path(path).filename().string(),
+                                 BigramModel::build(load_token_docs(path, tok ? &*tok : nullptr), int32_t(n))});
+          }
+          return run_stream_attacks(in);
+        }});
+  }
+
   std::vector<std::string> names;
   if (!o.attacks.empty()) {
     std::stringstream ss(o.attacks);
@@ -184,6 +211,10 @@ auto setup(CLI::App& sub) {
   sub.add_option("--quantiles", o->quantiles, "VMA signature length per weight pair (default 32)");
   sub.add_flag("--no-emb-head", o->no_emb_head, "VMA: skip the n x n embedding x head pair (the slow one)");
   sub.add_flag("--no-parts", o->no_parts, "Do not score each VMA weight pair alone (faster)");
+  sub.add_option("--prior", o->priors,
+                 "Public corpus for the token-stream attacks TFMA/SDA (repeatable; .bin uint16 ids, .jsonl or "
+                 "text, tokenized with the plain model's tokenizer); without it they are skipped");
+  sub.add_option("--sda-seconds", o->sda_seconds, "SDA annealing budget per prior (default 20)");
   sub.add_option("--learned-exe", o->learned_exe, "Learned-attack program run as `EXE isa|ima --json --plain --obf [--key]` (default: aloe-attack beside aloepri)");
   sub.add_option("--json", o->json_out, "Write the results as JSON");
   sub.add_option("--html", o->html_out, "Write a self-contained HTML report");
