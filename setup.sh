@@ -17,7 +17,8 @@ start=$(date +%s)
 DEBS=(build-essential cmake pkg-config git nodejs npm
       libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
       libcpp-httplib-dev libutf8proc-dev libsodium-dev libssl-dev libopenblas-dev liblapacke-dev libeigen3-dev
-      clang libclang-rt-14-dev bible-kjv bible-kjv-text wordnet-base fortunes-zh)
+      clang libclang-rt-14-dev bible-kjv bible-kjv-text wordnet-base fortunes-zh
+      libtorch-dev)  # libtorch: the reference-model trainer and the learned attacks (ISA, IMA)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,7 +44,7 @@ echo "[setup] npm: llama.cpp harness (node-llama-cpp, pinned)"
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)  # the openai client (proxy e2e tests)
 
 echo "[setup] building (Release)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DALOEPRI_WITH_TORCH=ON >/dev/null
 cmake --build build -j"${ALOEPRI_JOBS:-2}"
 echo "[setup] done in $(( $(date +%s) - start )) s"
 
