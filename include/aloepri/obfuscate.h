@@ -12,6 +12,7 @@
 
 #include "aloepri/dtype.h"
 #include "aloepri/hf_config.h"
+#include "aloepri/keyfile.h"
 #include "aloepri/obf_keymat.h"
 #include "aloepri/obf_transform.h"
 #include "aloepri/rng.h"
@@ -62,6 +63,9 @@ struct ObfuscateResult {
   double seconds_transform = 0;     // up to the committed output, before the fingerprints
   uint64_t peak_rss_transform = 0;  // bytes, getrusage peak before the fingerprints are computed
   nlohmann::json record;       // parameters + per-norm kappas + EOS choice (for the key file)
+  // What the key file records of this obfuscation (fingerprints, vocabulary, parameters, the
+  // published tau(eos)/tau(bos)): the proxy and `decode` check a key against it.
+  ObfuscationRecord key_record() const;
 };
 
 // Obfuscates model_dir into out_dir (atomic: built in a temporary sibling, renamed on success).

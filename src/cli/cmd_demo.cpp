@@ -107,16 +107,7 @@ int run(const Options& o) {
   ObfuscateResult obf_res;
   timed("obfuscate", [&] { obf_res = obfuscate_model(model_dir, key.seed, obf_dir, oo); });
   // The key records what it obfuscated (as `aloepri obfuscate` does): the proxy checks it.
-  ObfuscationRecord rec;
-  rec.plain_fingerprint = obf_res.plain_fingerprint;
-  rec.obf_fingerprint = obf_res.obf_fingerprint;
-  rec.vocab_size = obf_res.vocab_size;
-  rec.params = obf_res.record;
-  rec.extra = nlohmann::json::object();
-  if (obf_res.obf_eos) rec.extra["obf_eos_token_id"] = *obf_res.obf_eos;
-  if (obf_res.obf_bos) rec.extra["obf_bos_token_id"] = *obf_res.obf_bos;
-  rec.extra["eos_policy"] = "published";
-  key.record = rec;
+  key.record = obf_res.key_record();
   key.save(key_path);
   timed("export_gguf", [&] {
     GGUFExportOptions go;

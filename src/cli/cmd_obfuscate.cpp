@@ -110,15 +110,7 @@ int run(Opts o, CLI::App& sub) {
     else export_gguf(obf, o.gguf, gd, go);
   }
 
-  ObfuscationRecord rec;
-  rec.plain_fingerprint = r.plain_fingerprint;
-  rec.obf_fingerprint = r.obf_fingerprint;
-  rec.vocab_size = r.vocab_size;
-  rec.params = r.record;
-  rec.extra = nlohmann::json::object();
-  if (r.obf_eos) rec.extra["obf_eos_token_id"] = *r.obf_eos;
-  if (r.obf_bos) rec.extra["obf_bos_token_id"] = *r.obf_bos;
-  rec.extra["eos_policy"] = "published";
+  ObfuscationRecord rec = r.key_record();
   if (key.record && key.record->plain_fingerprint != r.plain_fingerprint)
     std::cerr << "note: " << o.key << " recorded another model before; its record is replaced\n";
   key.record = rec;

@@ -557,4 +557,17 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
   return res;
 }
 
+ObfuscationRecord ObfuscateResult::key_record() const {
+  ObfuscationRecord rec;
+  rec.plain_fingerprint = plain_fingerprint;
+  rec.obf_fingerprint = obf_fingerprint;
+  rec.vocab_size = vocab_size;
+  rec.params = record;
+  rec.extra = nlohmann::json::object();
+  if (obf_eos) rec.extra["obf_eos_token_id"] = *obf_eos;
+  if (obf_bos) rec.extra["obf_bos_token_id"] = *obf_bos;
+  rec.extra["eos_policy"] = "published";
+  return rec;
+}
+
 }  // namespace aloepri
