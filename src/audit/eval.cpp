@@ -129,6 +129,25 @@ nlohmann::json ScoreAccumulator::to_json() const {
 
 // ---------------------------------------------------------------- reference engine
 
+// Greedy continuations of the first windows' prompts on both engines (the obfuscated one fed
+// tau(prompt), its ids read back through tau^-1), counted into `acc`. Engine is ReferenceModel or
+// the llama.cpp wrapper: both have greedy(prompt, n).
+template <class Engine>
+void add_greedy_agreement(Engine& plain, Engine& obf, const std::vector<int64_t>& tau,
+                          const std::vector<std::vector<int64_t>>& windows, int64_t greedy_prompts,
+                          int64_t prompt_len, int64_t greedy_tokens, ScoreAccumulator& acc) {
+  const auto inv = invert_permutation(tau);
+  for (int64_t p = 0; p < std::min<int64_t>(greedy_prompts, int64_t(windows.size())) && greedy_tokens > 0; ++p) {
+    const auto& w = windows[size_t(p)];
+    std::vector<int64_t> pr(w.begin(), w.begin() + std::min<int64_t>(prompt_len, int64_t(w.size())));
+    std::vector<int64_t> opr;
+    for (auto t : pr) opr.push_back(tau[size_t(t)]);
+    auto gp = plain.greedy(pr, greedy_tokens), go = obf.greedy(opr, greedy_tokens);
+    for (auto& t : go) t = inv[size_t(t)];
+    acc.add_greedy(gp, go);
+  }
+}
+
 nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const std::vector<int64_t>& tau,
                                const std::vector<std::vector<int64_t>>& windows, int64_t greedy_prompts,
                                int64_t prompt_len, int64_t greedy_tokens, const std::vector<double>& Q,
@@ -199,16 +218,7 @@ nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const
     plain.set_residual_hook({});
     obf.set_residual_hook({});
   }
-  const auto inv = invert_permutation(tau);
-  for (int64_t p = 0; p < std::min<int64_t>(greedy_prompts, int64_t(windows.size())) && greedy_tokens > 0; ++p) {
-    const auto& w = windows[size_t(p)];
-    std::vector<int64_t> pr(w.begin(), w.begin() + std::min<int64_t>(prompt_len, int64_t(w.size())));
-    std::vector<int64_t> opr;
-    for (auto t : pr) opr.push_back(tau[size_t(t)]);
-    auto gp = plain.greedy(pr, greedy_tokens), go = obf.greedy(opr, greedy_tokens);
-    for (auto& t : go) t = inv[size_t(t)];
-    acc.add_greedy(gp, go);
-  }
+  add_greedy_agreement(plain, obf, tau, windows, greedy_prompts, prompt_len, greedy_tokens, acc);
   if (residual) {
     layer_err_out->assign(size_t(L + 1), 0.0);
     for (int64_t l = 0; l <= L; ++l) (*layer_err_out)[size_t(l)] = err_sum[size_t(l)] / double(std::max<int64_t>(err_n, 1));
@@ -287,16 +297,7 @@ nlohmann::json score_llamacpp(LlamaCpp& plain, LlamaCpp& obf, int64_t n, const s
     for (int64_t t = 0; t < T; ++t) acc.add(pl.data() + t * n, ol.data() + t * n, t + 1 < T ? w[size_t(t + 1)] : -1);
     if (prog) prog->advance();
   }
-  const auto inv = invert_permutation(tau);
-  for (int64_t p = 0; p < std::min<int64_t>(greedy_prompts, int64_t(windows.size())) && greedy_tokens > 0; ++p) {
-    const auto& w = windows[size_t(p)];
-    std::vector<int64_t> pr(w.begin(), w.begin() + std::min<int64_t>(prompt_len, int64_t(w.size())));
-    std::vector<int64_t> opr;
-    for (auto t : pr) opr.push_back(tau[size_t(t)]);
-    auto gp = plain.greedy(pr, greedy_tokens), go = obf.greedy(opr, greedy_tokens);
-    for (auto& t : go) t = inv[size_t(t)];
-    acc.add_greedy(gp, go);
-  }
+  add_greedy_agreement(plain, obf, tau, windows, greedy_prompts, prompt_len, greedy_tokens, acc);
   return acc.to_json();
 }
 
