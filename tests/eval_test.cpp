@@ -253,6 +253,19 @@ TEST(Eval, ProfilesAndParamsRoundTrip) {
   const auto d = ObfuscationParams::profile("default");
   EXPECT_EQ(eval::params_from_json(d.to_json()).to_json(), d.to_json());
   EXPECT_THROW(ObfuscationParams::profile("nope"), Error);
+  // value_cond (issue 7): recorded and read back; a record without it (older keys) means 0,
+  // the report's Gaussian value maps, so such keys reproduce their models.
+  EXPECT_EQ(paper.value_cond, 0.0);  // the report's draw; default and exact: cond 4 (valuemap.md)
+  EXPECT_EQ(d.value_cond, 4.0);
+  EXPECT_EQ(ObfuscationParams::profile("exact").value_cond, 4.0);
+  ObfuscationParams v = d;
+  v.value_cond = 2.5;
+  EXPECT_EQ(v.to_json()["value_cond"].get<double>(), 2.5);
+  EXPECT_EQ(eval::params_from_json(v.to_json()).value_cond, 2.5);
+  auto old_record = v.to_json();
+  old_record.erase("value_cond");
+  EXPECT_EQ(eval::params_from_json(old_record).value_cond, 0.0);
+  EXPECT_EQ(eval::params_from_json(old_record).alpha_e, v.alpha_e);
 }
 
 TEST(Eval, AdaptedModelNeedsItsKeyAndNoiseAndTheRecordIsNotServed) {

@@ -6,6 +6,7 @@
 
 #include "aloepri/keyfile.h"
 #include "aloepri/model.h"
+#include "aloepri/obfuscate.h"
 #include "aloepri/synth.h"
 #include "support/paths.h"
 
@@ -68,6 +69,26 @@ TEST(ObfCli, ObfuscatesRecordsAndRefusesToOverwrite) {
   rc = at::run_command(exe + " -q obfuscate " + model_dir() + " --key " + key + " --out " + w + "/x --keymat nope", &out, true);
   EXPECT_EQ(rc, 2) << out;
   EXPECT_FALSE(fs::exists(w + "/x"));
+
+  // --value-cond: 0 or >= 1, else a usage error naming it; allowed with --exact (still exact)
+  // and recorded in the key.
+  out.clear();
+  rc = at::run_command(exe + " -q obfuscate " + model_dir() + " --key " + key + " --out " + w + "/x --exact --value-cond 0.5",
+                       &out, true);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("--value-cond"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(w + "/x"));
+  out.clear();
+  rc = at::run_command(exe + " -q obfuscate " + model_dir() + " --key " + key + " --out " + w + "/vc --exact --value-cond 4",
+                       &out, true);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(KeyFile::load(key).record->params["params"]["value_cond"].get<double>(), 4.0);
+  // Other value maps with the same key (unless --exact already uses cond 4).
+  EXPECT_EQ(HFModel(w + "/vc").fingerprint() != before, ObfuscationParams::exact().value_cond != 4.0);
+  out.clear();
+  ASSERT_EQ(at::run_command(exe + " obfuscate --help", &out, true), 0);
+  EXPECT_NE(out.find("--value-cond"), std::string::npos) << out;
+  EXPECT_NE(out.find("q4_0"), std::string::npos) << out;
 
   // A key readable by others is refused (exit 5) before anything is written.
   ASSERT_EQ(::chmod(key.c_str(), 0644), 0);

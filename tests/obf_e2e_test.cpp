@@ -108,7 +108,13 @@ TEST_P(ObfE2E, ExactObfuscationReproducesLogitsAndGreedyTokens) {
   ObfuscationParams exact_norm = ObfuscationParams::exact();
   exact_norm.keymat = obf::KeymatVariant::ExactNorm;
   exact_norm.expansion = 16;  // d' = d + 32, still exact: P P^T = (d'/d) I
-  for (const Variant& v : {Variant{"exact", ObfuscationParams::exact()}, Variant{"exact-norm-h16", exact_norm}}) {
+  // The value maps' conditioning (issue 7) leaves the transform exact: the exact profile's
+  // value_cond and the other of {0 (the report's Gaussian U_j), 4}.
+  ObfuscationParams exact_vc = ObfuscationParams::exact();
+  exact_vc.value_cond = exact_vc.value_cond == 4 ? 0 : 4;
+  const std::string vc_name = exact_vc.value_cond == 4 ? "exact-vcond4" : "exact-vcond0";
+  for (const Variant& v : {Variant{"exact", ObfuscationParams::exact()}, Variant{"exact-norm-h16", exact_norm},
+                           Variant{vc_name.c_str(), exact_vc}}) {
     const std::string out = aloepri::testing::scratch_dir(std::string("obf_e2e_out_") + sh.name + "_" + v.name) + "/obf";
     ObfuscateOptions opt;
     opt.params = v.p;
@@ -182,6 +188,15 @@ TEST(ObfE2EOutput, DeterministicAndFreeOfTheSecret) {
   EXPECT_NE(obfuscate_model(plain_dir, key_seed(3), c, opt).obf_fingerprint, ra.obf_fingerprint);
   // Defaults: paper key matrices with h = 128 widen the hidden size by 256.
   EXPECT_EQ(ra.obf_hidden, ra.hidden + 256);
+  // Another cond(U_j) (value_cond), another model, recorded with the parameters (the draw's
+  // determinism is checked in obf_transform_test).
+  ObfuscateOptions vc = opt;
+  vc.params.value_cond = opt.params.value_cond == 4 ? 0 : 4;
+  const std::string d = aloepri::testing::scratch_dir("obf_det_d") + "/obf";
+  ObfuscateResult rd = obfuscate_model(plain_dir, seed, d, vc);
+  EXPECT_NE(rd.obf_fingerprint, ra.obf_fingerprint);
+  EXPECT_EQ(rd.record["params"]["value_cond"].get<double>(), vc.params.value_cond);
+  EXPECT_EQ(ra.record["params"]["value_cond"].get<double>(), opt.params.value_cond);
 }
 
 TEST(ObfE2EOutput, ClearErrors) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "aloepri/error.h"
 #include "aloepri/obf_keymat.h"
 #include "aloepri/obf_math.h"
 #include "aloepri/obf_transform.h"
@@ -127,7 +128,7 @@ std::vector<float> ones(int64_t n, float v = 1.0f) { return std::vector<float>(s
 // Obfuscates one attention block (stage 1 + stage 2) and compares the residual-stream output on
 // x P_in against the plaintext output times P_o.
 double attention_error(const AttnShape& s, bool bias, KeymatVariant kv, int64_t h, int64_t beta,
-                       const std::vector<int64_t>& pos, uint8_t sd) {
+                       const std::vector<int64_t>& pos, uint8_t sd, double value_cond = 0) {
   RngStream r(seed_of(sd), "weights");
   AttnHF W;
   W.q = rand_tensor({s.m * s.dh, s.d}, 1.0 / std::sqrt(double(s.d)), r);
@@ -155,6 +156,7 @@ double attention_error(const AttnShape& s, bool bias, KeymatVariant kv, int64_t 
   KeyMatrices K(key, s.d, h, 0.0, kv);
   AttnKeyOptions opt;
   opt.beta = beta;
+  opt.value_cond = value_cond;
   AttnKeys AK = draw_attn_keys(key, 0, s.m, s.mkv, s.dh, f, opt);
   AttnHF st1 = transform_attention_heads(W, AK, s.dh);
   Mat Pin = K.P("in"), Po = K.P("o");
@@ -193,6 +195,77 @@ TEST(ObfAttention, ExactTransformsReproducePlaintextAtSeveralPositions) {
       double e1 = attention_error(c.s, c.bias, KeymatVariant::ExactNorm, 8, 1, pos, 2);
       EXPECT_LT(e1, 2e-5) << c.name << " pos " << p0 << " exact-norm h=8";
     }
+}
+
+TEST(ObfAttention, ConditionedValueMapsAreExact) {
+  // Issue 7: U_j with cond(U_j) = K (value_cond) is as exact as the report's Gaussian one.
+  for (double K : {1.0, 4.0, 16.0}) {
+    const std::vector<int64_t> pos = {0, 1, 2, 5, 40, 3000};
+    double e0 = attention_error({32, 4, 2, 8}, false, KeymatVariant::Paper, 0, 1, pos, 1, K);
+    EXPECT_LT(e0, 2e-5) << "GQA, value_cond " << K;
+    double e1 = attention_error({48, 6, 2, 16}, true, KeymatVariant::ExactNorm, 8, 1, pos, 2, K);
+    EXPECT_LT(e1, 2e-5) << "GQA+bias exact-norm h=8, value_cond " << K;
+  }
+}
+
+TEST(ObfAttention, ValueCondDrawsValueMapsOfExactlyThatCondition) {
+  const int64_t dh = 32;
+  const auto f = rope_inv_freq(1e4, dh);
+  AttnKeyOptions rep;  // value_cond 0: the report's draw
+  const AttnKeys K0 = draw_attn_keys(seed_of(5), 2, 8, 4, dh, f, rep);
+  for (double K : {1.0, 2.0, 4.0}) {
+    AttnKeyOptions opt;
+    opt.value_cond = K;
+    const AttnKeys AK = draw_attn_keys(seed_of(5), 2, 8, 4, dh, f, opt);
+    ASSERT_EQ(AK.kv.size(), 4u);
+    for (size_t j = 0; j < AK.kv.size(); ++j) {
+      const HeadKeys& hk = AK.kv[j];
+      EXPECT_NEAR(condition_number(hk.U), K, 1e-9) << "K " << K << " head " << j;
+      auto sv = singular_values(hk.U);
+      EXPECT_NEAR(sv.front(), std::sqrt(K), 1e-9);
+      EXPECT_NEAR(sv.back(), 1 / std::sqrt(K), 1e-9);
+      EXPECT_LT(max_abs_diff(matmul(hk.U, hk.Uinv), Mat::identity(dh)), 1e-12);
+      EXPECT_LT(max_abs_diff(matmul(hk.Uinv, hk.U), Mat::identity(dh)), 1e-12);
+      if (K == 1.0) {
+        EXPECT_LT(max_abs_diff(matmul(hk.U, hk.U, true, false), Mat::identity(dh)), 1e-12);
+      }
+      // A dense random matrix, not a permutation or diagonal: no entry carries a whole row.
+      double mx = 0;
+      for (double x : hk.U.a) mx = std::max(mx, std::abs(x));
+      EXPECT_LT(mx, 0.9 * sv.front());
+      // Only the value map changes: RoPE-pair secrets are the same draws as with the report's U_j.
+      EXPECT_EQ(hk.angle, K0.kv[j].angle);
+      EXPECT_EQ(hk.scale, K0.kv[j].scale);
+      EXPECT_EQ(hk.pair_slot, K0.kv[j].pair_slot);
+      EXPECT_GT(max_abs_diff(hk.U, K0.kv[j].U), 1e-3);
+    }
+    EXPECT_EQ(AK.kv_slot, K0.kv_slot);
+    // Heads get different maps; the same key gives the same maps; another layer other ones.
+    EXPECT_GT(max_abs_diff(AK.kv[0].U, AK.kv[1].U), 1e-3);
+    const AttnKeys again = draw_attn_keys(seed_of(5), 2, 8, 4, dh, f, opt);
+    for (size_t j = 0; j < AK.kv.size(); ++j) EXPECT_EQ(again.kv[j].U.a, AK.kv[j].U.a);
+    const AttnKeys other = draw_attn_keys(seed_of(5), 3, 8, 4, dh, f, opt);
+    EXPECT_GT(max_abs_diff(other.kv[0].U, AK.kv[0].U), 1e-3);
+  }
+  // value_cond 0 is still the report's draw from ".../vmap" (old keys reproduce their models).
+  RngStream vm(seed_of(5), "layer/2/attn/kv0/vmap");
+  const Mat g = gaussian(dh, dh, 1.0 / std::sqrt(double(dh)), vm);
+  ASSERT_LE(condition_number(g), 10.0 * dh);  // this seed's first draw is accepted
+  EXPECT_EQ(K0.kv[0].U.a, g.a);
+  EXPECT_GT(condition_number(K0.kv[0].U), 4.0);  // Gaussian 32 x 32: cond ~ tens to hundreds
+
+  // Anything but 0 or >= 1 is a usage error naming the option.
+  for (double bad : {0.5, -1.0, std::nan("")}) {
+    AttnKeyOptions opt;
+    opt.value_cond = bad;
+    try {
+      draw_attn_keys(seed_of(5), 0, 8, 4, dh, f, opt);
+      ADD_FAILURE() << "value_cond " << bad << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), kExitUsage);
+      EXPECT_NE(std::string(e.what()).find("--value-cond"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(ObfAttention, BlockPermIsAnApproximationThatGrowsWithPosition) {

@@ -19,7 +19,9 @@
 //   qKL    mean KL(p_same-model-f32 || p_model): the quantization's own damage, apart from the
 //          obfuscation's (0 for the f32 rows)
 // Settings: exact (--exact), nonoise (the defaults without embedding/head noise: lambda .3,
-// h 128, beta 8 — the orthogonal mixing alone), defaults (the report's parameters).
+// h 128, beta 8 — the orthogonal mixing alone), defaults (the report's parameters). A suffix -K<k>
+// adds `--value-cond k` (cond(U_j) of the value maps, docs/results/valuemap.md): exact-K0 is
+// --exact with the report's Gaussian U_j, nonoise-K4 the nonoise setting with cond(U_j) = 4.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -51,7 +53,12 @@ const SETTING_FLAGS = {
   nonoise: ["--alpha-e", "0", "--alpha-h", "0"],
   defaults: [],
 };
-for (const s of settings) if (!SETTING_FLAGS[s]) throw new Error(`--settings: unknown '${s}' (exact, nonoise, defaults)`);
+function settingFlags(s) {
+  const m = /^([a-z]+)(?:-K([0-9]+(?:\.[0-9]+)?))?$/.exec(s);
+  if (!m || !SETTING_FLAGS[m[1]]) throw new Error(`--settings: unknown '${s}' (exact, nonoise, defaults, each optionally -K<value-cond>)`);
+  return [...SETTING_FLAGS[m[1]], ...(m[2] !== undefined ? ["--value-cond", m[2]] : [])];
+}
+for (const s of settings) settingFlags(s);
 
 function log(s) { process.stderr.write(s + "\n"); }
 function run(cmd, argv) {
@@ -83,7 +90,7 @@ for (const dt of dtypes) {
 let tau = null;
 for (const s of settings) {
   const od = path.join(work, `obf-${s}`);
-  if (!existsSync(od)) run(aloepri, ["obfuscate", modelDir, "--key", key, "--out", od, "--dtype", "f32", ...SETTING_FLAGS[s]]);
+  if (!existsSync(od)) run(aloepri, ["obfuscate", modelDir, "--key", key, "--out", od, "--dtype", "f32", ...settingFlags(s)]);
   for (const dt of dtypes) {
     const f = path.join(work, `obf-${s}.${dt}.gguf`);
     if (!existsSync(f)) run(aloepri, ["convert", od, "--gguf", f, "--dtype", dt, "--opaque-vocab"]);
@@ -172,7 +179,7 @@ for (const g of ggufs) {
   const res = { setting: g.setting, dtype: g.dtype, positions: n, acc: acc / n, agree: agree / n, kl: klSum / n,
                 qkl: qklSum / n, ppl: Math.exp(nll / n), mib: bytes / 2 ** 20, seconds: (Date.now() - t1) / 1000 };
   results.push(res);
-  log(`${g.setting.padEnd(9)} ${g.dtype.padEnd(5)} acc ${res.acc.toFixed(4)} agree ${res.agree.toFixed(4)} ` +
+  log(`${g.setting.padEnd(11)} ${g.dtype.padEnd(5)} acc ${res.acc.toFixed(4)} agree ${res.agree.toFixed(4)} ` +
       `KL ${res.kl.toExponential(3)} qKL ${res.qkl.toExponential(3)} ppl ${res.ppl.toFixed(2)} ` +
       `${res.mib.toFixed(1)} MiB (${res.seconds.toFixed(1)} s)`);
 }

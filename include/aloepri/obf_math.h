@@ -37,6 +37,11 @@ Mat gaussian(int64_t rows, int64_t cols, double stddev, RngStream& rng);
 // Haar-distributed orthogonal n x n: QR of a Gaussian matrix, columns sign-fixed by diag(R) so
 // the distribution is exactly Haar (Mezzadri 2007).
 Mat haar_orthogonal(int64_t n, RngStream& rng);
+// A random n x n matrix with condition number exactly `cond` (>= 1): O1 Diag(s) O2^T with O1,
+// O2 Haar orthogonal (drawn in that order) and s log-uniform in [1/sqrt(cond), sqrt(cond)], its
+// first two entries pinned to the extremes (cond 1: a Haar orthogonal matrix). Its exact inverse
+// O2 Diag(1/s) O1^T goes to *inv when given. Throws Error(kExitUsage) for cond < 1.
+Mat conditioned_matrix(int64_t n, double cond, RngStream& rng, Mat* inv = nullptr);
 // Inverse by LU (dgetrf/dgetri); throws Error if singular.
 Mat inverse(const Mat& A);
 std::vector<double> singular_values(const Mat& A);

@@ -41,9 +41,13 @@ struct AttnKeyOptions {
   double scale_range = 2.0;       // H entries log-uniform in [1/r, r] ([choice]: report gives none)
   bool per_group_perm = true;     // [choice]: one tau_group per group (true) or one for all
   double max_cond_factor = 10.0;  // accept U_j when cond(U_j) <= factor * dh
+  // 0: the report's U_j (Gaussian N(0, 1/dh), condition-checked as above). K >= 1: U_j =
+  // conditioned_matrix(dh, K) with cond(U_j) == K exactly (stream ".../vmap-cond"): the
+  // quantizer's rounding of W_v U_j and U_j^-1 W_o is amplified by at most K (issue 7).
+  double value_cond = 0;
 };
 
-// Streams: "layer/<l>/attn/kv<j>/{rotation,scale,blockperm,vmap}", "layer/<l>/attn/kv_perm",
+// Streams: "layer/<l>/attn/kv<j>/{rotation,scale,blockperm,vmap|vmap-cond}", "layer/<l>/attn/kv_perm",
 // "layer/<l>/attn/group_perm[/<j>]".
 AttnKeys draw_attn_keys(const Seed& seed, int64_t layer, int64_t m, int64_t mkv, int64_t dh,
                         const std::vector<double>& inv_freq, const AttnKeyOptions& opt);

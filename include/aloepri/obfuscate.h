@@ -33,6 +33,11 @@ struct ObfuscationParams {
   double head_scale_range = 2.0;  // H_j entries log-uniform in [1/r, r]
   double ffn_scale_range = 2.0;   // Hf entries log-uniform in [1/r, r]
   bool per_group_perm = true;     // one in-group head permutation per kv group
+  // Condition number of the per-head value map U_j (issue 7, docs/results/valuemap.md): 0 = the
+  // report's Gaussian draw (condition-checked only); K >= 1 = cond(U_j) == K exactly (1:
+  // orthogonal). W_v U_j / U_j^-1 W_o amplify each other's quantization error by ~cond(U_j).
+  // A key record without the field means 0.
+  double value_cond = 0;
 
   // lambda 0, h 0, no noise, beta 1: every remaining transform is exact.
   static ObfuscationParams exact();

@@ -329,6 +329,7 @@ ObfuscationParams params_from_json(const nlohmann::json& j) {
   num("gamma", p.gamma);
   num("head_scale_range", p.head_scale_range);
   num("ffn_scale_range", p.ffn_scale_range);
+  num("value_cond", p.value_cond);  // absent in older records: 0, the report's draw
   if (j.contains("keymat")) p.keymat = j["keymat"] == "exact-norm" ? obf::KeymatVariant::ExactNorm : obf::KeymatVariant::Paper;
   if (j.contains("kappa")) p.kappa = j["kappa"] == "calibrated" ? KappaMode::Calibrated : KappaMode::Gaussian;
   if (j.contains("noise_scale"))
@@ -379,7 +380,8 @@ nlohmann::json run_eval(const EvalConfig& cfg) {
   };
   std::vector<Variant> variants;
   if (cfg.attribution) {
-    const ObfuscationParams E = ObfuscationParams::exact();
+    ObfuscationParams E = ObfuscationParams::exact();
+    E.value_cond = params.value_cond;  // same value maps: their conditioning sets the precision loss
     if (served != DType::F32) variants.push_back({"full, f32", "the same parameters stored in f32", params, DType::F32});
     if (params.alpha_e > 0 || params.alpha_h > 0) {
       auto p = E;

@@ -19,7 +19,7 @@ struct Opts {
   std::string model, key, out, gguf, keymat = "paper", kappa = "gaussian", dtype, noise_scale = "global";
   std::string calib_ids, calib_file, calib_text;
   std::string profile = "default";  // named parameter set; explicit flags override its fields
-  double lambda = 0.3, alpha_e = 1.0, alpha_h = 0.2, gamma = 1000;
+  double lambda = 0.3, alpha_e = 1.0, alpha_h = 0.2, gamma = 1000, value_cond = 0;
   int64_t expansion = 128, beta = 8;
   bool exact = false, force = false;
 };
@@ -69,6 +69,13 @@ int run(Opts o, CLI::App& sub) {
     p = ObfuscationParams::exact();
     p.keymat = km;
     p.kappa = kp;
+  }
+  // Not a privacy/exactness trade-off (every K is exact): allowed with --exact too.
+  if (given("--value-cond")) {
+    if (!(o.value_cond == 0 || o.value_cond >= 1))
+      throw Error("--value-cond", "must be 0 (the report's Gaussian value map) or >= 1, got " +
+                                      std::to_string(o.value_cond), kExitUsage);
+    p.value_cond = o.value_cond;
   }
   // q8_0 / q4_0 quantize the GGUF only; the HF checkpoint keeps the input's dtype.
   std::optional<gguf::GGMLType> gguf_quant;
@@ -133,8 +140,8 @@ auto setup(CLI::App& sub) {
   sub.add_option("--gguf", o->gguf, "Also write the obfuscated model as GGUF for llama.cpp");
   sub.add_option("--profile", o->profile,
                  "Privacy parameter set: default (measured frontier point, docs/results/eval.md: the paper's "
-                 "with alpha_e 0.5) | paper (the report's: lambda .3, h 128, alpha_e 1, alpha_h .2, beta 8) | exact; "
-                 "flags override it");
+                 "with alpha_e 0.5, and value maps of cond 4) | paper (the report's: lambda .3, h 128, alpha_e 1, "
+                 "alpha_h .2, beta 8, Gaussian value maps) | exact (value maps of cond 4); flags override it");
   sub.add_option("--lambda", o->lambda, "Key-matrix non-orthogonality lambda (paper 0.3)");
   sub.add_option("--expansion", o->expansion, "Expansion h: hidden size grows by 2h (default 128)");
   sub.add_option("--alpha-e", o->alpha_e, "Embedding noise, x std of the embedding (default profile 0.5, paper 1.0)");
@@ -142,6 +149,12 @@ auto setup(CLI::App& sub) {
   sub.add_option("--beta", o->beta, "BlockPerm window size (default 8; 1 = no RoPE pair permutation)");
   sub.add_option("--gamma", o->gamma, "BlockPerm frequency sharpness (default 1000)");
   sub.add_flag("--exact", o->exact, "lambda 0, h 0, no noise, beta 1: an exact transform");
+  sub.add_option("--value-cond", o->value_cond,
+                 "Condition number K of the per-head value maps U_j (W_v U_j, U_j^-1 W_o): 0 = the report's\n"
+                 "Gaussian draw (cond up to 10 d_h), which breaks q4_0 GGUF exports because each factor's\n"
+                 "rounding is amplified by the other ~cond(U_j) times; K >= 1 draws cond(U_j) = K exactly\n"
+                 "(1 = orthogonal: leaks U_j through the Gram matrix of the value path). Exact for every K.\n"
+                 "Profiles: default and exact 4, paper 0. docs/results/valuemap.md");
   sub.add_option("--keymat", o->keymat, "Key matrices: paper (report's, approximate norm) | exact-norm");
   sub.add_option("--kappa", o->kappa, "RMSNorm scale: gaussian (expected) | calibrated (on --calib-*)");
   sub.add_option("--calib-ids", o->calib_ids, "Calibration token ids, comma separated");

@@ -71,6 +71,30 @@ Mat haar_orthogonal(int64_t n, RngStream& rng) {
   return A;
 }
 
+Mat conditioned_matrix(int64_t n, double cond, RngStream& rng, Mat* inv) {
+  if (!(cond >= 1.0) || !std::isfinite(cond))
+    throw Error("--value-cond", "condition number must be >= 1, got " + std::to_string(cond), kExitUsage);
+  Mat O1 = haar_orthogonal(n, rng), O2 = haar_orthogonal(n, rng);
+  const double lr = 0.5 * std::log(cond);  // s in [exp(-lr), exp(lr)]
+  std::vector<double> s(static_cast<size_t>(n), 1.0);
+  for (int64_t i = 0; i < n; ++i) s[size_t(i)] = std::exp((2 * rng.uniform() - 1) * lr);
+  if (n >= 2) {
+    s[0] = std::exp(lr);
+    s[1] = std::exp(-lr);
+  } else if (n == 1) {
+    s[0] = 1.0;
+  }
+  // O1 Diag(s) O2^T and O2 Diag(1/s) O1^T.
+  Mat A = O1, B = O2;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < n; ++c) {
+      A(r, c) *= s[size_t(c)];
+      B(r, c) /= s[size_t(c)];
+    }
+  if (inv) *inv = matmul(B, O1, false, true);
+  return matmul(A, O2, false, true);
+}
+
 Mat inverse(const Mat& A) {
   if (A.rows != A.cols) throw Error("obfuscate/inverse", "matrix is not square", kExitError);
   const int64_t n = A.rows;

@@ -21,6 +21,8 @@ AttnKeys draw_attn_keys(const Seed& seed, int64_t layer, int64_t m, int64_t mkv,
                         const std::vector<double>& inv_freq, const AttnKeyOptions& opt) {
   require(mkv > 0 && m % mkv == 0, "attention", "num_attention_heads must be a multiple of num_key_value_heads");
   require(dh % 2 == 0 && int64_t(inv_freq.size()) == dh / 2, "attention", "head_dim must be even");
+  require(opt.value_cond == 0 || opt.value_cond >= 1, "--value-cond",
+          "must be 0 (the report's Gaussian value map) or >= 1", kExitUsage);
   const int64_t M = dh / 2, g = m / mkv;
   AttnKeys K;
   K.group = g;
@@ -34,13 +36,21 @@ AttnKeys draw_attn_keys(const Seed& seed, int64_t layer, int64_t m, int64_t mkv,
     for (int64_t p = 0; p < M; ++p) hk.angle[p] = 2 * M_PI * rot.uniform();
     for (int64_t p = 0; p < M; ++p) hk.scale[p] = log_uniform(sc, opt.scale_range);
     hk.pair_slot = block_perm(opt.beta, opt.gamma, inv_freq, bp);
-    // Condition-checked: a badly conditioned U_j would amplify f32 rounding through U U^-1.
-    for (int attempt = 0;; ++attempt) {
-      if (attempt == 1000) throw Error("attention", "could not draw a well-conditioned value map", kExitError);
-      hk.U = gaussian(dh, dh, 1.0 / std::sqrt(double(dh)), vm);
-      if (condition_number(hk.U) <= opt.max_cond_factor * double(dh)) break;
+    if (opt.value_cond == 0) {
+      // The report's draw, condition-checked: a badly conditioned U_j would amplify f32 rounding
+      // through U U^-1.
+      for (int attempt = 0;; ++attempt) {
+        if (attempt == 1000) throw Error("attention", "could not draw a well-conditioned value map", kExitError);
+        hk.U = gaussian(dh, dh, 1.0 / std::sqrt(double(dh)), vm);
+        if (condition_number(hk.U) <= opt.max_cond_factor * double(dh)) break;
+      }
+      hk.Uinv = inverse(hk.U);
+    } else {
+      // cond(U_j) == value_cond exactly (issue 7: quantization noise of W_v U_j is amplified by
+      // U_j^-1 W_o up to cond(U_j) times).
+      RngStream vc(seed, base + "/vmap-cond");
+      hk.U = conditioned_matrix(dh, opt.value_cond, vc, &hk.Uinv);
     }
-    hk.Uinv = inverse(hk.U);
     K.kv.push_back(std::move(hk));
   }
   RngStream kvp(seed, L(layer) + "/attn/kv_perm");

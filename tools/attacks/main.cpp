@@ -52,6 +52,8 @@ void add_common(CLI::App* s, Common& c) {
   s->add_option("--alpha-h", c.params.alpha_h)->capture_default_str();
   s->add_option("--beta", c.params.beta)->capture_default_str();
   s->add_option("--gamma", c.params.gamma)->capture_default_str();
+  s->add_option("--value-cond", c.params.value_cond, "cond(U_j) of the value maps: 0 = the report's Gaussian draw")
+      ->capture_default_str();
   s->add_option("--keymat", c.keymat, "paper | exact-norm")->capture_default_str();
   s->add_option("--kappa", c.kappa, "gaussian | calibrated")->capture_default_str();
   s->add_flag("--exact", c.exact, "lambda 0, h 0, no noise, beta 1 (the exact transform)");
@@ -83,6 +85,7 @@ ObfuscationParams params_from_json(const nlohmann::json& j, const std::string& w
     p.head_scale_range = j.value("head_scale_range", p.head_scale_range);
     p.ffn_scale_range = j.value("ffn_scale_range", p.ffn_scale_range);
     p.per_group_perm = j.value("per_group_perm", p.per_group_perm);
+    p.value_cond = j.value("value_cond", 0.0);  // absent in older records: the report's draw
   } catch (const nlohmann::json::exception& e) {
     throw Error(where, std::string("obfuscation parameters in the key record: ") + e.what());
   }
