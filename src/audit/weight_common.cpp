@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "aloepri/error.h"
+#include "aloepri/token_file.h"
 #include "aloepri/model.h"
 #include "weight_internal.h"
 
@@ -360,16 +361,8 @@ AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting
 }
 
 std::vector<int32_t> load_token_file(const std::string& path, size_t max_tokens) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(path, "cannot open token file", kExitError);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (bytes.size() % 2 != 0) throw Error(path, "odd size: not a uint16 token file", kExitError);
-  size_t n = bytes.size() / 2;
-  if (max_tokens > 0) n = std::min(n, max_tokens);
-  std::vector<int32_t> ids(n);
-  for (size_t i = 0; i < n; ++i)
-    ids[i] = int32_t(uint8_t(bytes[2 * i])) | (int32_t(uint8_t(bytes[2 * i + 1])) << 8);
-  return ids;
+  const auto ids = read_token_file(path, max_tokens);
+  return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
 std::vector<int32_t> sample_ids(int64_t n, int64_t count, uint64_t seed) {

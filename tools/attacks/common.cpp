@@ -11,19 +11,6 @@
 
 namespace aloepri::attacks {
 
-std::vector<uint16_t> read_token_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(path, "cannot open token file (build it with tools/corpus)");
-  f.seekg(0, std::ios::end);
-  const auto n = static_cast<size_t>(f.tellg());
-  if (n % 2 != 0 || n == 0) throw Error(path, "not a non-empty uint16 token file");
-  std::vector<uint16_t> ids(n / 2);
-  f.seekg(0);
-  f.read(reinterpret_cast<char*>(ids.data()), static_cast<std::streamsize>(n));
-  if (!f) throw Error(path, "short read");
-  return ids;
-}
-
 namespace {
 void check_ids(const uint16_t* p, int64_t n, int64_t vocab, const std::string& where) {
   for (int64_t i = 0; i < n; ++i)

@@ -10,12 +10,12 @@
 #include <nlohmann/json.hpp>
 
 #include "aloepri/audit.h"
+#include "aloepri/token_file.h"
 #include "torch_llama.h"
 
 namespace aloepri::attacks {
 
-// A uint16 token file (build/corpus/{train,heldout}.bin).
-std::vector<uint16_t> read_token_file(const std::string& path);
+// Token files (build/corpus/{train,heldout}.bin): aloepri::read_token_file (aloepri/token_file.h).
 
 // `count` non-overlapping windows of `seq` tokens spread evenly over the stream (window i
 // starts at token (i * total / count) * seq, total = number of whole windows).

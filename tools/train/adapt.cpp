@@ -38,6 +38,7 @@
 #endif
 #include "aloepri/output.h"
 #include "aloepri/safetensors.h"
+#include "aloepri/token_file.h"
 
 namespace fs = std::filesystem;
 using namespace aloepri;
@@ -239,10 +240,11 @@ int main(int argc, char** argv) {
     };
 
     // Training text.
-    const std::string bin = steps == 0 && minutes == 0 ? std::string(4 * size_t(seq), '\0') : read_file(data + "/train.bin");
-    const int64_t N = int64_t(bin.size() / 2);
+    const std::vector<uint16_t> ids = steps == 0 && minutes == 0 ? std::vector<uint16_t>(2 * size_t(seq), 0)
+                                                                 : read_token_file(data + "/train.bin");
+    const int64_t N = int64_t(ids.size());
     require(N > seq + 1, data + "/train.bin", "too short");
-    const uint16_t* tok = reinterpret_cast<const uint16_t*>(bin.data());
+    const uint16_t* tok = ids.data();
     std::mt19937_64 rng{static_cast<uint64_t>(seed_opt)};
     std::uniform_int_distribution<int64_t> start(0, N - seq - 2);
 

@@ -33,10 +33,12 @@
 #include "aloepri/model.h"
 #include "aloepri/output.h"
 #include "aloepri/safetensors.h"
+#include "aloepri/token_file.h"
 
 namespace fs = std::filesystem;
 using aloepri::Error;
 using aloepri::ModelConfig;
+using aloepri::read_token_file;
 using json = nlohmann::json;
 
 namespace {
@@ -47,19 +49,6 @@ namespace {
 torch::Device g_device = torch::kCPU;
 
 // ---------------------------------------------------------------- data
-
-std::vector<uint16_t> read_ids(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(path, "cannot open token file (run tools/corpus/tokenize.mjs)");
-  f.seekg(0, std::ios::end);
-  const auto n = static_cast<size_t>(f.tellg());
-  if (n % 2 != 0 || n == 0) throw Error(path, "not a non-empty uint16 token file");
-  std::vector<uint16_t> ids(n / 2);
-  f.seekg(0);
-  f.read(reinterpret_cast<char*>(ids.data()), static_cast<std::streamsize>(n));
-  if (!f) throw Error(path, "short read");
-  return ids;
-}
 
 // The batch of step `step` depends only on (seed, step), so a resumed run sees the same data.
 torch::Tensor sample_batch(const std::vector<uint16_t>& ids, int64_t batch, int64_t seq, uint64_t seed,
@@ -496,8 +485,8 @@ int main(int argc, char** argv) {
       cfg.tie_word_embeddings = !untied;
       cfg.validate("aloe-train flags");
       fs::create_directories(run_dir);
-      const auto train_ids = read_ids(data_dir + "/train.bin");
-      const auto held_ids = read_ids(data_dir + "/heldout.bin");
+      const auto train_ids = read_token_file(data_dir + "/train.bin");
+      const auto held_ids = read_token_file(data_dir + "/heldout.bin");
       const std::string last = run_dir + "/last.pt";
       json args = {{"steps", steps}, {"batch", batch}, {"seq", seq}, {"lr", lr}, {"min_lr_frac", min_lr_frac},
                    {"warmup", warmup}, {"weight_decay", wd}, {"clip", clip}, {"seed", seed},
@@ -606,7 +595,7 @@ int main(int argc, char** argv) {
       } else {
         throw Error("eval", "give --checkpoint or --model");
       }
-      const auto held = read_ids(data_dir + "/heldout.bin");
+      const auto held = read_token_file(data_dir + "/heldout.bin");
       const double t0 = now_s();
       auto r = eval_model(m, held, ev_seq, ev_windows);
       json j = {{"model", what},
@@ -617,7 +606,7 @@ int main(int argc, char** argv) {
                 {"model_top1", r.top1},
                 {"eval_seconds", now_s() - t0}};
       if (baselines) {
-        const auto train = read_ids(data_dir + "/train.bin");
+        const auto train = read_token_file(data_dir + "/train.bin");
         auto [u, b] = eval_baselines(train, held, ev_seq, ev_windows, m.cfg.vocab_size);
         j["unigram_ppl"] = u.ppl(), j["unigram_top1"] = u.top1;
         j["bigram_ppl"] = b.ppl(), j["bigram_top1"] = b.top1;
