@@ -73,6 +73,8 @@ TEST(AuditCli, ScoresTheWeightAttacksAndWritesReports) {
   EXPECT_GT(by["NN"]["ttrsr"].get<double>(), 0.95);
   EXPECT_EQ(by["NN"]["goal"].get<double>(), 0.01);
   EXPECT_FALSE(by["NN"]["goal_met"].get<bool>());  // permutation only: nothing is hidden
+  // The setting names the key record's parameters, value-map conditioning included (--exact: 4).
+  EXPECT_NE(by["VMA"]["setting"].get<std::string>().find("value_cond 4"), std::string::npos) << by["VMA"].dump();
   EXPECT_EQ(by["VMA"]["victim_tokens"].get<int64_t>(), 3000);
   EXPECT_TRUE(by["VMA"]["details"].contains("parts"));
   EXPECT_EQ(j["meta"]["attacker_knows"]["alpha_e"].get<double>(), 0.0);

@@ -13,14 +13,16 @@ import { DEFAULT_THREADS, exactContextOptions, loadModel, parseArgs, vocabSize }
 import { BadRequest, parseCompletion } from "./lib/request.mjs";
 import { SlotPool } from "./lib/slots.mjs";
 
-const USAGE = `usage: node server.mjs --model M.gguf [--host 127.0.0.1] [--port 8081] [--threads N] [--ctx 2048] [--parallel 4] [--fast]
+const USAGE = `usage: node server.mjs --model M.gguf [--host 127.0.0.1] [--port 8081] [--threads N] [--ctx 2048] [--parallel 4] [--fast] [--no-mmap]
   --model F      GGUF file
   --host H       address to listen on (default 127.0.0.1: local only)
   --port P       TCP port (default 8081; 0 picks a free one, printed on stderr)
   --threads N    CPU threads for evaluation (default 1: see lib/engine.mjs)
   --ctx N        context size per slot, in tokens (default 2048)
   --parallel N   slots: requests evaluated concurrently, more are queued (default 4)
-  --fast         llama.cpp's default numerics (flash attention, F16 KV) instead of the exact ones`;
+  --fast         llama.cpp's default numerics (flash attention, F16 KV) instead of the exact ones
+  --no-mmap      read the weights into memory instead of mapping the file (as llama-server --no-mmap);
+                 benchmarks use it so that every model's weights sit in freshly allocated memory`;
 
 const MAX_BODY = 16 << 20;
 
@@ -65,7 +67,7 @@ async function readJson(req) {
 async function main() {
   const args = parseArgs(process.argv.slice(2), {
     "--model": "string", "--host": "string", "--port": "int", "--threads": "int", "--ctx": "int",
-    "--parallel": "int", "--fast": "bool",
+    "--parallel": "int", "--fast": "bool", "--no-mmap": "bool",
   }, USAGE);
   if (!args.model) throw new Error(`--model is required\n${USAGE}`);
   const host = args.host ?? "127.0.0.1";
@@ -77,7 +79,7 @@ async function main() {
   if (args.threads !== undefined && args.threads < 1) throw new Error("--threads: must be >= 1");
 
   const threads = args.threads ?? DEFAULT_THREADS;
-  const { model } = await loadModel(args.model, { threads });
+  const { model } = await loadModel(args.model, { threads, mmap: !args.noMmap });
   const ctxOptions = args.fast
     ? { contextSize: nCtx, sequences: nParallel, failedCreationRemedy: false, threads: { ideal: threads, min: 1 } }
     : exactContextOptions({ contextSize: nCtx, sequences: nParallel, threads });

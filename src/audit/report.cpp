@@ -77,6 +77,8 @@ std::string setting_of(const AuditContext& ctx) {
     };
     s << "alpha_e " << num("alpha_e") << ", alpha_h " << num("alpha_h") << ", lambda " << num("lambda") << ", h "
       << num("expansion") << ", beta " << num("beta");
+    // Records from before --value-cond have no field: the report's Gaussian value maps (0).
+    s << ", value_cond " << (p.contains("value_cond") ? num("value_cond") : std::string("0"));
     return s.str();
   }
   std::ostringstream s;

@@ -52,10 +52,12 @@ export function exactContextOptions({ contextSize, sequences = 1, threads = DEFA
   return o;
 }
 
-export async function loadModel(modelPath, { threads = DEFAULT_THREADS } = {}) {
+export async function loadModel(modelPath, { threads = DEFAULT_THREADS, mmap = true } = {}) {
   const llama = await loadLlama({ threads });
-  // gpuLayers 0: CPU only. useMmap: the GGUF stays on disk pages.
-  const model = await llama.loadModel({ modelPath, gpuLayers: 0, useMmap: true });
+  // gpuLayers 0: CPU only. mmap: the GGUF stays on (page-cache) disk pages; false reads it into
+  // freshly allocated memory (decode speed depends on where the weights' pages sit in memory:
+  // byte-identical files measured up to 16% apart, docs/RESULTS.md "Serving cost").
+  const model = await llama.loadModel({ modelPath, gpuLayers: 0, useMmap: mmap });
   return { llama, model };
 }
 

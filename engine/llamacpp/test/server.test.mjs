@@ -43,6 +43,17 @@ describe("server.mjs", { skip: skip ?? false }, () => {
     assert.equal((await r.json()).error.code, 404);
   });
 
+  it("--no-mmap (weights read into memory) serves the same greedy ids", async () => {
+    const s2 = await startServer(["--model", m.gguf, "--ctx", "256", "--parallel", "1", "--no-mmap"]);
+    try {
+      const r = await postJson(`${s2.url}/completion`, { prompt: PROMPT, n_predict: N, temperature: 0, ignore_eos: true });
+      assert.equal(r.status, 200);
+      assert.deepEqual(r.body.tokens, ref.greedy);
+    } finally {
+      await s2.stop();
+    }
+  });
+
   it("temperature 0 returns eval.mjs's greedy ids", async () => {
     const r = await postJson(`${srv.url}/completion`, { prompt: PROMPT, n_predict: N, temperature: 0, ignore_eos: true });
     assert.equal(r.status, 200);
