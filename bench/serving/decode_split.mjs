@@ -23,7 +23,7 @@
 // same round): median and a 95% bootstrap interval of that median (2,000 resamples, fixed seed).
 import path from "node:path";
 import os from "node:os";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -43,6 +43,11 @@ if (files.length < 2) {
   process.exit(2);
 }
 const rounds = args.rounds ?? 12, N = args.tokens ?? 64, threads = args.threads ?? 1;
+for (const f of files)
+  if (!existsSync(f)) {
+    process.stderr.write(`error: ${f}: no such GGUF file\n`);
+    process.exit(2);
+  }
 
 const llama = await loadLlama({ threads });
 const models = [];
