@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Latency the privacy proxy adds: time to first token and per-token latency, through
-// `aloepri proxy` vs straight to the engine (not a test; numbers go to docs/results/proxy.md).
+// `aloepri proxy` vs straight to the engine (not a test; numbers go to docs/RESULTS.md "The privacy proxy").
 //
 //   node bench/proxy_bench.mjs [--requests 100] [--tokens 32] [--interval-ms 1] [--real]
 //

@@ -68,6 +68,17 @@ std::string random_ids_file(const std::string& dir, int64_t n, int64_t vocab) {
   return f;
 }
 
+// An eval of dir/obf (key dir/k.key) against `plain` over n_ids random ids, in dir/work.
+eval::EvalConfig eval_config(const std::string& plain, const std::string& dir, const std::string& obf, int64_t n_ids) {
+  eval::EvalConfig c;
+  c.plain_dir = plain;
+  c.obf_dir = obf;
+  c.key_path = dir + "/k.key";
+  c.text_file = random_ids_file(dir, n_ids, 32000);
+  c.work_dir = dir + "/work";
+  return c;
+}
+
 }  // namespace
 
 TEST(Eval, SpreadWindowsCoverTheTextAndCountTargets) {
@@ -114,16 +125,11 @@ TEST(Eval, ExactObfuscationHasNoLossAndNoResidualError) {
   const std::string dir = aloepri::testing::scratch_dir("eval_exact_run");
   auto p = ObfuscationParams::exact();
   obfuscate_with_key(plain, dir + "/obf", dir + "/k.key", p);
-  eval::EvalConfig c;
-  c.plain_dir = plain;
-  c.obf_dir = dir + "/obf";
-  c.key_path = dir + "/k.key";
-  c.text_file = random_ids_file(dir, 2000, 32000);
+  auto c = eval_config(plain, dir, dir + "/obf", 2000);
   c.tokens = 128;
   c.window = 64;
   c.greedy_tokens = 8;
   c.greedy_prompts = 1;
-  c.work_dir = dir + "/work";
   auto r = eval::run_eval(c);
   const auto& s = r["engines"]["reference"];
   EXPECT_EQ(s["targets"].get<int64_t>(), 2 * 63);
@@ -144,16 +150,11 @@ TEST(Eval, AttributionSeparatesNoiseNormAndBlockPerm) {
   p.alpha_e = 0.5;
   p.expansion = 16;
   obfuscate_with_key(plain, dir + "/obf", dir + "/k.key", p);
-  eval::EvalConfig c;
-  c.plain_dir = plain;
-  c.obf_dir = dir + "/obf";
-  c.key_path = dir + "/k.key";
-  c.text_file = random_ids_file(dir, 2000, 32000);
+  auto c = eval_config(plain, dir, dir + "/obf", 2000);
   c.tokens = 96;
   c.window = 48;
   c.greedy_tokens = 4;
   c.greedy_prompts = 1;
-  c.work_dir = dir + "/work";
   auto r = eval::run_eval(c);
   std::map<std::string, nlohmann::json> by;
   for (auto& v : r["layers"]) by[v["name"].get<std::string>()] = v;
@@ -187,12 +188,7 @@ TEST(Eval, KeyOfAnotherModelIsRefused) {
   ObfuscateOptions opt;
   opt.params = p;
   obfuscate_model(plain, test_seed(), dir + "/b", opt);  // not recorded in the key
-  eval::EvalConfig c;
-  c.plain_dir = plain;
-  c.obf_dir = dir + "/b";
-  c.key_path = dir + "/k.key";
-  c.text_file = random_ids_file(dir, 500, 32000);
-  c.work_dir = dir + "/work";
+  const auto c = eval_config(plain, dir, dir + "/b", 500);
   try {
     eval::run_eval(c);
     FAIL() << "expected a key mismatch";
@@ -255,7 +251,7 @@ TEST(Eval, ProfilesAndParamsRoundTrip) {
   EXPECT_THROW(ObfuscationParams::profile("nope"), Error);
   // value_cond (issue 7): recorded and read back; a record without it (older keys) means 0,
   // the report's Gaussian value maps, so such keys reproduce their models.
-  EXPECT_EQ(paper.value_cond, 0.0);  // the report's draw; default and exact: cond 4 (valuemap.md)
+  EXPECT_EQ(paper.value_cond, 0.0);  // the report's draw; default and exact: cond 4 (docs/RESULTS.md "Well-conditioned value maps")
   EXPECT_EQ(d.value_cond, 4.0);
   EXPECT_EQ(ObfuscationParams::profile("exact").value_cond, 4.0);
   ObfuscationParams v = d;

@@ -95,7 +95,7 @@ TEST_P(LlamaCppParity, LogitsAndGreedyMatchReference) {
   }
   const LogitDiff d = all_logits ? compare_logits(cpp.logits, ref.logits)
                                  : compare_logits({cpp.last_logits}, {ref.last_logits});
-  // One line per case, collected into docs/results/parity.md.
+  // One line per case, collected into docs/RESULTS.md "llama.cpp vs reference forward".
   std::printf("PARITY %s %s vocab=%lld positions=%s max_rel=%.3e (position %lld: |diff| %.3e, max|logit| %.3f)\n",
               shape.name, vocab.c_str(), (long long)vocab_size, all_logits ? "all" : "last", d.rel,
               (long long)(all_logits ? d.worst_position : (int64_t)ids.size() - 1), d.max_abs_diff, d.max_abs_logit);

@@ -2,7 +2,7 @@
 // position, top-1 agreement (teacher forced) and greedy agreement (32 tokens), for the default
 // parameters and for each ingredient alone. Synthetic "small" models (d 256, 4 layers, head_dim
 // 32: the dims of method.md's prototype) with real vocabularies. Prints the table recorded in
-// docs/results/obfuscation.md; asserts that exact variants agree fully and approximate ones
+// docs/RESULTS.md "Covariant obfuscation"; asserts that exact variants agree fully and approximate ones
 // stay far from chance.
 #include <gtest/gtest.h>
 

@@ -20,7 +20,7 @@
 //          obfuscation's (0 for the f32 rows)
 // Settings: exact (--exact), nonoise (the defaults without embedding/head noise: lambda .3,
 // h 128, beta 8 — the orthogonal mixing alone), defaults (the report's parameters). A suffix -K<k>
-// adds `--value-cond k` (cond(U_j) of the value maps, docs/results/valuemap.md): exact-K0 is
+// adds `--value-cond k` (cond(U_j) of the value maps, docs/RESULTS.md "Well-conditioned value maps"): exact-K0 is
 // --exact with the report's Gaussian U_j, nonoise-K4 the nonoise setting with cond(U_j) = 4.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";

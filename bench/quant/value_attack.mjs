@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Value-path attack (issue 7 privacy check, docs/results/valuemap.md): how much does the
+// Value-path attack (issue 7 privacy check, docs/RESULTS.md "Well-conditioned value maps"): how much does the
 // conditioning of the per-head value map U_j give away? Not part of `aloepri audit` (whose
 // weight attacks never read W_v / W_o); a diagnostic for choosing --value-cond.
 //
@@ -24,9 +24,10 @@
 // them, whatever its conditioning; the rest of the attack is the same.
 // Reported: share of sampled vocabulary ids and of victim token occurrences recovered.
 import { spawnSync } from "node:child_process";
-import { closeSync, fstatSync, openSync, readFileSync, readSync, readdirSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { readSafetensors } from "./safetensors.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "../..");
@@ -41,33 +42,6 @@ for (let i = 0; i < argv.length; i += 2) {
 for (const k of ["plain", "obf", "key", "alpha-e"]) if (opt[k] === undefined) throw new Error(`--${k} is required`);
 const alphaE = Number(opt["alpha-e"]);
 
-function readSafetensors(dir) {
-  const out = new Map();
-  for (const f of readdirSync(dir).filter((x) => x.endsWith(".safetensors")).sort()) {
-    const fd = openSync(path.join(dir, f), "r");
-    const size = fstatSync(fd).size;
-    const b8 = Buffer.alloc(8);
-    readSync(fd, b8, 0, 8, 0);
-    const n = Number(b8.readBigUInt64LE(0));
-    const hb = Buffer.alloc(n);
-    readSync(fd, hb, 0, n, 8);
-    const header = JSON.parse(hb.toString("utf8"));
-    const data = Buffer.alloc(size - 8 - n);
-    readSync(fd, data, 0, data.length, 8 + n);
-    closeSync(fd);
-    for (const [name, t] of Object.entries(header)) {
-      if (name === "__metadata__") continue;
-      const raw = data.subarray(t.data_offsets[0], t.data_offsets[1]);
-      const cnt = t.shape.reduce((a, b) => a * b, 1);
-      const v = new Float32Array(cnt);
-      if (t.dtype === "F32") for (let i = 0; i < cnt; i++) v[i] = raw.readFloatLE(4 * i);
-      else if (t.dtype === "BF16") { const u = new Uint32Array(v.buffer); for (let i = 0; i < cnt; i++) u[i] = raw.readUInt16LE(2 * i) << 16; }
-      else throw new Error(`${dir}: ${name}: dtype ${t.dtype} (use f32/bf16 checkpoints)`);
-      out.set(name, { shape: t.shape, v });
-    }
-  }
-  return out;
-}
 
 const cfg = JSON.parse(readFileSync(path.join(opt.plain, "config.json"), "utf8"));
 const n = cfg.vocab_size, d = cfg.hidden_size, L = cfg.num_hidden_layers, mkv = cfg.num_key_value_heads;

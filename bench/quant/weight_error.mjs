@@ -15,46 +15,10 @@
 // noise is relative to the transformed factors, and the other factor amplifies it.
 //
 // The f16 rounding of the block scale is ignored here (it is below 1e-3 relative).
-import { openSync, readSync, readdirSync, readFileSync, closeSync, fstatSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
+import { readSafetensors } from "./safetensors.mjs";
 
-function readSafetensors(dir) {
-  const out = new Map();
-  for (const f of readdirSync(dir).filter((x) => x.endsWith(".safetensors")).sort()) {
-    const fd = openSync(path.join(dir, f), "r");
-    const size = fstatSync(fd).size;
-    const b8 = Buffer.alloc(8);
-    readSync(fd, b8, 0, 8, 0);
-    const n = Number(b8.readBigUInt64LE(0));
-    const hb = Buffer.alloc(n);
-    readSync(fd, hb, 0, n, 8);
-    const header = JSON.parse(hb.toString("utf8"));
-    const data = Buffer.alloc(size - 8 - n);
-    readSync(fd, data, 0, data.length, 8 + n);
-    closeSync(fd);
-    for (const [name, t] of Object.entries(header)) {
-      if (name === "__metadata__" || t.shape.length !== 2) continue;
-      const [a, b] = t.data_offsets;
-      const raw = data.subarray(a, b);
-      const cnt = t.shape[0] * t.shape[1];
-      const v = new Float32Array(cnt);
-      if (t.dtype === "F32") for (let i = 0; i < cnt; i++) v[i] = raw.readFloatLE(4 * i);
-      else if (t.dtype === "BF16") {
-        const u = new Uint32Array(v.buffer);
-        for (let i = 0; i < cnt; i++) u[i] = raw.readUInt16LE(2 * i) << 16;
-      } else if (t.dtype === "F16") for (let i = 0; i < cnt; i++) v[i] = f16(raw.readUInt16LE(2 * i));
-      else continue;
-      out.set(name, { shape: t.shape, v });
-    }
-  }
-  return out;
-}
-function f16(h) {
-  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
 
 // Error sums of one tensor (rows of `cols` values; cols must be a multiple of 32).
 function quantError(v, cols) {

@@ -25,6 +25,7 @@ import path from "node:path";
 import os from "node:os";
 import { existsSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { bootstrapMedianCI, median } from "./stats.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "../..");
@@ -96,15 +97,6 @@ for (let r = 0; r < rounds; r++) {
   process.stderr.write(`round ${r + 1}/${rounds}\n`);
 }
 
-const median = (a) => { const s = [...a].sort((p, q) => p - q); const k = s.length >> 1; return s.length % 2 ? s[k] : (s[k - 1] + s[k]) / 2; };
-function bootstrapMedianCI(v, B = 2000) {
-  let s = 987654321;
-  const rnd = () => { s = (s * 1103515245 + 12345) % 2147483648; return s / 2147483648; };
-  const meds = [];
-  for (let b = 0; b < B; b++) meds.push(median(v.map(() => v[Math.floor(rnd() * v.length)])));
-  meds.sort((p, q) => p - q);
-  return [meds[Math.floor(0.025 * B)], meds[Math.floor(0.975 * B) - 1]];
-}
 const parts = ["body", "step", "gen"];
 const result = models.map((m, i) => {
   const o = { label: m.label, file: m.file };

@@ -45,6 +45,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync,
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { bootstrapMedianCI, median } from "./stats.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "../..");
@@ -234,16 +235,6 @@ function startProxy(backendUrl, tokenizerDir) {
   });
 }
 
-const median = (a) => { const s = [...a].sort((x, y) => x - y); const k = s.length >> 1; return s.length % 2 ? s[k] : (s[k - 1] + s[k]) / 2; };
-// 95% percentile-bootstrap interval of the median (fixed-seed LCG: reruns print the same interval).
-function bootstrapMedianCI(v, B = 2000) {
-  let st = 987654321;
-  const rnd = () => { st = (st * 1103515245 + 12345) % 2147483648; return st / 2147483648; };
-  const meds = [];
-  for (let b = 0; b < B; b++) meds.push(median(v.map(() => v[Math.floor(rnd() * v.length)])));
-  meds.sort((x, y) => x - y);
-  return [meds[Math.floor(0.025 * B)], meds[Math.ceil(0.975 * B) - 1]];
-}
 // Against the goal "within 3% of the floor": decided only when the interval is on one side.
 const verdict = (ci, floor) => (ci[1] <= 1.03 * floor ? "yes" : ci[0] > 1.03 * floor ? "no" : "unresolved");
 // Two panels (prompt TTFT at the longest prompt, decode TPOT): x = floor d'/d, y = measured ratio.

@@ -1,7 +1,7 @@
 // Personally identifiable information (PII) in victim text, marked by rules, so that an attack's
 // PII recovery ratio = the fraction of PII tokens it recovers (issue 5, method.md section 9).
 //
-// Rules (documented in docs/results/stream_attacks.md):
+// Rules (documented in docs/RESULTS.md "Token-stream attacks"):
 //  - EMAIL    local@domain.tld
 //  - PHONE    North-American numbers ((201) 555-0123, 201-555-0123, +1 201 555 0123) and
 //             international numbers starting with '+' with at least 9 digits

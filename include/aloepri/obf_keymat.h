@@ -6,7 +6,7 @@
 //   P = [B | C | E] Z  (d x d'),  C = G N_F, rows in the left null space of F,
 //   Q = Z^T [B^-1 ; F ; D]  (d' x d),  D = N_E K, columns in null(E),
 // so P Q = B B^-1 + C F + E D = I_d for ANY instance pair. G, K have N(0, 1/d) entries over
-// orthonormal null-space bases ([choice] in method.md; measured in docs/results/obfuscation.md).
+// orthonormal null-space bases ([choice] in method.md; measured in docs/RESULTS.md "Covariant obfuscation").
 //
 // Exact-norm variant: P = sqrt(c) [U | 0] Z with c = d'/d, the same for every writer, and
 // Q_j = Z^T [U^T / sqrt(c) ; D_j] with D_j (2h x d) fresh N(0, 1/d) per reader. Then P Q_j = I,

@@ -33,7 +33,7 @@ struct ObfuscationParams {
   double head_scale_range = 2.0;  // H_j entries log-uniform in [1/r, r]
   double ffn_scale_range = 2.0;   // Hf entries log-uniform in [1/r, r]
   bool per_group_perm = true;     // one in-group head permutation per kv group
-  // Condition number of the per-head value map U_j (issue 7, docs/results/valuemap.md): 0 = the
+  // Condition number of the per-head value map U_j (issue 7, docs/RESULTS.md "Well-conditioned value maps"): 0 = the
   // report's Gaussian draw (condition-checked only); K >= 1 = cond(U_j) == K exactly (1:
   // orthogonal). W_v U_j / U_j^-1 W_o amplify each other's quantization error by ~cond(U_j).
   // A key record without the field means 0.
@@ -41,7 +41,7 @@ struct ObfuscationParams {
 
   // lambda 0, h 0, no noise, beta 1: every remaining transform is exact.
   static ObfuscationParams exact();
-  // Named parameter sets (issue 6, docs/results/eval.md): "paper" = the report's defaults (the
+  // Named parameter sets (issue 6, docs/RESULTS.md "Accuracy audit"): "paper" = the report's defaults (the
   // values of this struct); "default" = the measured frontier point `aloepri obfuscate` uses
   // when no privacy flag is given; "exact". Throws Error(kExitUsage) for an unknown name.
   static ObfuscationParams profile(const std::string& name);

@@ -45,7 +45,7 @@ std::vector<std::vector<int64_t>> spread_windows(const std::vector<int64_t>& ids
   const int64_t N = int64_t(ids.size());
   window = std::min(window, N);
   // ceil(total / window) full windows (each gives window - 1 scored targets; the sweeps of
-  // docs/results/eval.md use this layout, so keep it).
+  // docs/RESULTS.md "Accuracy audit" use this layout, so keep it).
   const int64_t count = std::max<int64_t>(1, (total + window - 1) / window);
   const int64_t span = N - window;
   std::vector<std::vector<int64_t>> out;

@@ -139,7 +139,7 @@ auto setup(CLI::App& sub) {
   sub.add_option("--out", o->out, "Obfuscated model directory to create")->required();
   sub.add_option("--gguf", o->gguf, "Also write the obfuscated model as GGUF for llama.cpp");
   sub.add_option("--profile", o->profile,
-                 "Privacy parameter set: default (measured frontier point, docs/results/eval.md: the paper's "
+                 "Privacy parameter set: default (measured frontier point, docs/RESULTS.md \"Accuracy audit\": the paper's "
                  "with alpha_e 0.5, and value maps of cond 4) | paper (the report's: lambda .3, h 128, alpha_e 1, "
                  "alpha_h .2, beta 8, Gaussian value maps) | exact (value maps of cond 4); flags override it");
   sub.add_option("--lambda", o->lambda, "Key-matrix non-orthogonality lambda (paper 0.3)");
@@ -154,7 +154,7 @@ auto setup(CLI::App& sub) {
                  "Gaussian draw (cond up to 10 d_h), which breaks q4_0 GGUF exports because each factor's\n"
                  "rounding is amplified by the other ~cond(U_j) times; K >= 1 draws cond(U_j) = K exactly\n"
                  "(1 = orthogonal: leaks U_j through the Gram matrix of the value path). Exact for every K.\n"
-                 "Profiles: default and exact 4, paper 0. docs/results/valuemap.md");
+                 "Profiles: default and exact 4, paper 0. Measurements: docs/RESULTS.md \"Well-conditioned value maps\"");
   sub.add_option("--keymat", o->keymat, "Key matrices: paper (report's, approximate norm) | exact-norm");
   sub.add_option("--kappa", o->kappa, "RMSNorm scale: gaussian (expected) | calibrated (on --calib-*)");
   sub.add_option("--calib-ids", o->calib_ids, "Calibration token ids, comma separated");

@@ -32,7 +32,7 @@ ObfuscationParams ObfuscationParams::exact() {
   p.expansion = 0;
   p.alpha_e = p.alpha_h = 0;
   p.beta = 1;
-  // Well-conditioned value maps (issue 7, docs/results/valuemap.md): exact for any cond(U_j), and
+  // Well-conditioned value maps (issue 7, docs/RESULTS.md "Well-conditioned value maps"): exact for any cond(U_j), and
   // q4_0 / q8_0 exports keep the plaintext model's accuracy (the report's Gaussian U_j does not).
   p.value_cond = 4;
   return p;
@@ -42,14 +42,14 @@ ObfuscationParams ObfuscationParams::profile(const std::string& name) {
   if (name == "paper") return ObfuscationParams();
   if (name == "exact") return exact();
   if (name == "default") {
-    // Issue 6's measured frontier point on aloe-mini (docs/results/eval.md): the report's
+    // Issue 6's measured frontier point on aloe-mini (docs/RESULTS.md "Accuracy audit"): the report's
     // structure with half its embedding noise. Against the report's alpha_e 1 it keeps VMA
     // below 5% of tokens (3.5% vs 0.03%) at 60% instead of 86% relative top-1 loss, 5.9% after
     // noise-aware adaptation (tools/train/adapt.cpp). Global noise scale: the per-row rule
     // costs far less accuracy but lets VMA recover 70% of tokens at the same alpha.
     ObfuscationParams p;
     p.alpha_e = 0.5;
-    // cond(U_j) = 4 instead of the report's Gaussian U_j (issue 7, docs/results/valuemap.md): q4_0
+    // cond(U_j) = 4 instead of the report's Gaussian U_j (issue 7, docs/RESULTS.md "Well-conditioned value maps"): q4_0
     // GGUF exports then lose no more than the plaintext model's (top-1 0.3294 vs 0.3275 plaintext,
     // 0.2863 with the report's U_j, nonoise setting); the weight attacks are unchanged (they never
     // read W_v / W_o) and the value-path eigen attack stays near the Gaussian draw's level (an

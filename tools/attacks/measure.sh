@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerunnable measurement of the learned attacks (ISA, IMA) on a model (default models/aloe-mini)
-# for docs/results/learned_attacks.md. Needs a build with -DALOEPRI_WITH_TORCH=ON and the corpus
+# for docs/RESULTS.md "Learned attacks". Needs a build with -DALOEPRI_WITH_TORCH=ON and the corpus
 # (build/corpus/{heldout,train}.bin). Each run prints its summary line and writes its
 # AttackResult JSON to $OUT/<name>.json.
 #   BUILD=build-learned tools/attacks/measure.sh [isa|ima|all|ima-extra]

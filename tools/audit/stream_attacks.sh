@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Token-stream attacks (TFMA, SDA; issue 5) on the aloe-mini vocabulary: what a server recovers
 # from the obfuscated ids alone, for two victim sets and priors of three strengths, at several
-# traffic sizes. Writes OUT/{heldout,pii}.{txt,json}; docs/results/stream_attacks.md has the figures.
+# traffic sizes. Writes OUT/{heldout,pii}.{txt,json}; docs/RESULTS.md "Token-stream attacks" has the figures.
 # The attacks need only tau and the text (no model weights), so retraining aloe-mini changes nothing.
 #
 # Usage: tools/audit/stream_attacks.sh [OUT=build/audit-stream]

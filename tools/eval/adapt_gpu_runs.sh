@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The noise-aware adaptation runs of docs/results/eval.md on a lent GPU: builds aloe-adapt for
+# The noise-aware adaptation runs of docs/RESULTS.md "Accuracy audit" on a lent GPU: builds aloe-adapt for
 # CUDA (tools/eval/adapt_cuda.sh) and runs one adaptation per spec in parallel, each writing
 # only the trained body to OUT/body_<name>.safetensors (assemble on the CPU build with
 # `aloe-adapt --body-in F --steps 0 --minutes 0 --out DIR ...`, which also checks the noise).

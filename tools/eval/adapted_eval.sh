@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Noise-aware adaptation, evaluation side (docs/results/eval.md): for each body trained by
+# Noise-aware adaptation, evaluation side (docs/RESULTS.md "Accuracy audit"): for each body trained by
 # tools/eval/adapt_gpu_runs.sh (or by aloe-adapt on the CPU), assemble the adapted checkpoint
 # (aloe-adapt --body-in: also checks that the noise it was trained with is the obfuscator's),
 # obfuscate it with the key it was adapted for, and score it against the ORIGINAL plaintext

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Attack figures for the accuracy frontier (docs/results/eval.md): obfuscates aloe-mini at each
+# Attack figures for the accuracy frontier (docs/RESULTS.md "Accuracy audit"): obfuscates aloe-mini at each
 # given noise setting (structure: the report's lambda .3, h 128, beta 8) and runs the privacy
 # audit's weight attacks (VMA without the n x n embedding x head pair, Gate-IA, Attn-IA, NN) on
 # held-out victim text. The JSONs feed `aloepri eval-frontier --attacks DIR`.

@@ -153,7 +153,7 @@ TEST_F(Attacks, IsaOnAttentionScoresOptimisesAHeadAssignedMatch) {
   auto r = run_isa(m, obs, 2, 16, o);
   // The score match is optimised (a tenth of the start), and the assignment is a permutation.
   // Attention scores constrain the embeddings far less than the residual stream: on this random
-  // model the recovered tokens are at chance, on aloe-mini 6% (docs/results/learned_attacks.md).
+  // model the recovered tokens are at chance, on aloe-mini 6% (docs/RESULTS.md "Learned attacks").
   EXPECT_LT(r.loss_curve.back(), 0.1 * r.loss_curve.front());
   auto a = r.head_assignment;
   std::sort(a.begin(), a.end());
