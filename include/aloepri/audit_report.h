@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aloepri/audit.h"
+#include "aloepri/audit_oracle.h"
 #include "aloepri/audit_weights.h"
 
 namespace aloepri::audit {
@@ -54,6 +55,8 @@ struct AttackEntry {
 // The built-in weight attacks, in running order; callers append others (stream attacks, an
 // external learned-attack binary) before running.
 std::vector<AttackEntry> weight_attacks();
+// The oracle attack (audit_oracle.h) with the given budget options; it runs both models.
+AttackEntry oracle_entry(const OracleOptions& opt);
 // An attack run by an external program (e.g. `aloe-attack isa --json`) that prints a JSON
 // AttackResult object or array (the fields of AttackResult::to_json) on stdout. The command line
 // is exe + args + --plain P --obf O (+ --key K when the audit has one: such programs play the

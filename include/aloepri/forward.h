@@ -72,6 +72,11 @@ class ReferenceModel {
   std::vector<double> prefill(const std::vector<int64_t>& ids);
   // Resets, then returns log p(ids[t+1] | ids[0..t]) for t = 0 .. T-2 (natural log).
   std::vector<double> score(const std::vector<int64_t>& ids);
+  // Final-normed hidden states [B, d] of B alternative tokens, each fed alone at the next
+  // position after the cached prefix (what step(ids[b]) would see), computed as one batch; the
+  // cache and position are left unchanged. The head is weights().head ([d, n]): logits = h head.
+  // Used by the oracle attack, which asks what the model does with every token after [bos].
+  std::vector<double> branch_hidden(const std::vector<int64_t>& ids);
   void reset();  // clear the KV cache
   int64_t position() const { return pos_; }
   // Greedy continuation of n tokens after prompt (resets first). Ties go to the lowest id.
@@ -85,7 +90,12 @@ class ReferenceModel {
   struct DoubleWeights;
   // Runs T tokens through every layer at positions pos_ .. pos_+T-1, appends their keys and
   // values to the cache, advances pos_; returns the final-normed hidden states [T, d].
-  std::vector<double> run_layers(const int64_t* ids, int64_t T);
+  // branch = true: the T tokens are alternatives at position pos_ (branch_hidden); the cache and
+  // pos_ stay unchanged and the residual hook is not called.
+  std::vector<double> run_layers(const int64_t* ids, int64_t T, bool branch);
+  void branch_attention(const double* Q, const double* K, const double* V, int64_t T,
+                        const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
+                        double* A) const;
 
   ModelWeights w_;
   std::shared_ptr<const DoubleWeights> dw_;  // f64 copies of the matrices (for dgemm)

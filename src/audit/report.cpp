@@ -11,6 +11,9 @@
 #include <unistd.h>
 
 #include "aloepri/audit_report.h"
+#include "aloepri/audit_oracle.h"
+#include "aloepri/forward.h"
+#include "aloepri/hf_config.h"
 #include "aloepri/error.h"
 #include "aloepri/output.h"
 #include "aloepri/tokenizer.h"
@@ -138,6 +141,26 @@ std::vector<AttackEntry> weight_attacks() {
           entry("nn", "nearest neighbour after FFN channel matching and least-squares key inversion", &nn_attack)};
 }
 
+AttackEntry oracle_entry(const OracleOptions& base) {
+  return AttackEntry{"oracle", "oracle",
+                     "vocabulary matching by running both models on [bos, x] (signatures, then anchored graph matching)",
+                     [base](const AuditContext& ctx) {
+                       OracleOptions o = base;
+                       o.topk = ctx.weight_opt.topk;
+                       const double left = ctx.seconds_left();
+                       if (left < 1e299) o.budget_seconds = std::max(1.0, left);
+                       ReferenceModel plain = ReferenceModel::load(ctx.plain_dir);
+                       ReferenceModel obf = ReferenceModel::load(ctx.obf_dir);
+                       // The ids each config publishes (the obfuscated one publishes tau(bos), tau(eos)).
+                       auto id = [](const std::optional<int64_t>& v) { return v ? *v : int64_t(-1); };
+                       const ModelConfig& pc = plain.config();
+                       const ModelConfig& oc = obf.config();
+                       VocabAttack a = oracle_attack(plain, obf, id(pc.bos_token_id), id(oc.bos_token_id),
+                                                     id(pc.eos_token_id), id(oc.eos_token_id), ctx.query(), o);
+                       return std::vector<AttackResult>{score_in_context(a, ctx, setting_of(ctx))};
+                     }};
+}
+
 AttackEntry external_attack(const std::string& name, const std::string& exe, const std::vector<std::string>& args) {
   return AttackEntry{name, "learned", "external: " + exe, [exe, args](const AuditContext& ctx) {
     auto q = [](const std::string& a) {
@@ -192,6 +215,7 @@ AttackEntry external_attack(const std::string& name, const std::string& exe, con
 std::optional<double> goal_for(const std::string& attack) {
   if (attack == "VMA" || attack == "Gate-IA" || attack == "Attn-IA" || attack == "IA") return 0.05;
   if (attack == "NN" || attack == "ISA" || attack == "IMA") return 0.01;
+  if (attack == "Oracle") return 0.05;  // issue 14: every attack <= 5% of victim tokens
   if (attack == "TFMA") return 0.165;
   return std::nullopt;
 }

@@ -39,6 +39,7 @@ struct Opts {
   double alpha_e = -1, alpha_h = -1;
   int quantiles = 32;
   bool no_emb_head = false, no_parts = false, force = false, quiet = false;
+  aloepri::audit::OracleOptions oracle;
 };
 
 // Token ids: a .bin file of little-endian uint16, or text with ids separated by commas/space.
@@ -133,6 +134,7 @@ int run(const Opts& o) {
   // The registry: weight attacks here; the token-stream attacks (audit_stream.h) and the
   // learned attacks (an external `aloe-attack` printing JSON) are appended the same way.
   std::vector<AttackEntry> entries = weight_attacks();
+  entries.push_back(oracle_entry(o.oracle));
   std::string learned = o.learned_exe;
   if (learned.empty()) {
     std::error_code ec;
@@ -204,13 +206,20 @@ auto setup(CLI::App& sub) {
   sub.add_option("--traffic", o->traffic, "Observed obfuscated token ids (.bin uint16, or text ids)");
   sub.add_option("--victim-tokens", o->victim_tokens, "Use at most this many tokens (default 50000; 0 = all)");
   sub.add_option("--vocab-sample", o->vocab_sample, "Ids sampled for vocabulary-level recovery (default 2000)");
-  sub.add_option("--attacks", o->attacks, "Comma-separated attacks to run (default: all; vma,gate-ia,attn-ia,nn,...)");
+  sub.add_option("--attacks", o->attacks, "Comma-separated attacks to run (default: all; vma,gate-ia,attn-ia,nn,oracle,stream,isa,ima)");
   sub.add_option("--budget-seconds", o->budget, "Time budget for the whole suite (default 900)");
   sub.add_option("--alpha-e", o->alpha_e, "Attacker's knowledge of alpha_e (default: the key record's, else 1.0)");
   sub.add_option("--alpha-h", o->alpha_h, "Attacker's knowledge of alpha_h (default: the key record's, else 0.2)");
   sub.add_option("--quantiles", o->quantiles, "VMA signature length per weight pair (default 32)");
   sub.add_flag("--no-emb-head", o->no_emb_head, "VMA: skip the n x n embedding x head pair (the slow one)");
   sub.add_flag("--no-parts", o->no_parts, "Do not score each VMA weight pair alone (faster)");
+  sub.add_option("--oracle-rows", o->oracle.rows,
+                 "Oracle attack: tokens run through each model (default 0 = the whole vocabulary; fewer = the most "
+                 "likely after bos, plus every observed id): the main cost knob");
+  sub.add_option("--oracle-match", o->oracle.match_rows,
+                 "Oracle attack: obfuscated rows matched besides the observed ids (default 4096)");
+  sub.add_option("--oracle-anchors", o->oracle.anchors, "Oracle attack: anchors for graph matching, at most (default 1024)");
+  sub.add_option("--oracle-rounds", o->oracle.rounds, "Oracle attack: anchor-growth rounds (default 3; 0 = signatures only)");
   sub.add_option("--prior", o->priors,
                  "Public corpus for the token-stream attacks TFMA/SDA (repeatable; .bin uint16 ids, .jsonl or "
                  "text, tokenized with the plain model's tokenizer); without it they are skipped");

@@ -208,7 +208,7 @@ int64_t ReferenceModel::argmax(const double* logits, int64_t n) {
   return best;
 }
 
-std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T) {
+std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bool branch) {
   const ModelConfig& c = w_.config;
   const DoubleWeights& W = *dw_;
   const int64_t d = c.hidden_size, dh = c.head_dim, ff = c.intermediate_size;
@@ -223,7 +223,7 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T) {
   std::vector<double> cosv(T * half), sinv(T * half);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
-      const double a = double(pos_ + t) * inv_freq_[i];
+      const double a = double(branch ? pos_ : pos_ + t) * inv_freq_[i];
       cosv[t * half + i] = std::cos(a);
       sinv[t * half + i] = std::sin(a);
     }
@@ -261,11 +261,15 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T) {
     rope(K.data(), c.num_key_value_heads, kvd);
     auto& kc = k_cache_[l];
     auto& vc = v_cache_[l];
-    kc.insert(kc.end(), K.begin(), K.end());
-    vc.insert(vc.end(), V.begin(), V.end());
     const int64_t win = window_.empty() ? 0 : window_[l];
+    if (branch) {
+      branch_attention(Q.data(), K.data(), V.data(), T, kc, vc, win, A.data());
+    } else {
+      kc.insert(kc.end(), K.begin(), K.end());
+      vc.insert(vc.end(), V.begin(), V.end());
+    }
 
-    for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+    for (int64_t t0 = 0; t0 < (branch ? 0 : T); t0 += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, T - t0);
       const int64_t keys = pos_ + t0 + rows;  // causal: later keys are masked anyway
       S.resize(size_t(rows * keys));
@@ -305,11 +309,66 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T) {
     for (int64_t i = 0; i < T * ff; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
     matmul(G.data(), T, ff, D.w_down.data(), d, tmp.data());
     for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
-    if (hook_) hook_(int64_t(l), X);
+    if (hook_ && !branch) hook_(int64_t(l), X);
   }
-  pos_ += T;
+  if (!branch) pos_ += T;
   rms_norm(X.data(), T, d, W.final_norm, eps, Xn.data());
   return Xn;
+}
+
+// Row r attends to the cached prefix (positions 0 .. pos_-1, within the window) and to its own
+// key/value at position pos_, as if it were the only token fed after the prefix.
+void ReferenceModel::branch_attention(const double* Q, const double* K, const double* V, int64_t T,
+                                      const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
+                                      double* A) const {
+  const ModelConfig& c = w_.config;
+  const int64_t dh = c.head_dim, H = c.num_attention_heads, g = c.group_size(), qd = c.q_dim(), kvd = c.kv_dim();
+  const double scale = 1.0 / std::sqrt(double(dh));
+  const int64_t lo = win > 0 ? std::max<int64_t>(0, pos_ - win + 1) : 0;  // first visible cached key
+  const int64_t keys = pos_;
+  std::vector<double> S(size_t(T * std::max<int64_t>(keys, 1)));
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t kh = h / g;
+    if (keys > 0)  // S [T, keys] = Q_h K_cache_h^T * scale
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(keys), int(dh), scale, Q + h * dh, int(qd),
+                  kc.data() + kh * dh, int(kvd), 0.0, S.data(), int(keys));
+    for (int64_t r = 0; r < T; ++r) {
+      const double* q = Q + r * qd + h * dh;
+      const double* k = K + r * kvd + kh * dh;
+      const double* v = V + r * kvd + kh * dh;
+      double self = 0;
+      for (int64_t i = 0; i < dh; ++i) self += q[i] * k[i];
+      self *= scale;
+      double* s = S.data() + r * keys;
+      double mx = self;
+      for (int64_t j = lo; j < keys; ++j) mx = std::max(mx, s[j]);
+      const double ps = std::exp(self - mx);
+      double sum = ps;
+      for (int64_t j = lo; j < keys; ++j) sum += (s[j] = std::exp(s[j] - mx));
+      double* a = A + r * qd + h * dh;
+      for (int64_t i = 0; i < dh; ++i) a[i] = ps * v[i];
+      for (int64_t j = lo; j < keys; ++j) {
+        const double* vj = vc.data() + j * kvd + kh * dh;
+        for (int64_t i = 0; i < dh; ++i) a[i] += s[j] * vj[i];
+      }
+      for (int64_t i = 0; i < dh; ++i) a[i] /= sum;
+    }
+  }
+}
+
+std::vector<double> ReferenceModel::branch_hidden(const std::vector<int64_t>& ids) {
+  const int64_t n = w_.config.vocab_size, d = w_.config.hidden_size;
+  for (int64_t id : ids)
+    require(id >= 0 && id < n, "token id " + std::to_string(id),
+            "out of range for vocab_size " + std::to_string(n), kExitUsage);
+  std::vector<double> out(ids.size() * size_t(d));
+  const int64_t chunk = 1024;  // bounds the activations ([chunk, ff] doubles per buffer)
+  for (int64_t t0 = 0; t0 < int64_t(ids.size()); t0 += chunk) {
+    const int64_t T = std::min<int64_t>(chunk, int64_t(ids.size()) - t0);
+    std::vector<double> h = run_layers(ids.data() + t0, T, /*branch=*/true);
+    std::copy(h.begin(), h.end(), out.begin() + t0 * d);
+  }
+  return out;
 }
 
 void ReferenceModel::forward_each(const std::vector<int64_t>& ids,
@@ -324,7 +383,7 @@ void ReferenceModel::forward_each(const std::vector<int64_t>& ids,
   std::vector<double> logits;
   for (int64_t t0 = 0; t0 < int64_t(ids.size()); t0 += chunk) {
     const int64_t T = std::min<int64_t>(chunk, int64_t(ids.size()) - t0);
-    std::vector<double> h = run_layers(ids.data() + t0, T);
+    std::vector<double> h = run_layers(ids.data() + t0, T, /*branch=*/false);
     logits.resize(size_t(T * n));
     matmul(h.data(), T, d, dw_->head.data(), n, logits.data());
     for (int64_t t = 0; t < T; ++t) on_logits(t0 + t, logits.data() + t * n);

@@ -1,0 +1,187 @@
+// The oracle attack (audit_oracle.h): the branch forward it relies on equals ordinary decoding,
+// it recovers the whole vocabulary from an exact (permutation-only) obfuscation and from the
+// plaintext model itself, and heavy noise costs it ground.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <iostream>
+#include <numeric>
+
+#include "aloepri/audit_oracle.h"
+#include "aloepri/audit_weights.h"
+#include "aloepri/forward.h"
+#include "aloepri/keyfile.h"
+#include "aloepri/model.h"
+#include "aloepri/obfuscate.h"
+#include "support/paths.h"
+
+using namespace aloepri;
+using namespace aloepri::audit;
+namespace at = aloepri::testing;
+
+namespace {
+
+constexpr int64_t kVocab = 512;
+
+ModelConfig small_config(const std::string& type = "llama") {
+  nlohmann::json j = {{"model_type", type}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                      {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 16},
+                      {"intermediate_size", 160}, {"vocab_size", kVocab}, {"rms_norm_eps", 1e-5},
+                      {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}};
+  if (type == "mistral") j["sliding_window"] = 2;
+  return ModelConfig::from_json(j);
+}
+
+Seed test_seed(uint8_t v) {
+  Seed s{};
+  for (size_t i = 0; i < s.size(); ++i) s[i] = uint8_t(v * 17 + i * 5 + 3);
+  return s;
+}
+
+const std::string& plain_dir() {
+  static const std::string dir = [] {
+    std::string d = at::scratch_dir("audit_oracle_plain") + "/model";
+    write_synthetic_model(d, small_config(), 11, DType::F32);
+    return d;
+  }();
+  return dir;
+}
+
+struct Obf {
+  std::string dir;
+  std::vector<int64_t> tau;
+};
+
+Obf obfuscated(const std::string& name, const ObfuscationParams& p) {
+  const std::string out = at::scratch_dir("audit_oracle_" + name) + "/obf";
+  ObfuscateOptions opt;
+  opt.params = p;
+  opt.dtype = DType::F32;
+  const Seed s = test_seed(uint8_t(name.size()));
+  obfuscate_model(plain_dir(), s, out, opt);
+  return {out, derive_tau(s, kVocab)};
+}
+
+std::vector<int32_t> all_ids() {
+  std::vector<int32_t> v(kVocab);
+  std::iota(v.begin(), v.end(), 0);
+  return v;
+}
+
+AttackResult run(const std::string& obf_dir, const std::vector<int64_t>& tau, OracleOptions opt = {}) {
+  ReferenceModel plain = ReferenceModel::load(plain_dir());
+  ReferenceModel obf = ReferenceModel::load(obf_dir);
+  const auto& oc = obf.config();
+  const VocabAttack a = oracle_attack(plain, obf, 1, oc.bos_token_id.value_or(-1), 2, oc.eos_token_id.value_or(-1),
+                                      make_query(tau, all_ids(), {}), opt);
+  return score_vocab_attack(a, "test", tau, all_ids(), all_ids());
+}
+
+}  // namespace
+
+// branch_hidden(x) after a prefix is what step(x) computes: the same logits, for full attention
+// and for a sliding window that hides part of the prefix; the cache is left as it was.
+TEST(BranchForward, EqualsStepAfterPrefix) {
+  for (const std::string type : {"llama", "mistral"}) {
+    const std::string d = at::scratch_dir("oracle_branch_" + type) + "/model";
+    write_synthetic_model(d, small_config(type), 3, DType::F32);
+    ReferenceModel m = ReferenceModel::load(d);
+    const std::vector<int64_t> prefix = {1, 17, 33}, alts = {5, 9, 400, 17};
+    m.reset();
+    m.prefill(prefix);
+    const std::vector<double> h = m.branch_hidden(alts);
+    EXPECT_EQ(m.position(), 3) << "branch must not move the cache";
+    const int64_t dm = m.config().hidden_size, n = m.vocab_size();
+    const auto& head = m.weights().head;  // [d, n]
+    for (size_t b = 0; b < alts.size(); ++b) {
+      std::vector<int64_t> seq = prefix;
+      seq.push_back(alts[b]);
+      m.reset();
+      const std::vector<double> want = m.prefill(seq);
+      double err = 0, ref = 0;
+      for (int64_t y = 0; y < n; ++y) {
+        double got = 0;
+        for (int64_t i = 0; i < dm; ++i) got += h[b * dm + i] * head.data[size_t(i * n + y)];
+        err = std::max(err, std::abs(got - want[size_t(y)]));
+        ref = std::max(ref, std::abs(want[size_t(y)]));
+      }
+      EXPECT_LT(err, 1e-5 * ref) << type << " alternative " << alts[b];
+    }
+  }
+}
+
+TEST(OracleAttack, RecoversExactObfuscation) {
+  const Obf o = obfuscated("exact", ObfuscationParams::profile("exact"));
+  const AttackResult r = run(o.dir, o.tau);
+  EXPECT_GT(r.ttrsr, 0.98);
+  EXPECT_GT(r.vocab_recovery, 0.98);
+}
+
+TEST(OracleAttack, RecoversPlaintextAgainstItself) {
+  std::vector<int64_t> identity(kVocab);
+  std::iota(identity.begin(), identity.end(), 0);
+  const AttackResult r = run(plain_dir(), identity);
+  EXPECT_GT(r.ttrsr, 0.98);
+}
+
+TEST(OracleAttack, SignaturesAloneAreWeakerThanGraphMatching) {
+  const Obf o = obfuscated("exact2", ObfuscationParams::profile("exact"));
+  OracleOptions sig_only;
+  sig_only.rounds = 0;
+  const AttackResult sig = run(o.dir, o.tau, sig_only);
+  const AttackResult full = run(o.dir, o.tau);
+  EXPECT_GE(full.ttrsr, sig.ttrsr);
+  EXPECT_GT(full.ttrsr, 0.98);
+}
+
+// Noise is the one thing that is not a symmetry: a light draw leaves most of the graph, a heavy
+// one destroys it (on this random model, whose rows all have the same scale).
+TEST(OracleAttack, HeavyNoiseCostsRecovery) {
+  ObfuscationParams p = ObfuscationParams::profile("default");
+  p.alpha_e = 0.1;
+  p.alpha_h = 0.05;
+  const Obf light = obfuscated("light", p);
+  p.alpha_e = 6.0;
+  p.alpha_h = 6.0;
+  const Obf heavy = obfuscated("heavy", p);
+  const AttackResult rl = run(light.dir, light.tau), rh = run(heavy.dir, heavy.tau);
+  std::cout << "oracle TTRSR: alpha_e .1 " << rl.ttrsr << ", alpha 6: " << rh.ttrsr << "\n";
+  EXPECT_LT(rh.ttrsr, 0.5);
+  EXPECT_GT(rl.ttrsr, rh.ttrsr + 0.2);
+}
+
+TEST(OracleAttack, RowBudgetKeepsQueriedIds) {
+  const Obf o = obfuscated("budget", ObfuscationParams::profile("exact"));
+  OracleOptions opt;
+  opt.rows = 128;
+  ReferenceModel plain = ReferenceModel::load(plain_dir());
+  ReferenceModel obf = ReferenceModel::load(o.dir);
+  Query q;
+  q.obf_ids = {int32_t(o.tau[40]), int32_t(o.tau[41])};
+  const VocabAttack a = oracle_attack(plain, obf, 1, obf.config().bos_token_id.value_or(-1), 2,
+                                      obf.config().eos_token_id.value_or(-1), q, opt);
+  // the 128 most likely, plus the queried ids and the seeds that were not among them
+  EXPECT_GE(a.details["rows_obf"].get<int64_t>(), 128);
+  EXPECT_LE(a.details["rows_obf"].get<int64_t>(), 128 + 4);
+  EXPECT_GE(a.details["rows_plain"].get<int64_t>(), 128);
+  EXPECT_LE(a.details["rows_plain"].get<int64_t>(), 128 + 2);
+  EXPECT_FALSE(a.guesses[size_t(o.tau[40])].empty());
+  EXPECT_FALSE(a.guesses[size_t(o.tau[41])].empty());
+}
+
+// Matching only the observed ids plus a few likely rows (the default on big vocabularies) must
+// recover as much as matching every row: features are standardized over the whole side first.
+TEST(OracleAttack, SubsetMatchingRecoversExactObfuscation) {
+  const Obf o = obfuscated("subset", ObfuscationParams::profile("exact"));
+  std::vector<int32_t> victim;
+  for (int32_t t = 3; t < kVocab; t += 5) victim.push_back(t);
+  OracleOptions opt;
+  opt.match_rows = 32;
+  ReferenceModel plain = ReferenceModel::load(plain_dir());
+  ReferenceModel obf = ReferenceModel::load(o.dir);
+  const VocabAttack a = oracle_attack(plain, obf, 1, obf.config().bos_token_id.value_or(-1), 2,
+                                      obf.config().eos_token_id.value_or(-1), make_query(o.tau, victim, {}), opt);
+  EXPECT_LT(a.details["rows_matched"].get<int64_t>(), kVocab / 2);
+  const AttackResult r = score_vocab_attack(a, "test", o.tau, victim, victim);
+  EXPECT_GT(r.ttrsr, 0.98);
+}
