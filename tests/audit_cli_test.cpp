@@ -65,7 +65,7 @@ TEST(AuditCli, ScoresTheWeightAttacksAndWritesReports) {
                       js + " --html " + html, &out), 0) << out;
   EXPECT_NE(out.find("TTRSR"), std::string::npos) << out;
   const json j = json::parse(read_file(js));
-  ASSERT_EQ(j["results"].size(), 4u) << j.dump(1);
+  ASSERT_EQ(j["results"].size(), 5u) << j.dump(1);  // VMA, Gate-IA, Attn-IA, NN, Oracle
   std::map<std::string, json> by;
   for (const auto& r : j["results"]) by[r["attack"]] = r;
   EXPECT_GT(by["VMA"]["ttrsr"].get<double>(), 0.95);
@@ -73,6 +73,8 @@ TEST(AuditCli, ScoresTheWeightAttacksAndWritesReports) {
   EXPECT_GT(by["NN"]["ttrsr"].get<double>(), 0.95);
   EXPECT_EQ(by["NN"]["goal"].get<double>(), 0.01);
   EXPECT_FALSE(by["NN"]["goal_met"].get<bool>());  // permutation only: nothing is hidden
+  EXPECT_GT(by["Oracle"]["ttrsr"].get<double>(), 0.95);  // an exact model is its own key
+  EXPECT_FALSE(by["Oracle"]["goal_met"].get<bool>());
   // The setting names the key record's parameters, value-map conditioning included (--exact: 4).
   EXPECT_NE(by["VMA"]["setting"].get<std::string>().find("value_cond 4"), std::string::npos) << by["VMA"].dump();
   EXPECT_EQ(by["VMA"]["victim_tokens"].get<int64_t>(), 3000);
@@ -81,6 +83,7 @@ TEST(AuditCli, ScoresTheWeightAttacksAndWritesReports) {
   EXPECT_EQ(j["meta"]["params"]["beta"].get<int64_t>(), 1);  // from the key's record
   const std::string h = read_file(html);
   EXPECT_NE(h.find("<svg"), std::string::npos);
+  EXPECT_NE(h.find("Oracle: after each round"), std::string::npos);
   EXPECT_EQ(h.find("<script"), std::string::npos);  // self-contained, no JS
   EXPECT_EQ(h.find("src="), std::string::npos);
   // Refuses to overwrite without --force.
