@@ -109,7 +109,12 @@ std::vector<int64_t> RngStream::permutation(int64_t n) {
 }
 
 void RngStream::fill_normal(float* out, size_t n, double stddev) {
-  for (size_t i = 0; i < n; ++i) out[i] = float(normal() * stddev);
+  std::vector<double> z(std::min<size_t>(n, 1 << 16));
+  for (size_t i = 0; i < n; i += z.size()) {
+    const size_t m = std::min(z.size(), n - i);
+    normals(z.data(), m);
+    for (size_t j = 0; j < m; ++j) out[i + j] = float(z[j] * stddev);
+  }
 }
 
 static uint64_t le64(const uint8_t* p) {
