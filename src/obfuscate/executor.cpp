@@ -692,9 +692,9 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       obf::AttnHF S = obf::transform_attention_heads(A, AK, dh);
       A = obf::AttnHF();  // release the plaintext copies early
       const auto wn = as_vec(attn_norm);
-      put(layer(l, "self_attn.q_proj.weight"), obf::read_residual(S.q, wn, mat_f32(K.Q(ls + "/q"))));
-      put(layer(l, "self_attn.k_proj.weight"), obf::read_residual(S.k, wn, mat_f32(K.Q(ls + "/k"))));
-      put(layer(l, "self_attn.v_proj.weight"), obf::read_residual(S.v, wn, mat_f32(K.Q(ls + "/v"))));
+      put(layer(l, "self_attn.q_proj.weight"), obf::read_residual(std::move(S.q), wn, mat_f32(K.Q(ls + "/q"))));
+      put(layer(l, "self_attn.k_proj.weight"), obf::read_residual(std::move(S.k), wn, mat_f32(K.Q(ls + "/k"))));
+      put(layer(l, "self_attn.v_proj.weight"), obf::read_residual(std::move(S.v), wn, mat_f32(K.Q(ls + "/v"))));
       if (c.attention_bias) {
         put(layer(l, "self_attn.q_proj.bias"), S.bq);
         put(layer(l, "self_attn.k_proj.bias"), S.bk);
@@ -724,8 +724,8 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       obf::FfnHF S = obf::transform_ffn_channels(F, obf::draw_ffn_keys(seed, l, ff, P.ffn_scale_range));
       F = obf::FfnHF();
       const auto wn = as_vec(ffn_norm);
-      put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(S.gate, wn, mat_f32(K.Q(ls + "/gate"))));
-      put(layer(l, "mlp.up_proj.weight"), obf::read_residual(S.up, wn, mat_f32(K.Q(ls + "/up"))));
+      put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(std::move(S.gate), wn, mat_f32(K.Q(ls + "/gate"))));
+      put(layer(l, "mlp.up_proj.weight"), obf::read_residual(std::move(S.up), wn, mat_f32(K.Q(ls + "/up"))));
       put(layer(l, "mlp.down_proj.weight"), obf::write_residual(S.down, Pd));
     }
     prog.advance();

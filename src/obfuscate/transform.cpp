@@ -175,18 +175,17 @@ FfnHF transform_ffn_channels(const FfnHF& in, const FfnKeys& K) {
   return out;
 }
 
-Tensor read_residual(const Tensor& w, const std::vector<float>& norm_w, const Tensor& Qf) {
+Tensor read_residual(Tensor w, const std::vector<float>& norm_w, const Tensor& Qf) {
   const int64_t out = w.rows(), d = w.cols(), dp = Qf.rows();
   require(Qf.cols() == d, "read_residual", "Q has " + std::to_string(Qf.cols()) + " columns, weight has " +
                                                std::to_string(d), kExitError);
-  Tensor scaled = w;
   if (!norm_w.empty()) {
     require(int64_t(norm_w.size()) == d, "read_residual", "norm weight size mismatch", kExitError);
     for (int64_t r = 0; r < out; ++r)
-      for (int64_t k = 0; k < d; ++k) scaled.ptr()[r * d + k] *= norm_w[k];
+      for (int64_t k = 0; k < d; ++k) w.ptr()[r * d + k] *= norm_w[k];
   }
   Tensor res({out, dp});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(out), int(dp), int(d), 1.0f, scaled.ptr(),
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(out), int(dp), int(d), 1.0f, w.ptr(),
               int(d), Qf.ptr(), int(d), 0.0f, res.ptr(), int(dp));
   return res;
 }
