@@ -76,7 +76,9 @@ struct FfnHF {
 FfnHF transform_ffn_channels(const FfnHF& in, const FfnKeys& keys);
 
 // Stage 2. Reader: W [out, d] -> W Diag(norm_w) Q^T  [out, d'] (norm_w empty = ones).
-Tensor read_residual(const Tensor& w, const std::vector<float>& norm_w, const Tensor& Qf);
+// W by value: the norm scaling is applied to it in place, so a caller that moves its last use
+// in saves an out x d copy.
+Tensor read_residual(Tensor w, const std::vector<float>& norm_w, const Tensor& Qf);
 // Writer: W [d, in] -> P^T W  [d', in].
 Tensor write_residual(const Tensor& w, const Tensor& Pf);
 // Bias of a reader: unchanged by Q (it is added after the projection).

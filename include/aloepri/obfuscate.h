@@ -56,6 +56,11 @@ struct ObfuscateOptions {
   std::optional<DType> dtype;         // output dtype; default: the plaintext model's storage dtype
   std::vector<int64_t> calib_ids;     // plaintext token ids for KappaMode::Calibrated
   uint64_t max_shard_bytes = uint64_t(4) << 30;
+  // Sharded obfuscation (--shard i/N): compute only part shard_index of shard_count (contiguous
+  // layers, balanced by output bytes; every tensor has its own random stream, so the parts are
+  // independent) into obfuscation_parts_dir(out_dir); merge_obfuscation_parts completes the
+  // output. 0 = the whole model in this process.
+  int shard_index = 0, shard_count = 0;
 };
 
 struct ObfuscateResult {
@@ -78,6 +83,16 @@ struct ObfuscateResult {
 // missing tensors, non-float dtypes, or an existing out_dir without force.
 ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
                                 const ObfuscateOptions& opt);
+
+// Where `--shard i/N` runs of out_dir put their parts: <out_dir>.parts/part-<i>-of-<N>.{bin,json}.
+std::string obfuscation_parts_dir(const std::string& out_dir);
+
+// Merges the N parts of out_dir (all present, all from this model, key, parameters and dtype)
+// into the checkpoint a single obfuscate_model run writes, byte for byte; then writes the
+// config, computes the fingerprints, and removes the parts. Same result fields as
+// obfuscate_model (seconds_transform: the merge itself).
+ObfuscateResult merge_obfuscation_parts(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
+                                        const ObfuscateOptions& opt);
 
 // A short public id of a key (16 hex digits from the stream "adapt/key-id"; reveals nothing of
 // the seed). A model fine-tuned for one key's noise (tools/train/adapt.cpp) records it in

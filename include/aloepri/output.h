@@ -28,6 +28,7 @@ class AtomicFile {
   std::string path_, tmp_;
   std::FILE* f_ = nullptr;
   uint64_t written_ = 0;
+  uint64_t writeback_ = 0;  // bytes whose writeback has been started
   bool committed_ = false;
 };
 

@@ -23,9 +23,17 @@ class RngStream {
   uint64_t below(uint64_t n);         // uniform in [0, n), unbiased
   std::vector<int64_t> permutation(int64_t n);  // uniform (Fisher-Yates)
   void fill_normal(float* out, size_t n, double stddev = 1.0);
+  // out[0..n) = n successive normal() draws, bit for bit, with the same stream state after:
+  // the keystream is generated in large blocks and the Box-Muller pairs on several threads
+  // (each pair reads 16 fixed keystream bytes, so the pairs are independent once the stream
+  // offset of the first is known; a rejected u1 == 0, p = 2^-53, falls back to normal()).
+  void normals(double* out, size_t n);
 
  private:
   void refill();
+  uint64_t offset() const;     // keystream byte position of the next next_u64()
+  void seek(uint64_t offset);  // continue the stream at that byte position
+  size_t bulk_pairs(double* out, size_t pairs);  // see normals(); returns the pairs drawn
   std::array<uint8_t, 32> key_{};
   uint64_t counter_ = 0;  // 64-byte block counter
   std::array<uint8_t, 4096> buf_{};

@@ -18,7 +18,8 @@ namespace {
 struct Opts {
   std::string model, key, out, gguf, keymat = "paper", kappa = "gaussian", dtype, noise_scale = "global";
   std::string calib_ids, calib_file, calib_text;
-  std::string profile = "default";  // named parameter set; explicit flags override its fields
+  std::string profile = "default";
+  std::string shard;  // "i/N" or "merge"  // named parameter set; explicit flags override its fields
   double lambda = 0.3, alpha_e = 1.0, alpha_h = 0.2, gamma = 1000, value_cond = 0;
   int64_t expansion = 128, beta = 8;
   bool exact = false, force = false;
@@ -100,9 +101,28 @@ int run(Opts o, CLI::App& sub) {
     throw Error("--calib-*", "calibration data given but --kappa is gaussian (use --kappa calibrated)", kExitUsage);
   opt.force = o.force;
 
+  const bool merge = o.shard == "merge";
+  if (!o.shard.empty() && !merge) {
+    int i = -1, n = 0;
+    char end = 0;
+    if (std::sscanf(o.shard.c_str(), "%d/%d%c", &i, &n, &end) != 2 || n < 1 || i < 0 || i >= n)
+      throw Error("--shard", "expected i/N with 0 <= i < N, or merge; got '" + o.shard + "'", kExitUsage);
+    if (!o.gguf.empty()) throw Error("--gguf", "is written by the merge (--shard merge), not by a part", kExitUsage);
+    opt.shard_index = i;
+    opt.shard_count = n;
+  }
+
   KeyFile key = KeyFile::load(o.key);
   if (!o.gguf.empty()) refuse_existing(o.gguf, o.force);
-  ObfuscateResult r = obfuscate_model(o.model, key.seed, o.out, opt);
+  if (opt.shard_count > 0) {
+    // A part: no key record (N jobs would race on the key file), no GGUF; the merge does both.
+    ObfuscateResult r = obfuscate_model(o.model, key.seed, o.out, opt);
+    std::fprintf(stderr, "wrote part %d/%d of %s in %s, %.1f s\n", opt.shard_index, opt.shard_count, o.out.c_str(),
+                 obfuscation_parts_dir(o.out).c_str(), r.seconds);
+    return 0;
+  }
+  ObfuscateResult r = merge ? merge_obfuscation_parts(o.model, key.seed, o.out, opt)
+                            : obfuscate_model(o.model, key.seed, o.out, opt);
 
   if (!o.gguf.empty()) {
     HFModel obf(o.out);
@@ -163,12 +183,20 @@ auto setup(CLI::App& sub) {
   sub.add_option("--noise-scale", o->noise_scale, "Noise std: global (std of the whole matrix) | per-row");
   sub.add_option("--dtype", o->dtype, "Output dtype f32 | bf16 | f16 (default: the input's); q8_0 | q4_0 quantize the\n"
                  "--gguf file only (the checkpoint keeps the input's dtype)");
+  sub.add_option("--shard", o->shard,
+                 "i/N: compute only part i (0-based) of N into OUT.parts/ (layers split into N contiguous ranges of\n"
+                 "equal output size; no key record, no GGUF); run every i, anywhere, with the same key, model and\n"
+                 "flags. merge: join the N parts into OUT, byte-identical to a single run, write --gguf and the key\n"
+                 "record, and delete the parts. Not with --kappa calibrated");
   sub.add_flag("--force", o->force, "Replace an existing output directory / GGUF");
   sub.footer(
       "Every secret (vocabulary permutation tau, key matrices, head/FFN maps, noise) is derived from\n"
       "the key's seed: the same key and model give a byte-identical output. The output is a standard\n"
       "HF checkpoint with hidden_size d + 2h whose config publishes tau(eos)/tau(bos), so an engine\n"
-      "stops by itself; send it tau(prompt ids) and map generated ids back with tau^-1.");
+      "stops by itself; send it tau(prompt ids) and map generated ids back with tau^-1.\n"
+      "Sharded (one model over many machines or jobs; each part needs the key and the plaintext model):\n"
+      "  for i in 0 .. N-1 (in parallel):  aloepri obfuscate MODEL --key K --out OUT --shard i/N\n"
+      "  then once:                        aloepri obfuscate MODEL --key K --out OUT --shard merge [--gguf F]");
   CLI::App* sp = &sub;
   return [o, sp] { return run(*o, *sp); };
 }

@@ -51,6 +51,16 @@ void AtomicFile::write(const void* data, size_t n) {
   if (n && std::fwrite(data, 1, n, f_) != n)
     throw Error(path_, std::string("write failed: ") + std::strerror(errno), kExitError);
   written_ += n;
+  // Start the disk writeback of each finished stretch now, so commit()'s fsync finds little
+  // left to write instead of the whole file (which the kernel would otherwise hold dirty until
+  // its background threshold, a large fraction of memory).
+  constexpr uint64_t kWriteback = 32 << 20;
+  if (written_ - writeback_ >= kWriteback) {
+    if (std::fflush(f_) != 0)
+      throw Error(path_, std::string("write failed: ") + std::strerror(errno), kExitError);
+    ::sync_file_range(fileno(f_), off64_t(writeback_), off64_t(written_ - writeback_), SYNC_FILE_RANGE_WRITE);
+    writeback_ = written_;
+  }
 }
 
 void AtomicFile::pad_to(uint64_t offset) {

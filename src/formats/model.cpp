@@ -3,6 +3,8 @@
 #include "aloepri/model.h"
 
 #include <sodium.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -12,6 +14,7 @@
 #include "aloepri/output.h"
 #include "aloepri/progress.h"
 #include "aloepri/rng.h"
+#include "aloepri/sha256.h"
 
 namespace fs = std::filesystem;
 
@@ -106,11 +109,8 @@ std::string HFModel::fingerprint() const {
                 c.rope_scaling.type.c_str(), c.rope_scaling.factor, c.rope_scaling.low_freq_factor,
                 c.rope_scaling.high_freq_factor, (long long)c.rope_scaling.original_max_position_embeddings,
                 int(c.tie_word_embeddings), int(c.attention_bias), int(c.o_bias()), int(c.qk_norm));
-  crypto_hash_sha256_state st;
-  crypto_hash_sha256_init(&st);
-  auto put = [&](const std::string& s) {
-    crypto_hash_sha256_update(&st, reinterpret_cast<const unsigned char*>(s.data()), s.size());
-  };
+  Sha256 st;
+  auto put = [&](const std::string& s) { st.update(s.data(), s.size()); };
   put(buf);
   auto names = weights_->names();
   for (auto& n : names) {
@@ -119,20 +119,24 @@ std::string HFModel::fingerprint() const {
         shape_to_string(t.shape) + " " + std::to_string(t.nbytes) + "\n");
   }
   Progress prog("fingerprint", weights_->total_bytes(), "B");
+  const uintptr_t pg = uintptr_t(::sysconf(_SC_PAGESIZE));
   for (auto& n : names) {
     const TensorView& t = weights_->get(n);
-    constexpr size_t kChunk = 64 << 20;  // progress granularity only
+    constexpr size_t kChunk = 64 << 20;  // progress and page-release granularity
     for (size_t i = 0; i < t.nbytes; i += kChunk) {
       size_t m = std::min(kChunk, t.nbytes - i);
-      crypto_hash_sha256_update(&st, t.data + i, m);
+      st.update(t.data + i, m);
       prog.advance(m);
+      // Drop the hashed pages from this mapping (they stay in the page cache): touched file
+      // pages count in RSS, and a fingerprint must not hold the whole model resident.
+      const uintptr_t b = (uintptr_t(t.data + i) + pg - 1) & ~(pg - 1), e = uintptr_t(t.data + i + m) & ~(pg - 1);
+      if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
     }
   }
   prog.finish();
-  unsigned char h[crypto_hash_sha256_BYTES];
-  crypto_hash_sha256_final(&st, h);
+  const auto h = st.final();
   char hex[2 * crypto_hash_sha256_BYTES + 1];
-  sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+  sodium_bin2hex(hex, sizeof hex, h.data(), h.size());
   return hex;
 }
 

@@ -1,18 +1,23 @@
 // The streaming obfuscation executor: plaintext layer in, obfuscated layer out, never the whole
 // model in memory (peak: the key-matrix base, one layer, and the embedding/head).
 #include <cblas.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <map>
 
 #include "aloepri/error.h"
 #include "aloepri/keyfile.h"
+#include "aloepri/mmap.h"
 #include "aloepri/model.h"
 #include "aloepri/obfuscate.h"
 #include "aloepri/output.h"
@@ -321,11 +326,141 @@ nlohmann::json obfuscated_config(const ModelConfig& plain, int64_t obf_hidden, d
   return j;
 }
 
-ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
-                                const ObfuscateOptions& opt) {
-  const auto t0 = std::chrono::steady_clock::now();
+namespace {
+
+// One obfuscated tensor in file order, and the step that computes it: 0 the embedding, 1 + l
+// layer l, L + 1 the final norm and the head. Steps are the unit of --shard.
+struct OutTensor {
+  TensorSpec spec;
+  int64_t step;
+};
+
+std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType dt) {
+  const int64_t n = c.vocab_size, L = c.num_hidden_layers, dh = c.head_dim;
+  const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, ff = c.intermediate_size;
+  using tensor_names::layer;
+  std::vector<OutTensor> v;
+  // Norm weights and biases follow the output dtype too, for a uniform standard checkpoint.
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, int64_t step) {
+    v.push_back({{name, dt, std::move(shape)}, step});
+  };
+  add(tensor_names::embed(), {n, dp}, 0);
+  for (int64_t l = 0; l < L; ++l) {
+    add(layer(l, "input_layernorm.weight"), {dp}, 1 + l);
+    add(layer(l, "self_attn.q_proj.weight"), {m * dh, dp}, 1 + l);
+    add(layer(l, "self_attn.k_proj.weight"), {mkv * dh, dp}, 1 + l);
+    add(layer(l, "self_attn.v_proj.weight"), {mkv * dh, dp}, 1 + l);
+    if (c.attention_bias) {
+      add(layer(l, "self_attn.q_proj.bias"), {m * dh}, 1 + l);
+      add(layer(l, "self_attn.k_proj.bias"), {mkv * dh}, 1 + l);
+      add(layer(l, "self_attn.v_proj.bias"), {mkv * dh}, 1 + l);
+    }
+    add(layer(l, "self_attn.o_proj.weight"), {dp, m * dh}, 1 + l);
+    if (c.o_bias()) add(layer(l, "self_attn.o_proj.bias"), {dp}, 1 + l);
+    add(layer(l, "post_attention_layernorm.weight"), {dp}, 1 + l);
+    add(layer(l, "mlp.gate_proj.weight"), {ff, dp}, 1 + l);
+    add(layer(l, "mlp.up_proj.weight"), {ff, dp}, 1 + l);
+    add(layer(l, "mlp.down_proj.weight"), {dp, ff}, 1 + l);
+  }
+  add(tensor_names::final_norm(), {dp}, L + 1);
+  add(tensor_names::lm_head(), {n, dp}, L + 1);
+  return v;
+}
+
+// Steps [first, last) of shard `index` of `count`: contiguous, balanced by output bytes (a step
+// goes to the shard its byte midpoint falls in). A shard may be empty when count > steps.
+std::pair<int64_t, int64_t> shard_steps(const std::vector<OutTensor>& outs, int64_t steps, int index, int count) {
+  std::vector<double> w(size_t(steps), 0.0);
+  double total = 0;
+  for (const auto& o : outs) {
+    w[size_t(o.step)] += double(o.spec.nbytes());
+    total += double(o.spec.nbytes());
+  }
+  int64_t first = steps, last = 0;
+  double before = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int owner = std::min(count - 1, int((before + w[size_t(s)] / 2) / total * count));
+    before += w[size_t(s)];
+    if (owner == index) {
+      first = std::min(first, s);
+      last = s + 1;
+    }
+  }
+  if (first >= last) first = last = 0;
+  return {first, last};
+}
+
+// Large blocks from the heap, and freed memory kept for reuse: every layer allocates tensors of
+// the same sizes again, and a fresh mmap'd block costs a page fault and a kernel zero-fill per
+// page (the largest non-GEMM cost in a profile of this executor). Process-wide; the peak stays
+// one layer's working set because the same sizes recur.
+void keep_freed_memory() {
+  ::mallopt(M_MMAP_MAX, 0);
+  ::mallopt(M_TRIM_THRESHOLD, INT_MAX);
+}
+
+std::string part_name(int index, int count, const char* ext) {
+  char b[64];
+  std::snprintf(b, sizeof b, "part-%05d-of-%05d.%s", index, count, ext);
+  return b;
+}
+
+std::string parts_dir(const std::string& out_dir) {
+  std::string d = out_dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  return d + ".parts";
+}
+
+// Writes a part: the tensors' bytes in file order, converted to the output dtype, and a JSON
+// record of where each one lies, so the merge writes exactly what a whole run writes.
+class PartWriter {
+ public:
+  PartWriter(const std::string& dir, int index, int count, bool force)
+      : bin_(dir + "/" + part_name(index, count, "bin"), force),
+        json_path_(dir + "/" + part_name(index, count, "json")),
+        force_(force) {
+    refuse_existing(json_path_, force);
+  }
+  void put(const std::string& name, DType dt, const float* data, size_t numel) {
+    const size_t es = dtype_size(dt);
+    entries_.push_back({{"name", name}, {"offset", bin_.tell()}, {"nbytes", numel * es}});
+    constexpr size_t kChunk = 1 << 16;
+    std::vector<uint8_t> buf(std::min(numel, kChunk) * es);
+    for (size_t i = 0; i < numel; i += kChunk) {
+      const size_t m = std::min(kChunk, numel - i);
+      convert_from_f32(dt, data + i, buf.data(), m);
+      bin_.write(buf.data(), m * es);
+    }
+  }
+  void commit(nlohmann::json info) {
+    bin_.commit();
+    info["tensors"] = entries_;
+    write_file_atomic(json_path_, info.dump(1) + "\n", force_);
+  }
+
+ private:
+  AtomicFile bin_;
+  std::string json_path_;
+  bool force_;
+  nlohmann::json entries_ = nlohmann::json::array();
+};
+
+// What every part records of the run it belongs to; the merge requires all parts to agree.
+nlohmann::json part_identity(const ModelConfig& c, const Seed& seed, const ObfuscationParams& P, int64_t dp,
+                             DType dt) {
+  return {{"format", "aloepri-obfuscate-part-v1"},
+          {"key_id", adaptation_key_id(seed)},
+          {"params", P.to_json()},
+          {"dtype", dtype_name(dt)},
+          {"obf_hidden_size", dp},
+          {"model", {{"layers", c.num_hidden_layers}, {"hidden", c.hidden_size}, {"vocab", c.vocab_size},
+                     {"ffn", c.intermediate_size}, {"heads", c.num_attention_heads},
+                     {"kv_heads", c.num_key_value_heads}, {"head_dim", c.head_dim}}}};
+}
+
+void check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateOptions& opt,
+                        const std::string& model_dir) {
   const ObfuscationParams& P = opt.params;
-  HFModel plain(model_dir);
   const ModelConfig& c = plain.config();
   const std::string cfg_where = model_dir + "/config.json";
   if (c.qk_norm || c.family == Family::Qwen3)
@@ -358,169 +493,23 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
                 "; obfuscate it with the same noise parameters",
             kExitUsage);
   }
-  if (P.kappa == KappaMode::Calibrated)
+  if (P.kappa == KappaMode::Calibrated) {
     require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
-  const DType out_dtype = opt.dtype ? *opt.dtype : plain.weights().get(tensor_names::embed()).dtype;
-  const std::string torch_dtype = dtype_torch_name(out_dtype);
-  refuse_existing(out_dir, opt.force);
-
-  const int64_t n = c.vocab_size, d = c.hidden_size, L = c.num_hidden_layers, dh = c.head_dim;
-  const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, ff = c.intermediate_size;
-  const auto tau = derive_tau(seed, n);
-  const auto inv_freq = obf::rope_inv_freq(c);
-  obf::KeyMatrices K(seed, d, P.expansion, P.lambda, P.keymat);
-  const int64_t dp = K.dprime();
-
-  AtomicDir out(out_dir, opt.force);
-  SafetensorsWriter w(out.temp_path(), opt.max_shard_bytes);
-  using tensor_names::layer;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool is_norm_or_bias = false) {
-    // Norm weights and biases stay F32 in low-precision checkpoints only if the input had them
-    // so; we follow the output dtype everywhere for a uniform standard checkpoint.
-    (void)is_norm_or_bias;
-    w.add({name, out_dtype, std::move(shape)});
-  };
-  add(tensor_names::embed(), {n, dp});
-  for (int64_t l = 0; l < L; ++l) {
-    add(layer(l, "input_layernorm.weight"), {dp}, true);
-    add(layer(l, "self_attn.q_proj.weight"), {m * dh, dp});
-    add(layer(l, "self_attn.k_proj.weight"), {mkv * dh, dp});
-    add(layer(l, "self_attn.v_proj.weight"), {mkv * dh, dp});
-    if (c.attention_bias) {
-      add(layer(l, "self_attn.q_proj.bias"), {m * dh}, true);
-      add(layer(l, "self_attn.k_proj.bias"), {mkv * dh}, true);
-      add(layer(l, "self_attn.v_proj.bias"), {mkv * dh}, true);
-    }
-    add(layer(l, "self_attn.o_proj.weight"), {dp, m * dh});
-    if (c.o_bias()) add(layer(l, "self_attn.o_proj.bias"), {dp}, true);
-    add(layer(l, "post_attention_layernorm.weight"), {dp}, true);
-    add(layer(l, "mlp.gate_proj.weight"), {ff, dp});
-    add(layer(l, "mlp.up_proj.weight"), {ff, dp});
-    add(layer(l, "mlp.down_proj.weight"), {dp, ff});
+    // The calibration forward runs through every layer in order; a shard would need all of them.
+    require(opt.shard_count == 0, "--shard", "is not supported with --kappa calibrated", kExitUsage);
   }
-  add(tensor_names::final_norm(), {dp}, true);
-  add(tensor_names::lm_head(), {n, dp});
+}
 
-  auto put = [&](const std::string& name, const Tensor& t) { w.write_f32(name, t.ptr(), size_t(t.numel())); };
-  auto put_vec = [&](const std::string& name, const std::vector<float>& v) { w.write_f32(name, v.data(), v.size()); };
+DType output_dtype(const HFModel& plain, const ObfuscateOptions& opt) {
+  return opt.dtype ? *opt.dtype : plain.weights().get(tensor_names::embed()).dtype;
+}
 
-  ObfuscateResult res;
-  Progress prog("obfuscate", uint64_t(L + 2), "steps");
-
-  // Writers seen so far (for the Gaussian kappa: E||x~||^2 / E||x||^2 = mean_k ||P_k||_F^2 / d
-  // for independent equal-variance Gaussian contributions x_k).
-  double writer_fro = 0;
-  int64_t writers = 0;
-  std::unique_ptr<Calibrator> calib;
-  auto kappa_now = [&]() {
-    if (P.keymat == KeymatVariant::ExactNorm) return 1.0;  // ||xP|| = sqrt(d'/d) ||x|| exactly
-    if (calib) return calib->kappa();
-    return std::sqrt(writer_fro / double(writers) / double(dp));
-  };
-
-  // Embedding.
-  {
-    Tensor Pemb = mat_f32(K.P("emb"));
-    writer_fro += fro2(Pemb);
-    ++writers;
-    const TensorView& ev = plain.weights().get(tensor_names::embed());
-    if (P.kappa == KappaMode::Calibrated) calib = std::make_unique<Calibrator>(c, opt.calib_ids, ev, Pemb);
-    RngStream noise(seed, "noise/embed");
-    put(tensor_names::embed(), obf::transform_vocab_matrix(n, d, mapped_rows(ev), tau, P.alpha_e, P.noise_scale,
-                                                           noise, {}, Pemb, false));
-    prog.advance();
-  }
-
-  obf::AttnKeyOptions ako;
-  ako.beta = P.beta;
-  ako.gamma = P.gamma;
-  ako.scale_range = P.head_scale_range;
-  ako.per_group_perm = P.per_group_perm;
-  ako.value_cond = P.value_cond;
-  for (int64_t l = 0; l < L; ++l) {
-    const std::string ls = "layer/" + std::to_string(l);
-    auto T = [&](const std::string& suffix) { return load_and_release(plain, layer(l, suffix)); };
-    // Attention.
-    const double k_in = kappa_now();
-    res.kappas.push_back(k_in);
-    put_vec(layer(l, "input_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_in)));
-    Tensor attn_norm = T("input_layernorm.weight");
-    obf::AttnHF A;
-    A.q = T("self_attn.q_proj.weight");
-    A.k = T("self_attn.k_proj.weight");
-    A.v = T("self_attn.v_proj.weight");
-    A.o = T("self_attn.o_proj.weight");
-    if (c.attention_bias) {
-      A.bq = T("self_attn.q_proj.bias");
-      A.bk = T("self_attn.k_proj.bias");
-      A.bv = T("self_attn.v_proj.bias");
-    }
-    Tensor o_bias = c.o_bias() ? T("self_attn.o_proj.bias") : Tensor();
-    Tensor Po = mat_f32(K.P(ls + "/o"));
-    if (calib) calib->attention(A, attn_norm, o_bias, Po);
-    writer_fro += fro2(Po);
-    ++writers;
-    {
-      obf::AttnKeys AK = obf::draw_attn_keys(seed, l, m, mkv, dh, inv_freq, ako);
-      obf::AttnHF S = obf::transform_attention_heads(A, AK, dh);
-      A = obf::AttnHF();  // release the plaintext copies early
-      const auto wn = as_vec(attn_norm);
-      put(layer(l, "self_attn.q_proj.weight"), obf::read_residual(S.q, wn, mat_f32(K.Q(ls + "/q"))));
-      put(layer(l, "self_attn.k_proj.weight"), obf::read_residual(S.k, wn, mat_f32(K.Q(ls + "/k"))));
-      put(layer(l, "self_attn.v_proj.weight"), obf::read_residual(S.v, wn, mat_f32(K.Q(ls + "/v"))));
-      if (c.attention_bias) {
-        put(layer(l, "self_attn.q_proj.bias"), S.bq);
-        put(layer(l, "self_attn.k_proj.bias"), S.bk);
-        put(layer(l, "self_attn.v_proj.bias"), S.bv);
-      }
-      put(layer(l, "self_attn.o_proj.weight"), obf::write_residual(S.o, Po));
-      if (c.o_bias()) {
-        Tensor bo({1, d});
-        bo.data = o_bias.data;
-        Tensor r({1, dp});
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, int(dp), int(d), 1.0f, bo.ptr(), int(d), Po.ptr(),
-                    int(dp), 0.0f, r.ptr(), int(dp));
-        put(layer(l, "self_attn.o_proj.bias"), r);
-      }
-    }
-    // FFN.
-    const double k_post = kappa_now();
-    res.kappas.push_back(k_post);
-    put_vec(layer(l, "post_attention_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_post)));
-    Tensor ffn_norm = T("post_attention_layernorm.weight");
-    obf::FfnHF F{T("mlp.gate_proj.weight"), T("mlp.up_proj.weight"), T("mlp.down_proj.weight")};
-    Tensor Pd = mat_f32(K.P(ls + "/down"));
-    if (calib) calib->ffn(F, ffn_norm, Pd);
-    writer_fro += fro2(Pd);
-    ++writers;
-    {
-      obf::FfnHF S = obf::transform_ffn_channels(F, obf::draw_ffn_keys(seed, l, ff, P.ffn_scale_range));
-      F = obf::FfnHF();
-      const auto wn = as_vec(ffn_norm);
-      put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(S.gate, wn, mat_f32(K.Q(ls + "/gate"))));
-      put(layer(l, "mlp.up_proj.weight"), obf::read_residual(S.up, wn, mat_f32(K.Q(ls + "/up"))));
-      put(layer(l, "mlp.down_proj.weight"), obf::write_residual(S.down, Pd));
-    }
-    prog.advance();
-  }
-
-  // Final norm and head.
-  {
-    const double k_f = kappa_now();
-    res.kappas.push_back(k_f);
-    put_vec(tensor_names::final_norm(), std::vector<float>(static_cast<size_t>(dp), float(k_f)));
-    calib.reset();
-    const TensorView& hv =
-        plain.weights().get(c.tie_word_embeddings ? tensor_names::embed() : tensor_names::lm_head());
-    const auto wf = as_vec(plain.tensor_f32(tensor_names::final_norm()));
-    RngStream noise(seed, "noise/head");
-    put(tensor_names::lm_head(), obf::transform_vocab_matrix(n, d, mapped_rows(hv), tau, P.alpha_h, P.noise_scale,
-                                                             noise, wf, mat_f32(K.Q("head")), true));
-    prog.advance();
-  }
-  w.finish();
-  prog.finish();
-
+// Everything after the tensors (config with eps' and the published ids, tokenizer files,
+// generation config), the commit, and the fingerprints of both models.
+void finish_checkpoint(const std::string& model_dir, const HFModel& plain, const std::vector<int64_t>& tau,
+                       int64_t dp, const std::string& torch_dtype, AtomicDir& out, const std::string& out_dir,
+                       const ObfuscateOptions& opt, std::chrono::steady_clock::time_point t0, ObfuscateResult& res) {
+  const ModelConfig& c = plain.config();
   // RMSNorm eps: exact when eps' = eps kappa^2 (see obf_keymat.h); one eps per config, so the
   // mean kappa^2 (all kappas are equal for the exact-norm variant and the exact setting).
   double k2 = 0;
@@ -545,28 +534,345 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
   out.commit();
   {
     // Peak RSS of the transform itself (the fingerprints below stream both models through
-    // their mmaps, whose touched pages count in RSS too).
+    // their mmaps).
     struct rusage ru {};
     ::getrusage(RUSAGE_SELF, &ru);
     res.peak_rss_transform = uint64_t(ru.ru_maxrss) * 1024;
     res.seconds_transform = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
-  res.plain_fingerprint = plain.fingerprint();
+  // The two fingerprints are independent sequential hashes: one per core.
+  auto plain_fp = std::async(std::launch::async, [&plain] { return plain.fingerprint(); });
   res.obf_fingerprint = HFModel(out_dir).fingerprint();
-  res.vocab_size = n;
-  res.hidden = d;
+  res.plain_fingerprint = plain_fp.get();
+  res.vocab_size = c.vocab_size;
+  res.hidden = c.hidden_size;
   res.obf_hidden = dp;
   if (c.eos_token_id) res.obf_eos = tau[size_t(*c.eos_token_id)];
   if (c.bos_token_id) res.obf_bos = tau[size_t(*c.bos_token_id)];
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  res.record = {{"params", P.to_json()},
+  res.record = {{"params", opt.params.to_json()},
                 {"kappas", res.kappas},
                 {"rms_norm_eps", res.obf_eps},
-                {"hidden_size", d},
+                {"hidden_size", c.hidden_size},
                 {"obf_hidden_size", dp},
                 {"eos_policy", "published"},  // method.md section 7: tau(eos) is in config.json
                 {"calib_tokens", int64_t(opt.calib_ids.size())}};
+}
+
+}  // namespace
+
+ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
+                                const ObfuscateOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  keep_freed_memory();
+  const ObfuscationParams& P = opt.params;
+  HFModel plain(model_dir);
+  const ModelConfig& c = plain.config();
+  const bool sharded = opt.shard_count > 0;
+  require(!sharded || (opt.shard_index >= 0 && opt.shard_index < opt.shard_count), "--shard",
+          "index must be in [0, N)", kExitUsage);
+  check_obfuscatable(plain, seed, opt, model_dir);
+  const DType out_dtype = output_dtype(plain, opt);
+  const std::string torch_dtype = dtype_torch_name(out_dtype);
+  if (!sharded) refuse_existing(out_dir, opt.force);
+
+  const int64_t n = c.vocab_size, d = c.hidden_size, L = c.num_hidden_layers, dh = c.head_dim;
+  const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, ff = c.intermediate_size;
+  const auto tau = derive_tau(seed, n);
+  const auto inv_freq = obf::rope_inv_freq(c);
+  obf::KeyMatrices K(seed, d, P.expansion, P.lambda, P.keymat);
+  const int64_t dp = K.dprime();
+  const std::vector<OutTensor> outs = declare_outputs(c, dp, out_dtype);
+  // Steps this run computes; a shard only keeps the kappa bookkeeping of the others.
+  const auto [first, last] = sharded ? shard_steps(outs, L + 2, opt.shard_index, opt.shard_count)
+                                     : std::pair<int64_t, int64_t>{0, L + 2};
+  auto runs = [&, first = first, last = last](int64_t step) { return step >= first && step < last; };
+
+  std::unique_ptr<AtomicDir> out;
+  std::unique_ptr<SafetensorsWriter> w;
+  std::unique_ptr<PartWriter> part;
+  if (sharded) {
+    std::error_code ec;
+    fs::create_directories(parts_dir(out_dir), ec);
+    if (ec) throw Error(parts_dir(out_dir), "cannot create directory: " + ec.message(), kExitError);
+    part = std::make_unique<PartWriter>(parts_dir(out_dir), opt.shard_index, opt.shard_count, opt.force);
+  } else {
+    out = std::make_unique<AtomicDir>(out_dir, opt.force);
+    w = std::make_unique<SafetensorsWriter>(out->temp_path(), opt.max_shard_bytes);
+    for (const auto& o : outs) w->add(o.spec);
+  }
+  using tensor_names::layer;
+
+  auto put_ptr = [&](const std::string& name, const float* p, size_t numel) {
+    if (part) part->put(name, out_dtype, p, numel);
+    else w->write_f32(name, p, numel);
+  };
+  auto put = [&](const std::string& name, const Tensor& t) { put_ptr(name, t.ptr(), size_t(t.numel())); };
+  auto put_vec = [&](const std::string& name, const std::vector<float>& v) { put_ptr(name, v.data(), v.size()); };
+
+  ObfuscateResult res;
+  std::vector<double> all_kappas;  // every norm's kappa up to here; res.kappas: this run's steps
+  auto note_kappa = [&](int64_t step, double k) {
+    all_kappas.push_back(k);
+    if (runs(step)) res.kappas.push_back(k);
+  };
+  Progress prog("obfuscate", uint64_t(last - first), "steps");
+
+  // Writers seen so far (for the Gaussian kappa: E||x~||^2 / E||x||^2 = mean_k ||P_k||_F^2 / d
+  // for independent equal-variance Gaussian contributions x_k).
+  double writer_fro = 0;
+  int64_t writers = 0;
+  std::unique_ptr<Calibrator> calib;
+  auto kappa_now = [&]() {
+    if (P.keymat == KeymatVariant::ExactNorm) return 1.0;  // ||xP|| = sqrt(d'/d) ||x|| exactly
+    if (calib) return calib->kappa();
+    return std::sqrt(writer_fro / double(writers) / double(dp));
+  };
+  // A step this run skips still counts its writer for the later kappas.
+  const bool need_fro = P.keymat != KeymatVariant::ExactNorm;
+  auto count_writer = [&](const std::string& role) {
+    if (need_fro) writer_fro += fro2(mat_f32(K.P(role)));
+    ++writers;
+  };
+
+  // Embedding.
+  if (!runs(0)) {
+    count_writer("emb");
+  } else {
+    Tensor Pemb = mat_f32(K.P("emb"));
+    writer_fro += fro2(Pemb);
+    ++writers;
+    const TensorView& ev = plain.weights().get(tensor_names::embed());
+    if (P.kappa == KappaMode::Calibrated) calib = std::make_unique<Calibrator>(c, opt.calib_ids, ev, Pemb);
+    RngStream noise(seed, "noise/embed");
+    put(tensor_names::embed(), obf::transform_vocab_matrix(n, d, mapped_rows(ev), tau, P.alpha_e, P.noise_scale,
+                                                           noise, {}, Pemb, false));
+    prog.advance();
+  }
+
+  obf::AttnKeyOptions ako;
+  ako.beta = P.beta;
+  ako.gamma = P.gamma;
+  ako.scale_range = P.head_scale_range;
+  ako.per_group_perm = P.per_group_perm;
+  ako.value_cond = P.value_cond;
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string ls = "layer/" + std::to_string(l);
+    if (!runs(1 + l)) {
+      note_kappa(1 + l, kappa_now());
+      count_writer(ls + "/o");
+      note_kappa(1 + l, kappa_now());
+      count_writer(ls + "/down");
+      continue;
+    }
+    auto T = [&](const std::string& suffix) { return load_and_release(plain, layer(l, suffix)); };
+    // Attention.
+    const double k_in = kappa_now();
+    note_kappa(1 + l, k_in);
+    put_vec(layer(l, "input_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_in)));
+    Tensor attn_norm = T("input_layernorm.weight");
+    obf::AttnHF A;
+    A.q = T("self_attn.q_proj.weight");
+    A.k = T("self_attn.k_proj.weight");
+    A.v = T("self_attn.v_proj.weight");
+    A.o = T("self_attn.o_proj.weight");
+    if (c.attention_bias) {
+      A.bq = T("self_attn.q_proj.bias");
+      A.bk = T("self_attn.k_proj.bias");
+      A.bv = T("self_attn.v_proj.bias");
+    }
+    Tensor o_bias = c.o_bias() ? T("self_attn.o_proj.bias") : Tensor();
+    Tensor Po = mat_f32(K.P(ls + "/o"));
+    if (calib) calib->attention(A, attn_norm, o_bias, Po);
+    writer_fro += fro2(Po);
+    ++writers;
+    {
+      obf::AttnKeys AK = obf::draw_attn_keys(seed, l, m, mkv, dh, inv_freq, ako);
+      obf::AttnHF S = obf::transform_attention_heads(A, AK, dh);
+      A = obf::AttnHF();  // release the plaintext copies early
+      const auto wn = as_vec(attn_norm);
+      put(layer(l, "self_attn.q_proj.weight"), obf::read_residual(std::move(S.q), wn, mat_f32(K.Q(ls + "/q"))));
+      put(layer(l, "self_attn.k_proj.weight"), obf::read_residual(std::move(S.k), wn, mat_f32(K.Q(ls + "/k"))));
+      put(layer(l, "self_attn.v_proj.weight"), obf::read_residual(std::move(S.v), wn, mat_f32(K.Q(ls + "/v"))));
+      if (c.attention_bias) {
+        put(layer(l, "self_attn.q_proj.bias"), S.bq);
+        put(layer(l, "self_attn.k_proj.bias"), S.bk);
+        put(layer(l, "self_attn.v_proj.bias"), S.bv);
+      }
+      put(layer(l, "self_attn.o_proj.weight"), obf::write_residual(S.o, Po));
+      if (c.o_bias()) {
+        Tensor bo({1, d});
+        bo.data = o_bias.data;
+        Tensor r({1, dp});
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, int(dp), int(d), 1.0f, bo.ptr(), int(d), Po.ptr(),
+                    int(dp), 0.0f, r.ptr(), int(dp));
+        put(layer(l, "self_attn.o_proj.bias"), r);
+      }
+    }
+    // FFN.
+    const double k_post = kappa_now();
+    note_kappa(1 + l, k_post);
+    put_vec(layer(l, "post_attention_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_post)));
+    Tensor ffn_norm = T("post_attention_layernorm.weight");
+    obf::FfnHF F{T("mlp.gate_proj.weight"), T("mlp.up_proj.weight"), T("mlp.down_proj.weight")};
+    Tensor Pd = mat_f32(K.P(ls + "/down"));
+    if (calib) calib->ffn(F, ffn_norm, Pd);
+    writer_fro += fro2(Pd);
+    ++writers;
+    {
+      obf::FfnHF S = obf::transform_ffn_channels(F, obf::draw_ffn_keys(seed, l, ff, P.ffn_scale_range));
+      F = obf::FfnHF();
+      const auto wn = as_vec(ffn_norm);
+      put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(std::move(S.gate), wn, mat_f32(K.Q(ls + "/gate"))));
+      put(layer(l, "mlp.up_proj.weight"), obf::read_residual(std::move(S.up), wn, mat_f32(K.Q(ls + "/up"))));
+      put(layer(l, "mlp.down_proj.weight"), obf::write_residual(S.down, Pd));
+    }
+    prog.advance();
+  }
+
+  // Final norm and head.
+  if (runs(L + 1)) {
+    const double k_f = kappa_now();
+    note_kappa(L + 1, k_f);
+    put_vec(tensor_names::final_norm(), std::vector<float>(static_cast<size_t>(dp), float(k_f)));
+    calib.reset();
+    const TensorView& hv =
+        plain.weights().get(c.tie_word_embeddings ? tensor_names::embed() : tensor_names::lm_head());
+    const auto wf = as_vec(plain.tensor_f32(tensor_names::final_norm()));
+    RngStream noise(seed, "noise/head");
+    put(tensor_names::lm_head(), obf::transform_vocab_matrix(n, d, mapped_rows(hv), tau, P.alpha_h, P.noise_scale,
+                                                             noise, wf, mat_f32(K.Q("head")), true));
+    prog.advance();
+  }
+  prog.finish();
+
+  if (sharded) {
+    nlohmann::json info = part_identity(c, seed, P, dp, out_dtype);
+    info["shard"] = opt.shard_index;
+    info["of"] = opt.shard_count;
+    info["steps"] = {first, last};
+    info["kappas"] = res.kappas;
+    part->commit(info);
+    res.vocab_size = n;
+    res.hidden = d;
+    res.obf_hidden = dp;
+    res.seconds = res.seconds_transform =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return res;
+  }
+  w->finish();
+  finish_checkpoint(model_dir, plain, tau, dp, torch_dtype, *out, out_dir, opt, t0, res);
+  return res;
+}
+
+std::string obfuscation_parts_dir(const std::string& out_dir) { return parts_dir(out_dir); }
+
+ObfuscateResult merge_obfuscation_parts(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
+                                        const ObfuscateOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  HFModel plain(model_dir);
+  const ModelConfig& c = plain.config();
+  ObfuscateOptions o = opt;
+  o.shard_count = 0;
+  check_obfuscatable(plain, seed, o, model_dir);
+  const DType out_dtype = output_dtype(plain, opt);
+  const std::string pdir = parts_dir(out_dir);
+  refuse_existing(out_dir, opt.force);
+
+  // The parts present: part-<i>-of-<N>.json, one N, every i in [0, N).
+  int count = -1;
+  std::vector<nlohmann::json> infos;
+  {
+    std::error_code ec;
+    if (!fs::is_directory(pdir, ec))
+      throw Error(pdir, "no parts to merge (run `aloepri obfuscate ... --shard i/N` for every i first)", kExitUsage);
+    std::vector<std::string> found;
+    for (const auto& e : fs::directory_iterator(pdir)) {
+      const std::string f = e.path().filename().string();
+      int i = 0, nn = 0;
+      char tail[8] = {0};
+      if (std::sscanf(f.c_str(), "part-%d-of-%d.%5s", &i, &nn, tail) == 3 && std::string(tail) == "json" &&
+          f == part_name(i, nn, "json")) {
+        if (count >= 0 && nn != count)
+          throw Error(pdir, "parts of different shard counts (" + std::to_string(count) + " and " +
+                                std::to_string(nn) + "): remove the stale ones", kExitUsage);
+        count = nn;
+        found.push_back(f);
+      }
+    }
+    if (count <= 0) throw Error(pdir, "no part-*-of-*.json files", kExitUsage);
+    infos.resize(size_t(count));
+    for (int i = 0; i < count; ++i) {
+      const std::string p = pdir + "/" + part_name(i, count, "json");
+      if (!fs::is_regular_file(p, ec))
+        throw Error(p, "missing: shard " + std::to_string(i) + "/" + std::to_string(count) + " has not finished",
+                    kExitUsage);
+      try {
+        infos[size_t(i)] = nlohmann::json::parse(read_file(p));
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(p, std::string("invalid JSON: ") + e.what());
+      }
+    }
+  }
+  const int64_t dp = infos[0].value("obf_hidden_size", int64_t(0));
+  const nlohmann::json ident = part_identity(c, seed, opt.params, dp, out_dtype);
+  const std::vector<OutTensor> outs = declare_outputs(c, dp, out_dtype);
+  const int64_t L = c.num_hidden_layers;
+  std::map<std::string, std::pair<int, nlohmann::json>> where;  // tensor -> (part, entry)
+  std::vector<double> kappas;
+  int64_t next_step = 0;
+  for (int i = 0; i < count; ++i) {
+    const nlohmann::json& info = infos[size_t(i)];
+    const std::string p = pdir + "/" + part_name(i, count, "json");
+    for (const auto& [k, v] : ident.items())
+      if (info.value(k, nlohmann::json()) != v)
+        throw Error(p, "field '" + k + "' differs from this merge (" + info.value(k, nlohmann::json()).dump() +
+                           " vs " + v.dump() + "): another key, model, profile or dtype",
+                    kExitUsage);
+    const auto steps = shard_steps(outs, L + 2, i, count);
+    require(info.at("steps") == nlohmann::json{steps.first, steps.second}, p, "step range does not match", kExitError);
+    if (steps.first < steps.second) {
+      require(steps.first == next_step, p, "step ranges are not contiguous", kExitError);
+      next_step = steps.second;
+    }
+    for (double k : info.at("kappas")) kappas.push_back(k);
+    for (const auto& e : info.at("tensors")) where[e.at("name").get<std::string>()] = {i, e};
+  }
+  require(next_step == L + 2, pdir, "the parts do not cover every step", kExitError);
+  require(int64_t(kappas.size()) == 2 * L + 1, pdir, "wrong number of kappas in the parts", kExitError);
+
+  AtomicDir out(out_dir, opt.force);
+  SafetensorsWriter w(out.temp_path(), opt.max_shard_bytes);
+  for (const auto& t : outs) w.add(t.spec);
+  std::vector<std::unique_ptr<MappedFile>> maps(static_cast<size_t>(count));
+  Progress prog("merge", uint64_t(outs.size()), "tensors");
+  for (const auto& t : outs) {
+    auto it = where.find(t.spec.name);
+    if (it == where.end()) throw Error(pdir, "no part holds tensor '" + t.spec.name + "'", kExitError);
+    const auto& [i, e] = it->second;
+    auto& mp = maps[size_t(i)];
+    if (!mp) mp = std::make_unique<MappedFile>(pdir + "/" + part_name(i, count, "bin"));
+    const uint64_t off = e.at("offset"), nb = e.at("nbytes");
+    require(nb == t.spec.nbytes() && off + nb <= mp->size(), mp->path(),
+            "tensor '" + t.spec.name + "' has the wrong size", kExitError);
+    w.write(t.spec.name, mp->data() + off, size_t(nb));
+    release_range(mp->data() + off, size_t(nb));
+    prog.advance();
+  }
+  prog.finish();
+  w.finish();
+  maps.clear();
+
+  ObfuscateResult res;
+  res.kappas = kappas;
+  const auto tau = derive_tau(seed, c.vocab_size);
+  finish_checkpoint(model_dir, plain, tau, dp, dtype_torch_name(out_dtype), out, out_dir, opt, t0, res);
+  // The parts are intermediates of this output, which now exists in full.
+  for (int i = 0; i < count; ++i)
+    for (const char* ext : {"bin", "json"}) fs::remove(pdir + "/" + part_name(i, count, ext));
+  std::error_code ec;
+  fs::remove(pdir, ec);  // only if empty
   return res;
 }
 

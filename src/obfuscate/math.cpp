@@ -50,7 +50,8 @@ Mat row_block(const Mat& A, int64_t r0, int64_t r1) {
 
 Mat gaussian(int64_t rows, int64_t cols, double stddev, RngStream& rng) {
   Mat m(rows, cols);
-  for (double& x : m.a) x = stddev * rng.normal();
+  rng.normals(m.a.data(), m.a.size());
+  for (double& x : m.a) x = stddev * x;
   return m;
 }
 

@@ -175,18 +175,17 @@ FfnHF transform_ffn_channels(const FfnHF& in, const FfnKeys& K) {
   return out;
 }
 
-Tensor read_residual(const Tensor& w, const std::vector<float>& norm_w, const Tensor& Qf) {
+Tensor read_residual(Tensor w, const std::vector<float>& norm_w, const Tensor& Qf) {
   const int64_t out = w.rows(), d = w.cols(), dp = Qf.rows();
   require(Qf.cols() == d, "read_residual", "Q has " + std::to_string(Qf.cols()) + " columns, weight has " +
                                                std::to_string(d), kExitError);
-  Tensor scaled = w;
   if (!norm_w.empty()) {
     require(int64_t(norm_w.size()) == d, "read_residual", "norm weight size mismatch", kExitError);
     for (int64_t r = 0; r < out; ++r)
-      for (int64_t k = 0; k < d; ++k) scaled.ptr()[r * d + k] *= norm_w[k];
+      for (int64_t k = 0; k < d; ++k) w.ptr()[r * d + k] *= norm_w[k];
   }
   Tensor res({out, dp});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(out), int(dp), int(d), 1.0f, scaled.ptr(),
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(out), int(dp), int(d), 1.0f, w.ptr(),
               int(d), Qf.ptr(), int(d), 0.0f, res.ptr(), int(dp));
   return res;
 }
@@ -239,15 +238,20 @@ Tensor transform_vocab_matrix(int64_t n, int64_t d, const RowFetch& fetch, const
   }
   Tensor out({n, dp});
   std::vector<float> res(static_cast<size_t>(std::min(n, kChunk) * dp));
+  constexpr int64_t kNoiseRows = 256;  // noise buffer: kNoiseRows x d doubles
+  std::vector<double> z(alpha != 0 ? static_cast<size_t>(std::min(n, kNoiseRows) * d) : 0);
   for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
     const int64_t m = std::min(kChunk, n - r0);
     fetch(r0, m, buf.data());
     for (int64_t i = 0; i < m; ++i) {
       float* row = buf.data() + i * d;
       if (alpha != 0) {
-        // Noise drawn in plaintext row order; sigma from the noise-free row (per-row mode).
+        // Noise drawn in plaintext row order (the stream's draws kNoiseRows rows at a time, in
+        // bulk); sigma from the noise-free row (per-row mode).
+        if (i % kNoiseRows == 0) rng.normals(z.data(), size_t(std::min(kNoiseRows, m - i) * d));
+        const double* zr = z.data() + (i % kNoiseRows) * d;
         const double sigma = alpha * (ns == NoiseScale::Global ? gstd : row_std(row, d));
-        for (int64_t k = 0; k < d; ++k) row[k] = float(double(row[k]) + sigma * rng.normal());
+        for (int64_t k = 0; k < d; ++k) row[k] = float(double(row[k]) + sigma * zr[k]);
       }
       if (!col_scale.empty())
         for (int64_t k = 0; k < d; ++k) row[k] *= col_scale[k];
