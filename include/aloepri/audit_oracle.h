@@ -35,7 +35,7 @@ struct OracleOptions {
                               // queried ids: the most likely after bos
   int64_t signature_k = 64;  // sorted log-probabilities per row / column signature
   int64_t anchors = 1024;    // anchors used for the unsorted features, at most
-  int rounds = 3;            // anchor-growth rounds (128, 512, then `anchors` anchors)
+  int rounds = 6;            // anchor-growth rounds (128, 512, then `anchors` anchors each)
   int topk = 10;             // candidates kept per obfuscated id
   double budget_seconds = 0;  // 0 = unlimited; later rounds are skipped past the budget (noted)
 };

@@ -473,8 +473,12 @@ std::string audit_html(const AuditRun& run) {
     if (!r.details.contains("parts")) continue;
     std::vector<std::tuple<std::string, double, std::optional<double>>> pb;
     for (const auto& [name, v] : r.details["parts"].items()) pb.emplace_back(name, v.value("ttrsr", 0.0), std::nullopt);
-    h << "<h2>" << html_escape(r.attack) << ": each component alone</h2>"
-      << svg_bars(r.attack + " TTRSR per component (the attack votes over all)", pb) << "\n";
+    const bool rounds = r.attack == "Oracle";  // its parts are successive rounds, not components
+    h << "<h2>" << html_escape(r.attack) << (rounds ? ": after each round</h2>" : ": each component alone</h2>")
+      << svg_bars(r.attack + (rounds ? " TTRSR after each matching round (the last one is the attack's answer)"
+                                     : " TTRSR per component (the attack votes over all)"),
+                  pb)
+      << "\n";
   }
   h << "<h2>What the attacker reads</h2>\n";
   for (const auto& r : run.results) {

@@ -219,7 +219,7 @@ auto setup(CLI::App& sub) {
   sub.add_option("--oracle-match", o->oracle.match_rows,
                  "Oracle attack: obfuscated rows matched besides the observed ids (default 4096)");
   sub.add_option("--oracle-anchors", o->oracle.anchors, "Oracle attack: anchors for graph matching, at most (default 1024)");
-  sub.add_option("--oracle-rounds", o->oracle.rounds, "Oracle attack: anchor-growth rounds (default 3; 0 = signatures only)");
+  sub.add_option("--oracle-rounds", o->oracle.rounds, "Oracle attack: anchor-growth rounds (default 6; 0 = signatures only; on noisy models recovery grows until round 4-5)");
   sub.add_option("--prior", o->priors,
                  "Public corpus for the token-stream attacks TFMA/SDA (repeatable; .bin uint16 ids, .jsonl or "
                  "text, tokenized with the plain model's tokenizer); without it they are skipped");
