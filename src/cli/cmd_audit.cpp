@@ -39,6 +39,8 @@ struct Opts {
   double alpha_e = -1, alpha_h = -1;
   int quantiles = 32;
   bool no_emb_head = false, no_parts = false, force = false, quiet = false;
+  bool nn_classic = false;
+  int nn_rounds = 3;
 };
 
 // Token ids: a .bin file of little-endian uint16, or text with ids separated by commas/space.
@@ -128,6 +130,8 @@ int run(const Opts& o) {
   ctx.weight_opt.quantiles = o.quantiles;
   ctx.weight_opt.emb_head_pair = !o.no_emb_head;
   ctx.weight_opt.per_pair_scores = !o.no_parts;
+  ctx.weight_opt.nn_robust = !o.nn_classic;
+  ctx.weight_opt.nn_rounds = o.nn_rounds;
   ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(o.budget * 1000));
 
   // The registry: weight attacks here; the token-stream attacks (audit_stream.h) and the
@@ -211,6 +215,9 @@ auto setup(CLI::App& sub) {
   sub.add_option("--quantiles", o->quantiles, "VMA signature length per weight pair (default 32)");
   sub.add_flag("--no-emb-head", o->no_emb_head, "VMA: skip the n x n embedding x head pair (the slow one)");
   sub.add_flag("--no-parts", o->no_parts, "Do not score each VMA weight pair alone (faster)");
+  sub.add_flag("--nn-classic", o->nn_classic,
+               "NN: the single-layer trimmed alignment instead of the drift-robust one (for comparison)");
+  sub.add_option("--nn-rounds", o->nn_rounds, "NN: re-match / re-fit rounds of the robust alignment (default 3)");
   sub.add_option("--prior", o->priors,
                  "Public corpus for the token-stream attacks TFMA/SDA (repeatable; .bin uint16 ids, .jsonl or "
                  "text, tokenized with the plain model's tokenizer); without it they are skipped");
