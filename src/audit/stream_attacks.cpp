@@ -505,7 +505,9 @@ std::vector<AttackResult> run_stream_attacks(const StreamAttackInputs& in) {
                                {"max_sweeps", o.max_sweeps}, {"sweep_window", o.sweep_window},
                                {"sweep_share", o.sweep_share}, {"t_start", o.t_start}, {"t_end", o.t_end},
                                {"seed", o.seed}}}};
-      if (!in.truth.empty()) {  // the same objective at the true mapping: how far the search got
+      // The same objective at the true mapping: how far the search got (undefined when the
+      // attack runs over symbols, e.g. homophone copies the prior's simulation labels its own way).
+      if (!in.truth.empty() && in.symbol_to_plain.empty()) {
         double llt = 0;
         for (const auto& d : in.truth)
           for (size_t i = 1; i < d.size(); ++i) llt += p.model.logp(d[i - 1], d[i]);
