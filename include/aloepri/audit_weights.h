@@ -55,7 +55,7 @@ struct WeightAttackOptions {
   // least squares, channels re-matched in the recovered basis; nn.cpp) or the single-layer
   // trimmed fit it replaced (kept to measure the difference).
   bool nn_robust = true;
-  int nn_rounds = 3;  // robust NN: re-match / re-fit rounds after the second-moment start
+  int nn_rounds = 3;  // robust NN: re-match / re-fit rounds after the start
 };
 
 // The obfuscated ids an attack is asked to invert (typically the distinct ids of the observed

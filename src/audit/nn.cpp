@@ -18,8 +18,8 @@
 //     log-likelihood of both recovered rows (embedding distance / (alpha_e sigma_e)^2 + head
 //     distance / (alpha_h sigma_h)^2).
 // The layer whose least-squares fit has the smallest residual is used. This is the classic
-// alignment (opt.nn_robust = false); nn_robust.cpp holds the drift-robust one, which starts
-// from the same second-moment matching and then uses every FFN reader of every layer.
+// alignment (opt.nn_robust = false); nn_robust.cpp holds the drift-robust one, which adds a
+// key-free reader x writer start and fits every FFN reader of every layer.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -150,7 +150,7 @@ struct LayerFit {
 }  // namespace
 
 VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWeights& obf, const Query& query,
-                              const WeightAttackOptions& opt) {
+                                        const WeightAttackOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t n = plain.vocab(), d = plain.hidden();
   require(obf.vocab() == n && obf.layers.size() == plain.layers.size(), "NN", "models do not match");
