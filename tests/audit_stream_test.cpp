@@ -227,6 +227,63 @@ TEST(StreamAttacks, RunScoresEveryPriorAndCountsPiiTokens) {
   EXPECT_LT(res[3].ttrsr, 0.5);
 }
 
+TEST(Homophones, CopiesFollowSqrtFrequencyAndEncodeToOwnCopies) {
+  // Frequencies 400, 100, 25, 0: sqrt shares 20 : 10 : 5 : 0 of 7 extra ids -> 4, 2, 1, 0.
+  const Homophones h = make_homophones({400, 100, 25, 0}, 7);
+  EXPECT_EQ(h.symbols(), 4 + 7);
+  EXPECT_EQ(h.copies(0), 5);
+  EXPECT_EQ(h.copies(1), 3);
+  EXPECT_EQ(h.copies(2), 2);
+  EXPECT_EQ(h.copies(3), 1);
+  for (int32_t s = 0; s < h.symbols(); ++s) {
+    EXPECT_GE(s, h.first[size_t(h.base[size_t(s)])]);
+    EXPECT_LT(s, h.first[size_t(h.base[size_t(s)]) + 1]);
+  }
+  const std::vector<TokenSeq> docs = {TokenSeq(2000, 0), {1, 2, 3, 3}};
+  const auto enc = homophonic_encode(docs, h, 3);
+  std::set<int32_t> used;
+  for (int32_t s : enc[0]) {
+    EXPECT_EQ(h.base[size_t(s)], 0);
+    used.insert(s);
+  }
+  EXPECT_EQ(used.size(), 5u);  // every copy drawn in 2000 draws
+  for (size_t i = 0; i < docs[1].size(); ++i) EXPECT_EQ(h.base[size_t(enc[1][i])], docs[1][i]);
+  EXPECT_THROW(make_homophones({1, 2}, -1), Error);
+}
+
+TEST(Homophones, SplittingFrequentTokensDefeatsFrequencyMatching) {
+  // The TFMA setting where it recovers every token (prior = traffic distribution): with copies
+  // drawn at random the ranks of the copies no longer line up with the prior's, even for an
+  // attacker who simulates the scheme on its prior; candidates are scored as plaintext ids.
+  const int32_t V = 300;
+  TokenSeq all;
+  for (int32_t t = 0; t < V; ++t)
+    for (int c = 0; c < 2000 / (t + 1); ++c) all.push_back(t);
+  std::mt19937_64 rng(5);
+  std::shuffle(all.begin(), all.end(), rng);
+  std::vector<TokenSeq> plain;
+  for (size_t i = 0; i < all.size(); i += 100)
+    plain.emplace_back(all.begin() + long(i), all.begin() + long(std::min(all.size(), i + 100)));
+  StreamAttackInputs in;
+  in.vocab_size = V;
+  in.traffic = encrypt(plain, random_perm(V, 77));
+  in.truth = plain;
+  in.priors = {{"same", BigramModel::build(plain, V)}};
+  in.run_sda = false;
+  const double mono = run_stream_attacks(in)[0].ttrsr;
+  std::vector<double> freq(size_t(V), 0);
+  for (int32_t t : all) freq[size_t(t)] += 1;
+  const Homophones h = make_homophones(freq, 600);
+  in.vocab_size = h.symbols();
+  in.traffic = encrypt(homophonic_encode(plain, h, 1), random_perm(h.symbols(), 78));
+  in.priors = {{"same", BigramModel::build(homophonic_encode(plain, h, 2), h.symbols())}};
+  in.symbol_to_plain = h.base;
+  const auto r = run_stream_attacks(in);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_GT(mono, 0.7);
+  EXPECT_LT(r[0].ttrsr, mono - 0.3);
+}
+
 TEST(StreamAttacks, TrafficFileRoundTripAndErrors) {
   auto dir = aloepri::testing::scratch_dir("audit_stream_traffic");
   std::vector<TokenSeq> seqs = {{1, 2, 3}, {}, {31999, 0}};

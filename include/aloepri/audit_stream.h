@@ -115,6 +115,10 @@ struct StreamAttackInputs {
   std::vector<int> ks = {1, 10, 100};
   bool run_sda = true;
   SdaOptions sda;
+  // When the attacks run over another symbol alphabet than the plaintext ids (the homophonic
+  // simulation below: priors and traffic over copies), symbol -> plaintext id applied to every
+  // candidate list (duplicates dropped) before scoring. Empty: candidates are plaintext ids.
+  std::vector<int32_t> symbol_to_plain;
 };
 
 // TFMA and SDA against every prior. When truth is given each result is scored: ttrsr (top-1
@@ -145,6 +149,20 @@ std::vector<TokenSeq> load_token_docs(const std::string& path, const Tokenizer* 
 // Weights that give every source the same total number of tokens (a prior of the same genres
 // in another mixture than the victim's).
 std::vector<double> balance_sources(const std::vector<TokenSeq>& docs, const std::vector<std::string>& sources);
+
+// Homophonic vocabulary (simulation for issue 14): plaintext id t gets c_t >= 1 symbols (its
+// copies); the extra copies, `extra` in all, go to ids in proportion to sqrt(frequency) of a
+// public frequency table (largest remainders). A client picks one copy of t uniformly at random
+// per occurrence; the server sees copies through a secret permutation of all V + extra ids.
+struct Homophones {
+  std::vector<int32_t> first;  // [V + 1]: the symbols of plaintext id t are first[t] .. first[t+1]-1
+  std::vector<int32_t> base;   // [V + extra]: symbol -> plaintext id
+  int32_t symbols() const { return int32_t(base.size()); }
+  int32_t copies(int32_t t) const { return first[size_t(t) + 1] - first[size_t(t)]; }
+};
+Homophones make_homophones(const std::vector<double>& freq, int64_t extra);
+// Each token replaced by one of its copies, uniformly at random from `seed`.
+std::vector<TokenSeq> homophonic_encode(const std::vector<TokenSeq>& docs, const Homophones& h, uint64_t seed);
 
 // First n tokens of a set of documents (the last one cut): traffic of a given size.
 std::vector<TokenSeq> take_tokens(const std::vector<TokenSeq>& docs, int64_t n);

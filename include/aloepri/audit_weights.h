@@ -51,6 +51,11 @@ struct WeightAttackOptions {
   bool per_pair_scores = true;  // VMA: also match on each pair alone (details, needs truth)
   uint64_t sim_seed = 12345;  // the attacker's own randomness (noise simulation)
   double budget_seconds = 0;  // 0 = unlimited; pairs past the budget are skipped (noted)
+  // NN: the drift-robust alignment (every FFN reader of every layer, iteratively reweighted
+  // least squares, channels re-matched in the recovered basis; nn.cpp) or the single-layer
+  // trimmed fit it replaced (kept to measure the difference).
+  bool nn_robust = true;
+  int nn_rounds = 3;  // robust NN: re-match / re-fit rounds after the start
 };
 
 // The obfuscated ids an attack is asked to invert (typically the distinct ids of the observed

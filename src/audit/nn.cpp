@@ -17,7 +17,9 @@
 //  4. Each obfuscated id is matched to the plaintext row minimizing the Gaussian negative
 //     log-likelihood of both recovered rows (embedding distance / (alpha_e sigma_e)^2 + head
 //     distance / (alpha_h sigma_h)^2).
-// The layer whose least-squares fit has the smallest residual is used.
+// The layer whose least-squares fit has the smallest residual is used. This is the classic
+// alignment (opt.nn_robust = false); nn_robust.cpp holds the drift-robust one, which adds a
+// key-free reader x writer start and fits every FFN reader of every layer.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -32,7 +34,7 @@ namespace aloepri::audit {
 using namespace internal;
 using obf::Mat;
 
-namespace {
+namespace internal {
 
 Mat to_mat(const Tensor& t) {
   Mat m(t.rows(), t.cols());
@@ -116,6 +118,28 @@ Mat lstsq(const Mat& Y, const Mat& X, const std::vector<int64_t>& use) {
   return obf::matmul(obf::inverse(YtY), obf::matmul(Ys, Xs, true, false));
 }
 
+void match_vocab_rows(VocabAttack& out, const Tensor& Re, const Tensor& Rh, const ModelWeights& plain,
+                      const Query& query, double var_e, double var_h, int topk) {
+  // Whitened concatenation: Gaussian log-likelihood of both recovered rows.
+  const double fe = 1.0 / std::sqrt(std::max(var_e, 1e-6 * global_std(plain.emb) * global_std(plain.emb)));
+  const double fh = 1.0 / std::sqrt(std::max(var_h, 1e-6 * global_std(plain.head) * global_std(plain.head)));
+  auto scaled = [](const Tensor& A, double f) {
+    Tensor B = A;
+    for (auto& x : B.data) x = float(x * f);
+    return B;
+  };
+  const Tensor qe = scaled(Re, fe), qh = scaled(Rh, fh), pe = scaled(plain.emb, fe), ph = scaled(plain.head, fh);
+  const int64_t n = plain.vocab();
+  out.guesses = guesses_from(n, query.obf_ids, hcat({qe, qh}, {}), hcat({pe, ph}, {}), topk);
+  // Each recovered row alone (cheap: always reported).
+  out.parts.emplace_back("embedding", guesses_from(n, query.obf_ids, qe, pe, topk));
+  out.parts.emplace_back("head", guesses_from(n, query.obf_ids, qh, ph, topk));
+}
+
+}  // namespace internal
+
+namespace {
+
 struct LayerFit {
   int64_t layer = -1;
   std::vector<int32_t> zf;  // obf channel -> plain channel
@@ -125,8 +149,8 @@ struct LayerFit {
 
 }  // namespace
 
-VocabAttack nn_attack(const ModelWeights& plain, const ModelWeights& obf, const Query& query,
-                      const WeightAttackOptions& opt) {
+VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWeights& obf, const Query& query,
+                                        const WeightAttackOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t n = plain.vocab(), d = plain.hidden();
   require(obf.vocab() == n && obf.layers.size() == plain.layers.size(), "NN", "models do not match");
@@ -233,30 +257,23 @@ VocabAttack nn_attack(const ModelWeights& plain, const ModelWeights& obf, const 
       Rh.at(r, j) = w != 0 ? Rh.at(r, j) / w : 0.0f;
     }
 
-  // Whitened concatenation: Gaussian log-likelihood of both recovered rows.
-  const double fe = 1.0 / std::sqrt(std::max(var_e, 1e-6 * global_std(plain.emb) * global_std(plain.emb)));
-  const double fh = 1.0 / std::sqrt(std::max(var_h, 1e-6 * global_std(plain.head) * global_std(plain.head)));
-  auto scaled = [](const Tensor& A, double f) {
-    Tensor B = A;
-    for (auto& x : B.data) x = float(x * f);
-    return B;
-  };
-  const Tensor qe = scaled(Re, fe), qh = scaled(Rh, fh), pe = scaled(plain.emb, fe), ph = scaled(plain.head, fh);
   VocabAttack out;
   out.attack = "NN";
-  out.guesses = guesses_from(n, query.obf_ids, hcat({qe, qh}, {}), hcat({pe, ph}, {}), opt.topk);
-  // Each recovered row alone (cheap: always reported).
-  out.parts.emplace_back("embedding", guesses_from(n, query.obf_ids, qe, pe, opt.topk));
-  out.parts.emplace_back("head", guesses_from(n, query.obf_ids, qh, ph, opt.topk));
+  match_vocab_rows(out, Re, Rh, plain, query, var_e, var_h, opt.topk);
   out.details = {{"layers", layers_j},
                  {"layer_used", best.layer},
                  {"channel_match", best.zf},  // obfuscated FFN channel -> plaintext channel (layer_used)
                  {"noise_var_embedding", var_e},
                  {"noise_var_head", var_h},
-                 {"alignment", "FFN channel Gram matching + trimmed least squares (no anchors)"},
+                 {"alignment", "classic: one layer's FFN channel Gram matching + trimmed least squares (no anchors)"},
                  {"queried_ids", int64_t(query.obf_ids.size())}};
   out.seconds = seconds_since(t0);
   return out;
+}
+
+VocabAttack nn_attack(const ModelWeights& plain, const ModelWeights& obf, const Query& query,
+                      const WeightAttackOptions& opt) {
+  return opt.nn_robust ? nn_attack_robust(plain, obf, query, opt) : nn_attack_classic(plain, obf, query, opt);
 }
 
 }  // namespace aloepri::audit

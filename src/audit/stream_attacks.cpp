@@ -360,8 +360,25 @@ Guesses sda(const std::vector<TokenSeq>& traffic, const BigramModel& prior, int3
   return g;
 }
 
-void score_stream_guesses(const StreamAttackInputs& in, const Guesses& g, AttackResult& r) {
+namespace {
+
+// Candidates over symbols -> candidates over plaintext ids (first occurrence kept).
+Guesses to_plain(const Guesses& g, const std::vector<int32_t>& symbol_to_plain) {
+  Guesses out(g.size());
+  for (size_t i = 0; i < g.size(); ++i)
+    for (int32_t s : g[i]) {
+      const int32_t t = s >= 0 && size_t(s) < symbol_to_plain.size() ? symbol_to_plain[size_t(s)] : -1;
+      if (t >= 0 && std::find(out[i].begin(), out[i].end(), t) == out[i].end()) out[i].push_back(t);
+    }
+  return out;
+}
+
+}  // namespace
+
+void score_stream_guesses(const StreamAttackInputs& in, const Guesses& g_in, AttackResult& r) {
   if (in.truth.empty()) return;
+  const Guesses mapped = in.symbol_to_plain.empty() ? Guesses() : to_plain(g_in, in.symbol_to_plain);
+  const Guesses& g = in.symbol_to_plain.empty() ? g_in : mapped;
   if (in.truth.size() != in.traffic.size()) throw Error("stream audit", "truth and traffic differ in length", kExitError);
   std::vector<uint8_t> unscored(size_t(in.vocab_size), 0);
   for (int32_t id : in.unscored_plain_ids)
@@ -483,8 +500,14 @@ std::vector<AttackResult> run_stream_attacks(const StreamAttackInputs& in) {
       r.details = {{"victim", in.victim_name}, {"traffic_tokens", ntok}, {"prior_tokens", p.model.tokens()},
                    {"budget_s", o.seconds}, {"proposals", st.proposals}, {"accepted", st.accepted},
                    {"loglik_tfma", st.loglik_start}, {"loglik_sweeps", st.loglik_sweeps},
-                   {"loglik_sda", st.loglik_end}, {"sweeps", st.sweeps}, {"sweep_moves", st.sweep_moves}};
-      if (!in.truth.empty()) {  // the same objective at the true mapping: how far the search got
+                   {"loglik_sda", st.loglik_end}, {"sweeps", st.sweeps}, {"sweep_moves", st.sweep_moves},
+                   {"search", {{"seconds", o.seconds}, {"max_iters", o.max_iters}, {"rounds", o.rounds},
+                               {"max_sweeps", o.max_sweeps}, {"sweep_window", o.sweep_window},
+                               {"sweep_share", o.sweep_share}, {"t_start", o.t_start}, {"t_end", o.t_end},
+                               {"seed", o.seed}}}};
+      // The same objective at the true mapping: how far the search got (undefined when the
+      // attack runs over symbols, e.g. homophone copies the prior's simulation labels its own way).
+      if (!in.truth.empty() && in.symbol_to_plain.empty()) {
         double llt = 0;
         for (const auto& d : in.truth)
           for (size_t i = 1; i < d.size(); ++i) llt += p.model.logp(d[i - 1], d[i]);

@@ -40,6 +40,8 @@ struct Opts {
   int quantiles = 32;
   bool no_emb_head = false, no_parts = false, force = false, quiet = false;
   aloepri::audit::OracleOptions oracle;
+  bool nn_classic = false;
+  int nn_rounds = 3;
 };
 
 // Token ids: a .bin file of little-endian uint16, or text with ids separated by commas/space.
@@ -129,6 +131,8 @@ int run(const Opts& o) {
   ctx.weight_opt.quantiles = o.quantiles;
   ctx.weight_opt.emb_head_pair = !o.no_emb_head;
   ctx.weight_opt.per_pair_scores = !o.no_parts;
+  ctx.weight_opt.nn_robust = !o.nn_classic;
+  ctx.weight_opt.nn_rounds = o.nn_rounds;
   ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(o.budget * 1000));
 
   // The registry: weight attacks here; the token-stream attacks (audit_stream.h) and the
@@ -220,6 +224,9 @@ auto setup(CLI::App& sub) {
                  "Oracle attack: obfuscated rows matched besides the observed ids (default 4096)");
   sub.add_option("--oracle-anchors", o->oracle.anchors, "Oracle attack: anchors for graph matching, at most (default 1024)");
   sub.add_option("--oracle-rounds", o->oracle.rounds, "Oracle attack: anchor-growth rounds (default 6; 0 = signatures only; on noisy models recovery grows until round 4-5)");
+  sub.add_flag("--nn-classic", o->nn_classic,
+               "NN: the single-layer trimmed alignment instead of the drift-robust one (for comparison)");
+  sub.add_option("--nn-rounds", o->nn_rounds, "NN: re-match / re-fit rounds of the robust alignment (default 3)");
   sub.add_option("--prior", o->priors,
                  "Public corpus for the token-stream attacks TFMA/SDA (repeatable; .bin uint16 ids, .jsonl or "
                  "text, tokenized with the plain model's tokenizer); without it they are skipped");

@@ -1,8 +1,10 @@
 // `aloepri audit-stream`: the token-stream half of the privacy audit (TFMA and SDA, issue 5) on
 // its own: what an honest-but-curious server recovers from the obfuscated ids it sees, given
 // public text priors. The key is used only to make the victim traffic and to score.
+#include <algorithm>
 #include <iomanip>
 #include <iostream>
+#include <numeric>
 #include <random>
 #include <sstream>
 
@@ -23,6 +25,9 @@ struct Opts {
   std::string tokenizer, key, victim, traffic, pii_names, write_traffic, victim_name, json_out;
   std::vector<std::string> priors, balanced_priors;
   std::string sizes;
+  std::string prior_rest;  // NAME: a prior from the victim documents the traffic does not use
+  int64_t homophones = 0;  // extra obfuscated ids of the homophonic simulation (0 = off)
+  uint64_t homophone_seed = 1;
   double sda_seconds = 20;
   uint64_t shuffle_seed = 0;
   aloepri::audit::SdaOptions sda;
@@ -47,7 +52,8 @@ std::string pct(double v) {
 int run(const Opts& o) {
   if (o.victim.empty() == o.traffic.empty())
     throw Error("audit-stream", "give exactly one of --victim (plaintext) or --traffic (obfuscated ids)", kExitUsage);
-  if (o.priors.empty() && o.balanced_priors.empty()) throw Error("audit-stream", "give at least one --prior", kExitUsage);
+  if (o.priors.empty() && o.balanced_priors.empty() && o.prior_rest.empty())
+    throw Error("audit-stream", "give at least one --prior (or --prior-rest)", kExitUsage);
   auto tok = Tokenizer::load(o.tokenizer);
   KeyFile key = KeyFile::load(o.key);
   const int64_t n = key.record ? key.record->vocab_size : int64_t(tok.vocab_size());
@@ -92,18 +98,6 @@ int run(const Opts& o) {
       for (auto m : pii.back()) pii_tokens += (m != 0);
     }
   }
-  std::vector<StreamPrior> priors;
-  for (const auto& spec : o.priors) {
-    auto [name, file] = name_file(spec, "--prior");
-    auto docs = load_token_docs(file, &tok, o.max_prior_tokens);
-    priors.push_back({name, BigramModel::build(docs, V)});
-  }
-  for (const auto& spec : o.balanced_priors) {
-    auto [name, file] = name_file(spec, "--balanced-prior");
-    std::vector<std::string> src;
-    auto docs = load_token_docs(file, &tok, o.max_prior_tokens, &src);
-    priors.push_back({name, BigramModel::build_weighted(docs, balance_sources(docs, src), V)});
-  }
   int64_t total = 0;
   for (const auto& d : traffic) total += int64_t(d.size());
   std::vector<int64_t> sizes;
@@ -111,6 +105,83 @@ int run(const Opts& o) {
     sizes.push_back(total);
   } else {
     for (int64_t s : cli::parse_ids_csv(o.sizes)) sizes.push_back(std::min(s, total));
+  }
+  nlohmann::json prior_info = nlohmann::json::object();
+  std::vector<StreamPrior> priors;
+  std::vector<std::pair<std::vector<TokenSeq>, std::vector<double>>> prior_docs;  // kept for --homophones
+  if (!o.prior_rest.empty()) {
+    // Disjoint by document: the traffic prefixes use the first documents (after the shuffle) up
+    // to the largest size, the last one possibly cut; the prior takes every document after it.
+    const int64_t largest = *std::max_element(sizes.begin(), sizes.end());
+    size_t first_unused = 0;
+    int64_t used = 0;
+    while (first_unused < plain.size() && used < largest) used += int64_t(plain[first_unused++].size());
+    require(first_unused < plain.size(), "--prior-rest",
+            "no victim documents left for the prior: the largest --sizes uses all " + std::to_string(total) +
+                " tokens", kExitUsage);
+    std::vector<TokenSeq> rest(plain.begin() + ptrdiff_t(first_unused), plain.end());
+    int64_t rest_tokens = 0;
+    for (const auto& d : rest) rest_tokens += int64_t(d.size());
+    if (o.max_prior_tokens > 0) rest = take_tokens(rest, o.max_prior_tokens);
+    prior_info[o.prior_rest] = {{"source", o.victim.empty() ? o.traffic : o.victim},
+                                {"split", "victim documents after those of the largest traffic prefix"},
+                                {"shuffle_seed", o.shuffle_seed},
+                                {"first_document", first_unused},
+                                {"documents", rest.size()},
+                                {"tokens_available", rest_tokens},
+                                {"victim_documents_reserved", first_unused},
+                                {"victim_tokens_reserved", used}};
+    priors.push_back({o.prior_rest, BigramModel::build(rest, V)});
+    prior_info[o.prior_rest]["tokens"] = priors.back().model.tokens();
+    if (o.homophones > 0) prior_docs.push_back({std::move(rest), {}});
+  }
+  for (const auto& spec : o.priors) {
+    auto [name, file] = name_file(spec, "--prior");
+    auto docs = load_token_docs(file, &tok, o.max_prior_tokens);
+    priors.push_back({name, BigramModel::build(docs, V)});
+    if (o.homophones > 0) prior_docs.push_back({std::move(docs), {}});
+  }
+  for (const auto& spec : o.balanced_priors) {
+    auto [name, file] = name_file(spec, "--balanced-prior");
+    std::vector<std::string> src;
+    auto docs = load_token_docs(file, &tok, o.max_prior_tokens, &src);
+    auto weight = balance_sources(docs, src);
+    priors.push_back({name, BigramModel::build_weighted(docs, weight, V)});
+    if (o.homophones > 0) prior_docs.push_back({std::move(docs), std::move(weight)});
+  }
+  // Homophonic simulation: copies ~ sqrt(frequency in the first prior, the public table the client
+  // would use); the attacker knows the scheme and the table and simulates it on each prior.
+  Homophones hom;
+  std::vector<StreamPrior> hpriors;
+  std::vector<TokenSeq> htraffic;
+  nlohmann::json hom_info;
+  if (o.homophones > 0) {
+    std::vector<double> freq(size_t(V), 0.0);
+    for (const auto& d : prior_docs[0].first)
+      for (int32_t t : d) freq[size_t(t)] += 1;
+    hom = make_homophones(freq, o.homophones);
+    const int32_t S = hom.symbols();
+    for (size_t i = 0; i < priors.size(); ++i) {
+      auto enc = homophonic_encode(prior_docs[i].first, hom, o.homophone_seed + 1 + i);  // the attacker's draws
+      hpriors.push_back({priors[i].name + " +homophones",
+                         prior_docs[i].second.empty() ? BigramModel::build(enc, S)
+                                                      : BigramModel::build_weighted(enc, prior_docs[i].second, S)});
+    }
+    prior_docs.clear();
+    // The client's draws, then a secret relabelling of all V + B ids.
+    htraffic = homophonic_encode(plain, hom, o.homophone_seed);
+    std::vector<int32_t> sigma(static_cast<size_t>(S));
+    std::iota(sigma.begin(), sigma.end(), 0);
+    std::mt19937_64 rng(o.homophone_seed ^ 0x9e3779b97f4a7c15ull);
+    for (size_t i = sigma.size(); i > 1; --i) std::swap(sigma[i - 1], sigma[size_t(rng() % i)]);
+    for (auto& d : htraffic)
+      for (auto& t : d) t = sigma[size_t(t)];
+    int32_t maxc = 0;
+    for (int32_t t = 0; t < V; ++t) maxc = std::max(maxc, hom.copies(t));
+    hom_info = {{"extra_ids", o.homophones}, {"symbols", S}, {"max_copies", maxc},
+                {"table", "token frequencies of the first prior"}, {"copies", "1 + extra ~ sqrt(frequency)"},
+                {"attacker", "knows the scheme and the table, simulates it on its prior, no clustering of copies"},
+                {"seed", o.homophone_seed}};
   }
   std::vector<int32_t> unscored;
   for (int32_t id = 0; id < V; ++id)
@@ -144,9 +215,23 @@ int run(const Opts& o) {
     in.run_sda = !o.no_sda;
     in.sda = o.sda;
     in.sda.seconds = o.sda_seconds;
-    for (auto& r : run_stream_attacks(in)) {
+    std::vector<AttackResult> results = run_stream_attacks(in);
+    if (o.homophones > 0) {
+      in.vocab_size = hom.symbols();
+      in.traffic = take_tokens(htraffic, size);
+      in.priors = hpriors;
+      in.symbol_to_plain = hom.base;
+      for (auto& r : run_stream_attacks(in)) {
+        r.details["homophones"] = hom_info;
+        results.push_back(std::move(r));
+      }
+    }
+    for (auto& r : results) {
       auto j = r.to_json();
       j["traffic_tokens"] = size;
+      std::string pname = r.setting.rfind("prior: ", 0) == 0 ? r.setting.substr(7) : r.setting;
+      if (const auto h = pname.find(" +homophones"); h != std::string::npos) pname = pname.substr(0, h);
+      if (prior_info.contains(pname)) j["prior_split"] = prior_info[pname];
       all.push_back(j);
       if (!o.json) {
         auto tk = [&](int k) {
@@ -185,6 +270,13 @@ auto setup(CLI::App& sub) {
   sub.add_option("--prior", o->priors, "Attacker prior NAME=FILE (.jsonl / .bin / text lines); repeatable");
   sub.add_option("--balanced-prior", o->balanced_priors,
                  "Prior NAME=FILE.jsonl with every \"source\" re-weighted to the same token count; repeatable");
+  sub.add_option("--prior-rest", o->prior_rest,
+                 "Add a prior named NAME made of the victim documents that no traffic prefix uses (after "
+                 "--shuffle-seed, disjoint by document from the largest --sizes prefix): a same-distribution prior");
+  sub.add_option("--homophones", o->homophones,
+                 "Also attack a simulated homophonic vocabulary with this many extra ids: each plaintext id gets "
+                 "1 + (share ~ sqrt(its frequency in the first prior)) copies, one drawn at random per occurrence");
+  sub.add_option("--homophone-seed", o->homophone_seed, "Seed of the homophonic draws (default 1)");
   sub.add_option("--max-prior-tokens", o->max_prior_tokens, "Read at most this many prior tokens per prior (0 = all)");
   sub.add_option("--sizes", o->sizes, "Comma-separated traffic sizes in tokens (prefixes of the traffic); default all");
   sub.add_option("--shuffle-seed", o->shuffle_seed,
@@ -204,7 +296,10 @@ auto setup(CLI::App& sub) {
       "TFMA matches obfuscated ids to plaintext ids by frequency rank; SDA improves that mapping by\n"
       "simulated annealing under the prior's bigram model. TTRSR = share of victim tokens recovered;\n"
       "top100v = share of the 100 most frequent obfuscated ids recovered (the report's 'top-100').\n"
-      "Traffic file: one JSON array of obfuscated ids per line, e.g. [1,8432,77].");
+      "Traffic file: one JSON array of obfuscated ids per line, e.g. [1,8432,77].\n"
+      "With --homophones the rows marked '+homophones' attack the simulated homophonic traffic; an\n"
+      "attacker who clusters the copies perfectly is back to the plain rows (an upper bound).\n"
+      "SDA's search budget (seconds, sweeps, rounds, temperatures) is in each JSON row's details.search.");
   return [o] { return run(*o); };
 }
 
