@@ -239,7 +239,8 @@ auto setup(CLI::App& sub) {
   sub.footer(
       "The attacker knows the plaintext model, the obfuscated model and the public parameters\n"
       "(alpha_e, alpha_h, noise rule), never the seed. TTRSR = share of victim tokens whose plaintext\n"
-      "id the attack's best guess recovers; goals: VMA, IA <= 5%, NN, ISA, IMA <= 1%.");
+      "id the attack's best guess recovers; goals: VMA, IA, Oracle <= 5%, NN, ISA, IMA <= 1%.\n"
+      "The attacker and what each attack uses: docs/THREAT_MODEL.md.");
   return [o] { return run(*o); };
 }
 
