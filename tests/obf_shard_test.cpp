@@ -134,6 +134,15 @@ TEST(Sha256, MatchesLibsodiumForEveryLengthAndSplit) {
   }
 }
 
+// The CPUID detection agrees with the kernel's view of the CPU, so the SHA-NI path above is the
+// one tested wherever the CPU has it.
+TEST(Sha256Hw, DetectionMatchesCpuinfo) {
+  const std::string info = read_file("/proc/cpuinfo");
+  if (info.empty()) GTEST_SKIP() << "no /proc/cpuinfo";
+  const bool kernel_says = info.find(" sha_ni") != std::string::npos;
+  EXPECT_EQ(Sha256::hardware(), kernel_says);
+}
+
 class ObfShard : public ::testing::Test {
  protected:
   static std::string plain() {

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define ALOEPRI_SHA_NI 1
 #endif
@@ -67,8 +68,11 @@ __attribute__((target("sha,sse4.1"))) void compress_ni(uint32_t* h, const uint8_
 
 bool detect() {
 #ifdef ALOEPRI_SHA_NI
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+  // CPUID directly: clang 14's __builtin_cpu_supports does not know "sha".
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSE4_1)) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return (b & (1u << 29)) != 0;  // CPUID.(EAX=7, ECX=0):EBX[29] = SHA extensions
 #else
   return false;
 #endif
