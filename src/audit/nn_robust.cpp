@@ -46,15 +46,6 @@ using obf::Mat;
 
 namespace {
 
-// A [k, r], B [k, c] -> A^T B [r, c]
-Tensor matmul_tn(const Tensor& A, const Tensor& B) {
-  require(A.rows() == B.rows(), "NN", "row counts differ: " + A.shape_str() + " vs " + B.shape_str());
-  Tensor C({A.cols(), B.cols()});
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(A.cols()), int(B.cols()), int(A.rows()), 1.0f, A.ptr(),
-              int(A.cols()), B.ptr(), int(B.cols()), 0.0f, C.ptr(), int(B.cols()));
-  return C;
-}
-
 // out row i = A row idx[i]; A [k, c] -> [idx.size(), c]
 Mat take_rows(const Mat& A, const std::vector<int32_t>& idx) {
   Mat B(int64_t(idx.size()), A.cols);

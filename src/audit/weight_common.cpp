@@ -50,6 +50,14 @@ Tensor matmul_nt(const Tensor& A, const Tensor& B) {
   return C;
 }
 
+Tensor matmul_tn(const Tensor& A, const Tensor& B) {
+  require(A.rows() == B.rows(), "audit", "row counts differ: " + A.shape_str() + " vs " + B.shape_str());
+  Tensor C({A.cols(), B.cols()});
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(A.cols()), int(B.cols()), int(A.rows()), 1.0f, A.ptr(),
+              int(A.cols()), B.ptr(), int(B.cols()), 0.0f, C.ptr(), int(B.cols()));
+  return C;
+}
+
 Tensor matmul_nn(const Tensor& A, const Tensor& B) {
   require(A.cols() == B.rows(), "audit", "inner dimensions differ: " + A.shape_str() + " x " + B.shape_str());
   Tensor C({A.rows(), B.cols()});

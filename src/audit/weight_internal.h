@@ -14,6 +14,7 @@ namespace aloepri::audit::internal {
 
 Tensor matmul_nt(const Tensor& A, const Tensor& B);  // A [r, k], B [c, k] -> A B^T [r, c]
 Tensor matmul_nn(const Tensor& A, const Tensor& B);  // A [r, k], B [k, c] -> A B [r, c]
+Tensor matmul_tn(const Tensor& A, const Tensor& B);  // A [k, r], B [k, c] -> A^T B [r, c]
 Tensor scale_cols(const Tensor& A, const std::vector<float>& w);  // A Diag(w)
 Tensor gather_rows(const Tensor& A, const std::vector<int32_t>& rows);
 Tensor hcat(const std::vector<Tensor>& parts, const std::vector<double>& weights);  // sqrt(w_i) * part_i
