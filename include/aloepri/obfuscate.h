@@ -41,9 +41,10 @@ struct ObfuscationParams {
 
   // lambda 0, h 0, no noise, beta 1: every remaining transform is exact.
   static ObfuscationParams exact();
-  // Named parameter sets (issue 6, docs/RESULTS.md "Accuracy audit"): "paper" = the report's defaults (the
-  // values of this struct); "default" = the measured frontier point `aloepri obfuscate` uses
-  // when no privacy flag is given; "exact". Throws Error(kExitUsage) for an unknown name.
+  // Named parameter sets: "exact" (what `aloepri obfuscate` uses when no privacy flag is given;
+  // docs/THREAT_MODEL.md says why), "noise" (the former default: the report's structure with
+  // alpha_e 0.5), "paper" (the report's defaults, the values of this struct). Throws
+  // Error(kExitUsage) for an unknown name, and for "default", which was renamed.
   static ObfuscationParams profile(const std::string& name);
   static std::vector<std::string> profile_names();
   bool is_exact_setting() const;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The privacy/accuracy frontier under every model attack (issues 13/14): per point, obfuscate
-# aloe-mini (the default profile's structure with the given noise), score its accuracy
+# aloe-mini (the noise profile's structure with the given noise), score its accuracy
 # (`aloepri eval`, reference engine) and run the audit's model attacks on held-out victim text
 # (VMA without the n x n pair, Gate-IA, Attn-IA, NN, Oracle); then join them with
 # `aloepri eval-frontier` (worst attack per point, Pareto front, JSON + HTML).
@@ -24,7 +24,7 @@ for spec in "$@"; do
   echo "== $name: alpha_e $ae alpha_h $ah $rule $*"
   src="$MODEL"; srcflag=()
   [ -n "$SOURCE" ] && { src="$SOURCE"; srcflag=(--obf-source "$SOURCE"); }
-  "$EXE" -q obfuscate "$src" --key "$KEY" --out "$OUT/obf" --force --profile default --alpha-e "$ae" \
+  "$EXE" -q obfuscate "$src" --key "$KEY" --out "$OUT/obf" --force --profile noise --alpha-e "$ae" \
     --alpha-h "$ah" --noise-scale "$rule" "$@" >/dev/null
   [ -f "$ev" ] || "$EXE" -q eval --plain "$MODEL" --obf "$OUT/obf" "${srcflag[@]}" --key "$KEY" \
     --text-file "$VICTIM" --tokens "$TOKENS" --greedy 16 --prompts 2 --no-attribution --json "$ev" --force \
