@@ -1,4 +1,4 @@
-// Covariant obfuscation of a dense Llama / Mistral / Qwen2 checkpoint (method.md sections 3-7):
+// Covariant obfuscation of a dense Llama / Mistral / Qwen2 / Qwen3 checkpoint (method.md sections 3-7):
 // a streaming executor that reads the plaintext model layer by layer, applies the secret
 // transforms derived from the key's seed, and writes a standard HF checkpoint (hidden size
 // d + 2h, everything else unchanged) that any engine serves.
@@ -80,7 +80,7 @@ struct ObfuscateResult {
 };
 
 // Obfuscates model_dir into out_dir (atomic: built in a temporary sibling, renamed on success).
-// Throws Error naming the file / tensor / field for unsupported families (qwen3 with q/k norms),
+// Throws Error naming the file / tensor / field for unsupported families,
 // missing tensors, non-float dtypes, or an existing out_dir without force.
 ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
                                 const ObfuscateOptions& opt);

@@ -312,7 +312,7 @@ auto setup(CLI::App& sub) {
       "obfuscated model -> the privacy proxy (OpenAI API) in front of it -> one chat request over\n"
       "HTTP -> the plaintext answer, next to what the server saw and the plaintext model's answer.\n"
       "\n"
-      "Your own model: aloepri demo --model /path/to/hf_dir   (llama, mistral or qwen2 family:\n"
+      "Your own model: aloepri demo --model /path/to/hf_dir   (llama, mistral, qwen2 or qwen3 family:\n"
       "config.json + *.safetensors + tokenizer.json [+ tokenizer_config.json with a chat template]).\n"
       "The same, step by step, with any OpenAI client:\n"
       "  aloepri keygen --out client.key\n"

@@ -192,6 +192,10 @@ class Calibrator {
     const int64_t M = dh / 2;
     Tensor xn = normed(norm_w);
     Tensor q = linear(xn, W.q, &W.bq), k = linear(xn, W.k, &W.bk), v = linear(xn, W.v, &W.bv);
+    if (!W.q_norm.data.empty()) {  // Qwen3: RMSNorm over each head, before RoPE
+      head_norm(q, m, W.q_norm);
+      head_norm(k, mkv, W.k_norm);
+    }
     auto rope = [&](Tensor& x, int64_t heads) {
       for (int64_t t = 0; t < T_; ++t)
         for (int64_t h = 0; h < heads; ++h) {
@@ -248,6 +252,16 @@ class Calibrator {
   }
 
  private:
+  void head_norm(Tensor& x, int64_t heads, const Tensor& w) const {
+    const int64_t dh = c_.head_dim;
+    for (int64_t r = 0; r < T_ * heads; ++r) {
+      float* p = x.ptr() + r * dh;
+      double ss = 0;
+      for (int64_t e = 0; e < dh; ++e) ss += double(p[e]) * p[e];
+      const double inv = 1.0 / std::sqrt(ss / double(dh) + c_.rms_norm_eps);
+      for (int64_t e = 0; e < dh; ++e) p[e] = float(p[e] * inv * w.data[e]);
+    }
+  }
   Tensor normed(const Tensor& w) const {
     const int64_t d = R_.cols();
     Tensor y({T_, d});
@@ -362,6 +376,10 @@ std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType d
       add(layer(l, "self_attn.k_proj.bias"), {mkv * dh}, 1 + l);
       add(layer(l, "self_attn.v_proj.bias"), {mkv * dh}, 1 + l);
     }
+    if (c.qk_norm) {
+      add(layer(l, "self_attn.q_norm.weight"), {dh}, 1 + l);
+      add(layer(l, "self_attn.k_norm.weight"), {dh}, 1 + l);
+    }
     add(layer(l, "self_attn.o_proj.weight"), {dp, m * dh}, 1 + l);
     if (c.o_bias()) add(layer(l, "self_attn.o_proj.bias"), {dp}, 1 + l);
     add(layer(l, "post_attention_layernorm.weight"), {dp}, 1 + l);
@@ -470,9 +488,6 @@ void check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
   const ObfuscationParams& P = opt.params;
   const ModelConfig& c = plain.config();
   const std::string cfg_where = model_dir + "/config.json";
-  if (c.qk_norm || c.family == Family::Qwen3)
-    throw Error(cfg_where, "model_type '" + family_name(c.family) +
-                               "' (q/k norms) is not supported by obfuscate yet (supported: llama, mistral, qwen2)");
   require(c.head_dim % 2 == 0, cfg_where, "head_dim must be even for RoPE");
   require(P.beta >= 1, "--beta", "must be >= 1", kExitUsage);
   require(P.alpha_e >= 0 && P.alpha_h >= 0, "--alpha-e/--alpha-h", "must be >= 0", kExitUsage);
@@ -664,6 +679,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
   ako.scale_range = P.head_scale_range;
   ako.per_group_perm = P.per_group_perm;
   ako.value_cond = P.value_cond;
+  ako.qk_norm = c.qk_norm;
   for (int64_t l = 0; l < L; ++l) {
     const std::string ls = "layer/" + std::to_string(l);
     if (!runs(1 + l)) {
@@ -689,6 +705,10 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       A.bk = T("self_attn.k_proj.bias");
       A.bv = T("self_attn.v_proj.bias");
     }
+    if (c.qk_norm) {
+      A.q_norm = T("self_attn.q_norm.weight");
+      A.k_norm = T("self_attn.k_norm.weight");
+    }
     Tensor o_bias = c.o_bias() ? T("self_attn.o_proj.bias") : Tensor();
     Tensor Po = mat_f32(K.P(ls + "/o"));
     if (calib) calib->attention(A, attn_norm, o_bias, Po);
@@ -706,6 +726,10 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
         put(layer(l, "self_attn.q_proj.bias"), S.bq);
         put(layer(l, "self_attn.k_proj.bias"), S.bk);
         put(layer(l, "self_attn.v_proj.bias"), S.bv);
+      }
+      if (c.qk_norm) {
+        put(layer(l, "self_attn.q_norm.weight"), S.q_norm);
+        put(layer(l, "self_attn.k_norm.weight"), S.k_norm);
       }
       put(layer(l, "self_attn.o_proj.weight"), obf::write_residual(S.o, Po));
       if (c.o_bias()) {
