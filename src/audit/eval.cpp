@@ -1,6 +1,4 @@
 // Accuracy audit: plaintext vs obfuscated model on held-out text (see eval.h).
-#include <cblas.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,6 +12,7 @@
 #include "aloepri/eval.h"
 #include "aloepri/gguf_export.h"
 #include "aloepri/keyfile.h"
+#include "aloepri/linalg.h"
 #include "aloepri/model.h"
 #include "aloepri/obf_keymat.h"
 #include "aloepri/output.h"
@@ -175,8 +174,7 @@ nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const
       obf.set_residual_hook([&](int64_t l, const std::vector<double>& x) {
         const int64_t off = obf.position(), rows = int64_t(x.size()) / dp;
         back.resize(size_t(rows * d));
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(d), int(dp), 1.0, x.data(), int(dp),
-                    Q.data(), int(d), 0.0, back.data(), int(d));
+        linalg::gemm(false, false, rows, d, dp, 1.0, x.data(), dp, Q.data(), d, 0.0, back.data(), d);
         for (int64_t r = 0; r < rows; ++r) {
           const double* a = pres[size_t(l)].data() + (off + r) * d;
           double num = 0, den = 0;
