@@ -17,6 +17,7 @@
 #include "aloepri/obf_keymat.h"
 #include "aloepri/output.h"
 #include "aloepri/progress.h"
+#include "aloepri/token_file.h"
 #include "aloepri/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -26,11 +27,7 @@ namespace aloepri::eval {
 std::vector<int64_t> load_tokens(const std::string& path, const std::string& model_dir) {
   std::vector<int64_t> ids;
   if (path.size() > 4 && path.substr(path.size() - 4) == ".bin") {
-    const std::string b = read_file(path);
-    require(b.size() % 2 == 0, path, "a .bin token file holds uint16 little-endian ids (odd size)");
-    ids.resize(b.size() / 2);
-    for (size_t i = 0; i < ids.size(); ++i)
-      ids[i] = int64_t(uint8_t(b[2 * i])) | (int64_t(uint8_t(b[2 * i + 1])) << 8);
+    for (uint16_t id : read_token_file(path)) ids.push_back(id);
   } else {
     Tokenizer tok = Tokenizer::load(model_dir);
     for (int32_t id : tok.encode(read_file(path), true)) ids.push_back(id);

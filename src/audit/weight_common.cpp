@@ -1,5 +1,5 @@
 // Shared machinery of the weight attacks: loading, signatures, nearest-neighbour search,
-// assignment, scoring, token files.
+// assignment, scoring.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -9,7 +9,6 @@
 
 #include "aloepri/error.h"
 #include "aloepri/linalg.h"
-#include "aloepri/token_file.h"
 #include "aloepri/model.h"
 #include "weight_internal.h"
 
@@ -340,11 +339,6 @@ AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting
     r.details["parts"] = parts;
   }
   return r;
-}
-
-std::vector<int32_t> load_token_file(const std::string& path, size_t max_tokens) {
-  const auto ids = read_token_file(path, max_tokens);
-  return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
 std::vector<int32_t> sample_ids(int64_t n, int64_t count, uint64_t seed) {
