@@ -40,10 +40,8 @@ Mat haar_orthogonal(int64_t n, RngStream& rng);
 // O2 Diag(1/s) O1^T goes to *inv when given. Throws Error(kExitUsage) for cond < 1.
 Mat conditioned_matrix(int64_t n, double cond, RngStream& rng, Mat* inv = nullptr);
 
-// RoPE inverse frequencies f_p (p = 0 .. head_dim/2 - 1) of the HF rotate_half layout, with the
-// config's rope_scaling ("", "default", "linear", "llama3") applied.
-std::vector<double> rope_inv_freq(const ModelConfig& c);
-std::vector<double> rope_inv_freq(double theta, int64_t head_dim);
+// RoPE inverse frequencies f_p (p = 0 .. head_dim/2 - 1): hf_config.h's, the one implementation.
+using aloepri::rope_inv_freq;
 
 // BlockPerm(beta, gamma, f): a permutation of the M = f.size() RoPE pairs, returned as
 // slot[p] = the slot pair p moves to. Windows: starting at t, c = min(beta, M - t); the window

@@ -1,5 +1,5 @@
-// Random key material (Gaussian, Haar, conditioned matrices), RoPE frequencies and the BlockPerm
-// sampler; the algebra underneath is linalg.
+// Random key material (Gaussian, Haar, conditioned matrices) and the BlockPerm sampler; the
+// algebra underneath is linalg.
 
 #include <algorithm>
 #include <cmath>
@@ -51,40 +51,6 @@ Mat conditioned_matrix(int64_t n, double cond, RngStream& rng, Mat* inv) {
     }
   if (inv) *inv = matmul(B, O1, false, true);
   return matmul(A, O2, false, true);
-}
-
-std::vector<double> rope_inv_freq(double theta, int64_t dh) {
-  std::vector<double> f(static_cast<size_t>(dh / 2));
-  for (int64_t i = 0; i < dh / 2; ++i) f[i] = 1.0 / std::pow(theta, double(2 * i) / double(dh));
-  return f;
-}
-
-std::vector<double> rope_inv_freq(const ModelConfig& c) {
-  std::vector<double> f = rope_inv_freq(c.rope_theta, c.head_dim);
-  const RopeScaling& rs = c.rope_scaling;
-  if (rs.type.empty() || rs.type == "default") return f;
-  if (rs.type == "linear") {
-    for (double& x : f) x /= rs.factor;
-    return f;
-  }
-  if (rs.type == "llama3") {
-    // As transformers' llama3 rope init: long wavelengths divided by factor, short kept, in
-    // between interpolated in old_ctx / wavelength.
-    const double old_ctx = double(rs.original_max_position_embeddings);
-    const double low_wl = old_ctx / rs.low_freq_factor, high_wl = old_ctx / rs.high_freq_factor;
-    for (double& x : f) {
-      const double wl = 2.0 * M_PI / x;
-      if (wl < high_wl) continue;
-      if (wl > low_wl) {
-        x /= rs.factor;
-        continue;
-      }
-      const double smooth = (old_ctx / wl - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-      x = (1 - smooth) * x / rs.factor + smooth * x;
-    }
-    return f;
-  }
-  throw Error("config.json: rope_scaling", "unsupported type '" + rs.type + "'");
 }
 
 std::vector<int64_t> block_perm(int64_t beta, double gamma, const std::vector<double>& f,
