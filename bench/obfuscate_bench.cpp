@@ -11,7 +11,6 @@
 //    (HFModel::fingerprint streams the mmaps, and touched file pages count in RSS).
 // A main() rather than Google Benchmark fixtures: each measurement is one long run in its own
 // process, which is what peak RSS needs.
-#include <cblas.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,11 +24,9 @@
 #include <vector>
 
 #include "aloepri/hf_config.h"
+#include "aloepri/linalg.h"
 #include "aloepri/obfuscate.h"
 #include "aloepri/synth.h"
-
-extern "C" char* openblas_get_corename(void);
-extern "C" int openblas_get_num_threads(void);
 
 namespace fs = std::filesystem;
 using namespace aloepri;
@@ -43,7 +40,7 @@ static double sgemm_peak_gflops(int n) {
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {
     double t0 = now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    linalg::gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
     double dt = now() - t0;
     best = std::max(best, 2.0 * n * n * double(n) / dt / 1e9);
   }
@@ -100,8 +97,8 @@ int main(int argc, char** argv) {
     }
   }
   const char* ct = std::getenv("OPENBLAS_CORETYPE");
-  std::printf("OpenBLAS kernel: %s (OPENBLAS_CORETYPE=%s), threads %d\n", openblas_get_corename(), ct ? ct : "unset",
-              openblas_get_num_threads());
+  std::printf("OpenBLAS kernel: %s (OPENBLAS_CORETYPE=%s), threads %d\n", linalg::blas_kernel().c_str(), ct ? ct : "unset",
+              linalg::blas_threads());
   const double peak = sgemm_peak_gflops(2048);
   std::printf("sgemm peak (2048^3, best of 5): %.1f GFLOP/s\n\n", peak);
   std::printf("| layers | model size | params | wall (incl. fingerprints) | transform | weight GEMM GFLOP | GFLOP/s (transform) | %% of sgemm peak | s / 1B params (wall) | peak RSS transform | peak RSS incl. fingerprints |\n");

@@ -46,3 +46,36 @@ TEST(TokenFile, BadFilesNameThePath) {
   EXPECT_NE(error_of(missing).find("cannot open"), std::string::npos);
   EXPECT_NE(error_of(missing).find(missing), std::string::npos);
 }
+
+TEST(TokenFile, TextIdsAndEitherFormatByName) {
+  using aloepri::parse_token_ids;
+  EXPECT_EQ(parse_token_ids("1, 2 3\n4\r\n\t5,,6", "t"), (std::vector<int32_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(parse_token_ids("1,2,3", "t", 2), (std::vector<int32_t>{1, 2}));
+  EXPECT_TRUE(parse_token_ids(" \n", "t").empty());
+  for (const char* bad : {"1,x", "1,-2", "1,2.5"}) {
+    try {
+      parse_token_ids(bad, "where.txt");
+      ADD_FAILURE() << bad;
+    } catch (const aloepri::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("where.txt"), std::string::npos) << e.what();
+    }
+  }
+  const std::string dir = aloepri::testing::scratch_dir("token_file_either");
+  const auto bin = write_bytes(dir, "ids.bin", std::string("\x01\x00\x34\x12", 4));
+  const auto txt = write_bytes(dir, "ids.txt", "1, 4660\n");
+  EXPECT_EQ(aloepri::read_token_ids(bin), (std::vector<int32_t>{1, 0x1234}));
+  EXPECT_EQ(aloepri::read_token_ids(txt), (std::vector<int32_t>{1, 0x1234}));
+  EXPECT_EQ(aloepri::read_token_ids(txt, 1), (std::vector<int32_t>{1}));
+}
+
+TEST(TokenFile, DocumentsFromTheModelsSpecialIds) {
+  using aloepri::split_documents;
+  // BOS starts a document and stays in it; EOS is dropped; a stream without BOS is one document.
+  const std::vector<uint16_t> ids = {1, 5, 6, 2, 1, 7, 2, 2, 1, 8};
+  EXPECT_EQ(split_documents(ids, {1, 2}),
+            (std::vector<std::vector<int32_t>>{{1, 5, 6}, {1, 7}, {1, 8}}));
+  // Other special ids (a qwen-like vocabulary): 1 and 2 are ordinary tokens there.
+  EXPECT_EQ(split_documents(ids, {8, 6}), (std::vector<std::vector<int32_t>>{{1, 5, 2, 1, 7, 2, 2, 1}, {8}}));
+  EXPECT_EQ(split_documents(ids, {}), (std::vector<std::vector<int32_t>>{{1, 5, 6, 2, 1, 7, 2, 2, 1, 8}}));
+  EXPECT_TRUE(split_documents({2, 2}, {1, 2}).empty());
+}

@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "aloepri/audit.h"
+#include "aloepri/hf_config.h"
+#include "aloepri/token_file.h"
 
 namespace aloepri {
 class Tokenizer;
@@ -137,14 +139,18 @@ std::vector<TokenSeq> read_traffic(const std::string& path, int32_t vocab = 0);
 void write_traffic(const std::string& path, const std::vector<TokenSeq>& seqs, bool overwrite = false);
 
 // Plaintext corpora as token documents:
-//  *.bin    little-endian uint16 ids, documents delimited by BOS=1 ... EOS=2 (tools/corpus/tokenize.mjs);
-//           EOS is dropped (a client sends BOS + text, as Tokenizer::encode(text, true) gives)
+//  *.bin    little-endian uint16 ids (token_file.h), documents delimited by the model's BOS ... EOS
+//           (`special`; tools/corpus/tokenize.mjs writes them); EOS is dropped (a client sends
+//           BOS + text, as Tokenizer::encode(text, true) gives)
 //  *.jsonl  one JSON object per line, its "text" field tokenized with `tok` (add_special: BOS)
 //  other    plain text, one document per line, tokenized with `tok`
 // max_tokens > 0 stops after that many tokens (whole documents, the last one cut). `sources`, when
 // given, receives each document's "source" (or "group") field of a .jsonl file ("" otherwise).
-std::vector<TokenSeq> load_token_docs(const std::string& path, const Tokenizer* tok, int64_t max_tokens = 0,
-                                      std::vector<std::string>* sources = nullptr);
+std::vector<TokenSeq> load_token_docs(const std::string& path, const Tokenizer* tok, const DocumentIds& special,
+                                      int64_t max_tokens = 0, std::vector<std::string>* sources = nullptr);
+// The document delimiters of a model: its config's bos/eos ids, or its tokenizer's.
+DocumentIds document_ids(const ModelConfig& config);
+DocumentIds document_ids(const Tokenizer& tok);
 
 // Weights that give every source the same total number of tokens (a prior of the same genres
 // in another mixture than the victim's).

@@ -88,8 +88,6 @@ AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting
                                 const std::vector<int32_t>& victim, const std::vector<int32_t>& vocab_sample,
                                 const std::vector<int>& ks = {1, 5, 10});
 
-// Token ids stored as little-endian uint16 (tools/corpus heldout.bin); at most max_tokens (0: all).
-std::vector<int32_t> load_token_file(const std::string& path, size_t max_tokens = 0);
 // A uniform sample of `count` distinct ids in [0, n) from a fixed seed.
 std::vector<int32_t> sample_ids(int64_t n, int64_t count, uint64_t seed);
 // The query an attacker builds from traffic: distinct obfuscated ids of tau(victim) and of

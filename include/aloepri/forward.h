@@ -36,11 +36,6 @@ struct ModelWeights {
   static ModelWeights load(const HFModel& m);
 };
 
-// RoPE inverse frequencies [head_dim / 2] of a config, in double: theta^(-2i/d_h), then the
-// config's rope_scaling ("" / "default": none; "linear": / factor; "llama3": HF's
-// _compute_llama3_parameters smooth interpolation). Throws Error for other rope types.
-std::vector<double> rope_inv_freq(const ModelConfig& c);
-
 // Sliding-window length per layer (0 = full causal attention): Mistral's `sliding_window`,
 // Qwen2's `use_sliding_window` for layers >= `max_window_layers`, read from config.raw.
 std::vector<int64_t> attention_windows(const ModelConfig& c);

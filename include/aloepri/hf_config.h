@@ -56,4 +56,13 @@ struct ModelConfig {
   int64_t parameter_count() const;  // from shapes (embedding + head counted per tying)
 };
 
+// RoPE inverse frequencies [head_dim / 2] of a config, in double (HF rotate_half layout):
+// theta^(-2i/d_h), then the config's rope_scaling ("" / "default": none; "linear": / factor;
+// "llama3": HF's _compute_llama3_parameters smooth interpolation). The one implementation, for
+// the reference forward, the obfuscator's BlockPerm and the libtorch tools. Throws Error naming
+// the config field for an odd head_dim, a non-positive factor or another rope type.
+std::vector<double> rope_inv_freq(const ModelConfig& c);
+// Unscaled: theta^(-2i/d_h) for i < head_dim / 2.
+std::vector<double> rope_inv_freq(double theta, int64_t head_dim);
+
 }  // namespace aloepri

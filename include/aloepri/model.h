@@ -1,11 +1,13 @@
 // An HF checkpoint directory: config.json + safetensors (+ tokenizer files), and the tensor
 // names of the dense decoder families. Weights are HF layout: nn.Linear weight is (out x in).
 #pragma once
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "aloepri/hf_config.h"
+#include "aloepri/rng.h"
 #include "aloepri/safetensors.h"
 
 namespace aloepri {
@@ -23,12 +25,30 @@ std::string layer(int64_t i, const std::string& suffix);  // model.layers.{i}.{s
 // Every tensor a model of this config must have, with its shape (HF layout).
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c);
 
+// How synthetic weights are drawn (write_synthetic_tensors). Every tensor draws from its own
+// RngStream(seed, stream_prefix + name), so its values depend only on the seed, its name and its
+// shape, never on the order of generation. Norm weights 1 + N(0, 0.1^2), biases N(0, 0.1^2),
+// projections and an untied head N(0, 1/fan_in), the embedding N(0, embed_std^2).
+struct SyntheticInit {
+  Seed seed{};
+  std::string stream_prefix;
+  double embed_std = 1.0;
+};
+
+// The one synthetic-weight writer (write_synthetic_model for the tests, synthesize() for
+// `aloepri synth`): every tensor of `config` (expected_tensors) into a safetensors set in `dir`
+// (sharded past max_shard_bytes), one tensor in memory at a time; a progress bar named
+// progress_label unless it is null.
+void write_synthetic_tensors(const std::string& dir, const ModelConfig& config, const SyntheticInit& init, DType dtype,
+                             uint64_t max_shard_bytes, const std::map<std::string, std::string>& metadata,
+                             const char* progress_label = nullptr);
+
 // A small random checkpoint of this config for tests and benchmarks: config.json +
-// safetensors in `dtype` (sharded past max_shard_bytes), written atomically into the new
-// directory `dir`. Weights come from RngStream(seed as the first 8 little-endian seed bytes,
-// "synthetic/<tensor name>"): linear weights N(0, 1/fan_in), embedding N(0, 1), norm weights
-// 1 + N(0, 0.1^2), biases N(0, 0.1^2), so forward passes of a few layers stay well
-// conditioned. Fails (kExitOutputExists) if `dir` exists.
+// safetensors in `dtype`, written atomically into the new directory `dir`. Weights: the seed's
+// first 8 little-endian bytes, streams "synthetic/<tensor name>", embedding N(0, 1) (synth.h's
+// checkpoints use 1/sqrt(d): realistic logits; these tests' expectations were set on N(0, 1)),
+// so forward passes of a few layers stay well conditioned. Fails (kExitOutputExists) if `dir`
+// exists.
 void write_synthetic_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
                            DType dtype = DType::F32, uint64_t max_shard_bytes = 0);
 

@@ -1,38 +1,35 @@
-// Linear-algebra building blocks of the obfuscation (method.md sections 4-5), in double:
-// Haar orthogonal matrices, inverses, null spaces (LAPACKE), GEMMs (OpenBLAS), BlockPerm, RoPE
-// frequencies. Key matrices are generated here in double and only cast to f32 when applied.
+// Random building blocks of the obfuscation (method.md sections 4-5), in double: Gaussian and
+// Haar orthogonal matrices, conditioned value maps, BlockPerm, RoPE frequencies (the algebra they
+// use is linalg.h). Key matrices are generated here in double and only cast to f32 when applied.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "aloepri/hf_config.h"
+#include "aloepri/linalg.h"
 #include "aloepri/rng.h"
 #include "aloepri/tensor.h"
 
 namespace aloepri::obf {
 
-// A dense row-major double matrix.
-struct Mat {
-  int64_t rows = 0, cols = 0;
-  std::vector<double> a;
+// The dense double matrix and its algebra live in linalg (the one module over BLAS/LAPACK);
+// obf:: keeps their names so that the transforms read as method.md writes them.
+using linalg::Mat;
+using linalg::condition_number;
+using linalg::from_tensor;
+using linalg::inverse;
+using linalg::left_null_space;
+using linalg::matmul;
+using linalg::matmul_acc;
+using linalg::max_abs_diff;
+using linalg::null_space;
+using linalg::row_block;
+using linalg::singular_values;
+using linalg::to_f32;
+using linalg::to_tensor;
+using linalg::transpose;
 
-  Mat() = default;
-  Mat(int64_t r, int64_t c, double fill = 0.0) : rows(r), cols(c), a(size_t(r * c), fill) {}
-  static Mat identity(int64_t n);
-  double& operator()(int64_t r, int64_t c) { return a[size_t(r * cols + c)]; }
-  double operator()(int64_t r, int64_t c) const { return a[size_t(r * cols + c)]; }
-  double* ptr() { return a.data(); }
-  const double* ptr() const { return a.data(); }
-};
-
-// C = op(A) op(B) (dgemm).
-Mat matmul(const Mat& A, const Mat& B, bool transA = false, bool transB = false);
-// C += op(A) op(B).
-void matmul_acc(Mat& C, const Mat& A, const Mat& B, bool transA = false, bool transB = false);
-Mat transpose(const Mat& A);
-// Rows [r0, r1) of A.
-Mat row_block(const Mat& A, int64_t r0, int64_t r1);
 Mat gaussian(int64_t rows, int64_t cols, double stddev, RngStream& rng);
 // Haar-distributed orthogonal n x n: QR of a Gaussian matrix, columns sign-fixed by diag(R) so
 // the distribution is exactly Haar (Mezzadri 2007).
@@ -42,24 +39,9 @@ Mat haar_orthogonal(int64_t n, RngStream& rng);
 // first two entries pinned to the extremes (cond 1: a Haar orthogonal matrix). Its exact inverse
 // O2 Diag(1/s) O1^T goes to *inv when given. Throws Error(kExitUsage) for cond < 1.
 Mat conditioned_matrix(int64_t n, double cond, RngStream& rng, Mat* inv = nullptr);
-// Inverse by LU (dgetrf/dgetri); throws Error if singular.
-Mat inverse(const Mat& A);
-std::vector<double> singular_values(const Mat& A);
-double condition_number(const Mat& A);  // sigma_max / sigma_min (2-norm)
-// k orthonormal rows r (k x A.rows) with r A = 0: the left singular vectors of the k smallest
-// singular values. A must have rank A.rows - k (checked).
-Mat left_null_space(const Mat& A, int64_t k);
-// k orthonormal columns n (A.cols x k) with A n = 0 (rank checked likewise).
-Mat null_space(const Mat& A, int64_t k);
-double max_abs_diff(const Mat& A, const Mat& B);
-std::vector<float> to_f32(const Mat& A);
-Tensor to_tensor(const Mat& A);
-Mat from_tensor(const Tensor& t);
 
-// RoPE inverse frequencies f_p (p = 0 .. head_dim/2 - 1) of the HF rotate_half layout, with the
-// config's rope_scaling ("", "default", "linear", "llama3") applied.
-std::vector<double> rope_inv_freq(const ModelConfig& c);
-std::vector<double> rope_inv_freq(double theta, int64_t head_dim);
+// RoPE inverse frequencies f_p (p = 0 .. head_dim/2 - 1): hf_config.h's, the one implementation.
+using aloepri::rope_inv_freq;
 
 // BlockPerm(beta, gamma, f): a permutation of the M = f.size() RoPE pairs, returned as
 // slot[p] = the slot pair p moves to. Windows: starting at t, c = min(beta, M - t); the window

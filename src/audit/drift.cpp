@@ -2,12 +2,12 @@
 // measurements of the NN attack run against.
 #include "aloepri/audit_drift.h"
 
-#include <cblas.h>
 
 #include <cmath>
 #include <filesystem>
 
 #include "aloepri/error.h"
+#include "aloepri/linalg.h"
 #include "aloepri/model.h"
 #include "aloepri/output.h"
 #include "aloepri/rng.h"
@@ -46,8 +46,7 @@ std::vector<float> draw_delta(const Tensor& W, const DriftOptions& opt, RngStrea
   rng.fill_normal(A.data(), A.size());
   rng.fill_normal(B.data(), B.size());
   // delta = A B^T: [rows, r] x [r, cols]
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(cols), int(r), 1.0f, A.data(), int(r), B.data(),
-              int(r), 0.0f, delta.data(), int(cols));
+  linalg::gemm(false, true, rows, cols, r, 1.0f, A.data(), r, B.data(), r, 0.0f, delta.data(), cols);
   const double norm = std::sqrt(fro2(delta.data(), n));
   const float s = norm > 0 ? float(target / norm) : 0.0f;
   for (auto& x : delta) x *= s;

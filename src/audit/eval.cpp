@@ -1,6 +1,4 @@
 // Accuracy audit: plaintext vs obfuscated model on held-out text (see eval.h).
-#include <cblas.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,10 +12,12 @@
 #include "aloepri/eval.h"
 #include "aloepri/gguf_export.h"
 #include "aloepri/keyfile.h"
+#include "aloepri/linalg.h"
 #include "aloepri/model.h"
 #include "aloepri/obf_keymat.h"
 #include "aloepri/output.h"
 #include "aloepri/progress.h"
+#include "aloepri/token_file.h"
 #include "aloepri/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -27,11 +27,7 @@ namespace aloepri::eval {
 std::vector<int64_t> load_tokens(const std::string& path, const std::string& model_dir) {
   std::vector<int64_t> ids;
   if (path.size() > 4 && path.substr(path.size() - 4) == ".bin") {
-    const std::string b = read_file(path);
-    require(b.size() % 2 == 0, path, "a .bin token file holds uint16 little-endian ids (odd size)");
-    ids.resize(b.size() / 2);
-    for (size_t i = 0; i < ids.size(); ++i)
-      ids[i] = int64_t(uint8_t(b[2 * i])) | (int64_t(uint8_t(b[2 * i + 1])) << 8);
+    for (uint16_t id : read_token_file(path)) ids.push_back(id);
   } else {
     Tokenizer tok = Tokenizer::load(model_dir);
     for (int32_t id : tok.encode(read_file(path), true)) ids.push_back(id);
@@ -175,8 +171,7 @@ nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const
       obf.set_residual_hook([&](int64_t l, const std::vector<double>& x) {
         const int64_t off = obf.position(), rows = int64_t(x.size()) / dp;
         back.resize(size_t(rows * d));
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(d), int(dp), 1.0, x.data(), int(dp),
-                    Q.data(), int(d), 0.0, back.data(), int(d));
+        linalg::gemm(false, false, rows, d, dp, 1.0, x.data(), dp, Q.data(), d, 0.0, back.data(), d);
         for (int64_t r = 0; r < rows; ++r) {
           const double* a = pres[size_t(l)].data() + (off + r) * d;
           double num = 0, den = 0;

@@ -22,7 +22,7 @@ Tensor gate_means(const Tensor& X, const ModelWeights& w, bool plain_side) {
   Tensor out({n, L});
   for (int64_t l = 0; l < L; ++l) {
     const LayerWeights& lw = w.layers[size_t(l)];
-    Tensor F = matmul_nt(plain_side ? scale_cols(X, lw.ffn_norm) : X, lw.gate);
+    Tensor F = linalg::matmul(plain_side ? scale_cols(X, lw.ffn_norm) : X, lw.gate, false, true);
     const int64_t ff = F.cols();
     for (int64_t r = 0; r < n; ++r) {
       double s = 0;
@@ -41,7 +41,7 @@ Tensor block_forms(const Tensor& X, const ModelWeights& w, const ModelConfig& c,
   for (int64_t l = 0; l < L; ++l) {
     const LayerWeights& lw = w.layers[size_t(l)];
     Tensor Xn = plain_side ? scale_cols(X, lw.attn_norm) : X;
-    Tensor Q = matmul_nt(Xn, lw.q), K = matmul_nt(Xn, lw.k);
+    Tensor Q = linalg::matmul(Xn, lw.q, false, true), K = linalg::matmul(Xn, lw.k, false, true);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t i = 0; i < m; ++i) {
         const float* q = Q.ptr() + r * m * dh + i * dh;

@@ -36,18 +36,6 @@ using obf::Mat;
 
 namespace internal {
 
-Mat to_mat(const Tensor& t) {
-  Mat m(t.rows(), t.cols());
-  for (size_t i = 0; i < t.data.size(); ++i) m.a[i] = t.data[i];
-  return m;
-}
-
-Tensor to_ten(const Mat& m) {
-  Tensor t({m.rows, m.cols});
-  for (size_t i = 0; i < m.a.size(); ++i) t.data[i] = float(m.a[i]);
-  return t;
-}
-
 // Noise variance per entry the mechanism adds to a vocabulary matrix.
 double noise_var(const Tensor& A, double alpha, bool per_row) {
   if (alpha == 0) return 0;
@@ -176,7 +164,7 @@ VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWe
     // Plain: U = W_gate Diag(w) (ff x d); predicted Gram U M U^T.
     Mat U = to_mat(scale_cols(P.gate, P.ffn_norm));
     Mat Gp = obf::matmul(obf::matmul(U, M), U, false, true);
-    Mat Ao = to_mat(matmul_nt(obf.emb, O.gate));  // n x ff
+    Mat Ao = to_mat(linalg::matmul(obf.emb, O.gate, false, true));  // n x ff
     Mat Go = obf::matmul(Ao, Ao, true, false);
     for (auto& x : Go.a) x /= double(n);
     LayerFit fit;
@@ -225,12 +213,12 @@ VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWe
   const Tensor Qt = to_ten(best.Qt);  // d x d'
 
   // Recovered noisy embedding rows: all rows (needed for the channel scales), then the query.
-  Tensor Rall = matmul_nt(obf.emb, Qt);  // n x d, = Pi (E + N) up to fit error
+  Tensor Rall = linalg::matmul(obf.emb, Qt, false, true);  // n x d, = Pi (E + N) up to fit error
   Tensor Re = gather_rows(Rall, query.obf_ids);
 
   // Channel scales from up: column i of emb~ up~^T ~= s_i * (E+N) Diag(w) W_up[zf[i]]^T.
-  Tensor Au = matmul_nt(obf.emb, O.up);                            // n x ff
-  Tensor Bu = matmul_nt(scale_cols(Rall, P.ffn_norm), P.up);       // n x ff, plain channel order
+  Tensor Au = linalg::matmul(obf.emb, O.up, false, true);                            // n x ff
+  Tensor Bu = linalg::matmul(scale_cols(Rall, P.ffn_norm), P.up, false, true);       // n x ff, plain channel order
   std::vector<double> s(static_cast<size_t>(ff), 1.0);
   for (int64_t i = 0; i < ff; ++i) {
     const int64_t c = best.zf[size_t(i)];
@@ -242,14 +230,14 @@ VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWe
     s[size_t(i)] = den > 0 ? num / den : 1.0;
   }
   // head~ down~ for the query rows, columns back to plaintext order and scale: Pi (H+N) Diag(wf) W_down.
-  Tensor Xh = matmul_nn(gather_rows(obf.head, query.obf_ids), O.down);  // q x ff
+  Tensor Xh = linalg::matmul(gather_rows(obf.head, query.obf_ids), O.down);  // q x ff
   Tensor Xp({Xh.rows(), ff});
   for (int64_t r = 0; r < Xh.rows(); ++r)
     for (int64_t i = 0; i < ff; ++i) Xp.at(r, best.zf[size_t(i)]) = float(Xh.at(r, i) * s[size_t(i)]);
   // Solve Y W_down = Xp, W_down = P.down (d x ff): Y = Xp W^T (W W^T)^-1.
   Mat W = to_mat(P.down);
   Mat WWt = obf::matmul(W, W, false, true);
-  Tensor Rh = matmul_nt(Xp, to_ten(obf::matmul(obf::inverse(WWt), W)));  // q x d
+  Tensor Rh = linalg::matmul(Xp, to_ten(obf::matmul(obf::inverse(WWt), W)), false, true);  // q x d
   // Undo the final norm weight.
   for (int64_t r = 0; r < Rh.rows(); ++r)
     for (int64_t j = 0; j < d; ++j) {

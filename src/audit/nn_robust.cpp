@@ -27,8 +27,6 @@
 // Then the drift report: every tensor against the transform of its public counterpart that the
 // alignment found (readers and writers in plaintext coordinates through P^ / Qt; attention heads
 // matched with one fitted d_h x d_h map per head, the secret the executor draws there).
-#include <cblas.h>
-#include <lapacke.h>
 
 #include <algorithm>
 #include <chrono>
@@ -246,8 +244,8 @@ double head_block_drift(const Mat& A, const Mat& B, int64_t heads, int64_t dh) {
 Mat spectral_signature(const Mat& G, int64_t K) {
   const int64_t f = G.rows;
   Mat A = G;
-  std::vector<double> w(static_cast<size_t>(f));
-  const int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', int(f), A.ptr(), int(f), w.data());
+  std::vector<double> w;
+  const int info = linalg::symmetric_eigen(A, w);
   require(info == 0, "NN", "eigendecomposition of the channel Gram matrix failed (LAPACK info " +
                                std::to_string(info) + ")", kExitError);
   K = std::min(K, f);
@@ -295,7 +293,7 @@ Mat writer_gram(const Tensor& gate, const std::vector<const Tensor*>& downs) {
   const int64_t ff = gate.rows();
   Mat S(ff, ff);
   for (const Tensor* dn : downs) {
-    Mat K = to_mat(matmul_nn(gate, *dn));  // [ff, ff_m]
+    Mat K = to_mat(linalg::matmul(gate, *dn));  // [ff, ff_m]
     for (int64_t j = 0; j < K.cols; ++j) {
       double c = 0;
       for (int64_t i = 0; i < ff; ++i) c += K(i, j) * K(i, j);
@@ -387,7 +385,7 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
       continue;
     }
     Mat Gp = obf::matmul(obf::matmul(Ug[size_t(l)], M), Ug[size_t(l)], false, true);
-    Mat Ao = to_mat(matmul_nt(obf.emb, obf.layers[size_t(l)].gate));  // [n, ff]
+    Mat Ao = to_mat(linalg::matmul(obf.emb, obf.layers[size_t(l)].gate, false, true));  // [n, ff]
     Mat Go = obf::matmul(Ao, Ao, true, false);
     for (auto& x : Go.a) x /= double(n);
     // Starts: two key-free ff x ff matrices conjugate to public predictions by Zf (the vocabulary
@@ -438,12 +436,12 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
   int rounds = 0;
   auto update_keys = [&](int64_t* used) {
     T = combine_readers(readers, used);
-    const Tensor R = matmul_nt(obf.emb, to_ten(T));  // [n, d]
-    Mat RtR = to_mat(matmul_tn(R, R));               // [d, d]
+    const Tensor R = linalg::matmul(obf.emb, to_ten(T), false, true);  // [n, d]
+    Mat RtR = to_mat(linalg::matmul(R, R, true, false));               // [d, d]
     double tr = 0;
     for (int64_t i = 0; i < d; ++i) tr += RtR(i, i);
     for (int64_t i = 0; i < d; ++i) RtR(i, i) += 1e-9 * tr / double(d);
-    const Mat RtX = to_mat(matmul_tn(R, obf.emb));  // [d, d']
+    const Mat RtX = to_mat(linalg::matmul(R, obf.emb, true, false));  // [d, d']
     Phat = to_ten(obf::matmul(obf::inverse(RtR), RtX));
   };
   int64_t used = 0;
@@ -466,8 +464,8 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
     };
     for (int64_t l = 0; l < L; ++l) {
       if (zf[size_t(l)].empty()) continue;  // skipped at the start (budget)
-      const Mat Yg = to_mat(matmul_nt(obf.layers[size_t(l)].gate, Phat));  // [ff, d]
-      const Mat Yu = to_mat(matmul_nt(obf.layers[size_t(l)].up, Phat));
+      const Mat Yg = to_mat(linalg::matmul(obf.layers[size_t(l)].gate, Phat, false, true));  // [ff, d]
+      const Mat Yu = to_mat(linalg::matmul(obf.layers[size_t(l)].up, Phat, false, true));
       auto m = rematch_channels(Yg, Yu, Ug[size_t(l)], Uu[size_t(l)]);
       for (size_t i = 0; i < m.size(); ++i) moved += m[i] != zf[size_t(l)][i];
       zf[size_t(l)] = std::move(m);
@@ -510,8 +508,8 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
 
   // 5. Rows of the queried ids, matched with per-part variances floored by what we measure.
   const Tensor Tt = to_ten(T);
-  const Tensor Re = matmul_nt(gather_rows(obf.emb, query.obf_ids), Tt);  // [q, d]
-  Tensor Rh = matmul_nt(gather_rows(obf.head, query.obf_ids), Phat);    // [q, d]
+  const Tensor Re = linalg::matmul(gather_rows(obf.emb, query.obf_ids), Tt, false, true);  // [q, d]
+  Tensor Rh = linalg::matmul(gather_rows(obf.head, query.obf_ids), Phat, false, true);    // [q, d]
   for (int64_t r = 0; r < Rh.rows(); ++r)
     for (int64_t j = 0; j < d; ++j) {
       const float w = plain.final_norm[size_t(j)];
@@ -576,14 +574,14 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
         body_den += s;
       };
       // Readers in plaintext coordinates: X P^^T.
-      add("q", head_block_drift(to_mat(matmul_nt(O.q, Phat)), to_mat(scale_cols(P.q, P.attn_norm)), m, dh), P.q);
-      add("k", head_block_drift(to_mat(matmul_nt(O.k, Phat)), to_mat(scale_cols(P.k, P.attn_norm)), mkv, dh), P.k);
-      add("v", head_block_drift(to_mat(matmul_nt(O.v, Phat)), to_mat(scale_cols(P.v, P.attn_norm)), mkv, dh), P.v);
+      add("q", head_block_drift(to_mat(linalg::matmul(O.q, Phat, false, true)), to_mat(scale_cols(P.q, P.attn_norm)), m, dh), P.q);
+      add("k", head_block_drift(to_mat(linalg::matmul(O.k, Phat, false, true)), to_mat(scale_cols(P.k, P.attn_norm)), mkv, dh), P.k);
+      add("v", head_block_drift(to_mat(linalg::matmul(O.v, Phat, false, true)), to_mat(scale_cols(P.v, P.attn_norm)), mkv, dh), P.v);
       // Writers in plaintext coordinates: T X (HF layout [d', in] -> [d, in]), compared by input block.
       const Mat To = obf::matmul(to_mat(O.o), T, true, true);  // [m dh, d] = (T o~)^T
       add("o", head_block_drift(To, obf::transpose(to_mat(P.o)), m, dh), P.o);
       if (!zf[size_t(l)].empty()) {
-        const Mat Yg = to_mat(matmul_nt(O.gate, Phat)), Yu = to_mat(matmul_nt(O.up, Phat));
+        const Mat Yg = to_mat(linalg::matmul(O.gate, Phat, false, true)), Yu = to_mat(linalg::matmul(O.up, Phat, false, true));
         add("gate", rel_diff(Yg, take_rows(Ug[size_t(l)], zf[size_t(l)])), P.gate);
         const Mat Uuz = take_rows(Uu[size_t(l)], zf[size_t(l)]);
         add("up", rel_diff(Yu, scale_rows(Uuz, row_scales(Yu, Uuz))), P.up);

@@ -1,8 +1,6 @@
 // The oracle attack: vocabulary matching by running both models (see audit_oracle.h).
 #include "aloepri/audit_oracle.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,6 +9,7 @@
 #include <unordered_set>
 
 #include "aloepri/error.h"
+#include "aloepri/linalg.h"
 #include "aloepri/forward.h"
 #include "weight_internal.h"
 
@@ -85,7 +84,7 @@ Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t
   for (int64_t r0 = 0; r0 < R; r0 += kBlock) {
     const int64_t B = std::min(kBlock, R - r0);
     // L [B, n] = hidden[r0 : r0 + B] head
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(B), int(n), int(d), 1.0f, s.hidden.ptr() + r0 * d,
+    linalg::gemm(false, false, int(B), int(n), int(d), 1.0f, s.hidden.ptr() + r0 * d,
                 int(d), s.head.ptr(), int(n), 0.0f, L.data(), int(n));
     for (int64_t b = 0; b < B; ++b) {
       float* row = L.data() + b * n;
@@ -145,7 +144,7 @@ Tensor anchored_features(const Side& s, const std::vector<int32_t>& sub, const s
   for (int64_t i = 0; i < d; ++i)
     for (int64_t j = 0; j < A; ++j) headA.data[size_t(i * A + j)] = s.head.data[size_t(i * n + anchors[size_t(j)])];
   Tensor rowf({R, A});  // hs head_A (- lse below)
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(R), int(A), int(d), 1.0f, hs.ptr(), int(d),
+  linalg::gemm(false, false, int(R), int(A), int(d), 1.0f, hs.ptr(), int(d),
               headA.ptr(), int(A), 0.0f, rowf.ptr(), int(A));
   Tensor hA({A, d});  // the anchors' hidden states (as contexts)
   std::vector<float> lseA(static_cast<size_t>(A));
@@ -157,7 +156,7 @@ Tensor anchored_features(const Side& s, const std::vector<int32_t>& sub, const s
   }
   // colT [A, n] = hA head (- lseA below): log P(y | bos, a) for every y
   Tensor colT({A, n});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(A), int(n), int(d), 1.0f, hA.ptr(), int(d), s.head.ptr(),
+  linalg::gemm(false, false, int(A), int(n), int(d), 1.0f, hA.ptr(), int(d), s.head.ptr(),
               int(n), 0.0f, colT.ptr(), int(n));
   Tensor F({R, 2 * A});
   for (int64_t i = 0; i < R; ++i) {

@@ -67,8 +67,17 @@ bool ends_with(const std::string& s, const std::string& suf) {
 }
 }  // namespace
 
-std::vector<TokenSeq> load_token_docs(const std::string& path, const Tokenizer* tok, int64_t max_tokens,
-                                      std::vector<std::string>* sources) {
+DocumentIds document_ids(const ModelConfig& c) {
+  DocumentIds d;
+  if (c.bos_token_id) d.bos = int32_t(*c.bos_token_id);
+  if (c.eos_token_id) d.eos = int32_t(*c.eos_token_id);
+  return d;
+}
+
+DocumentIds document_ids(const Tokenizer& tok) { return {tok.bos_id(), tok.eos_id()}; }
+
+std::vector<TokenSeq> load_token_docs(const std::string& path, const Tokenizer* tok, const DocumentIds& special,
+                                      int64_t max_tokens, std::vector<std::string>* sources) {
   std::vector<TokenSeq> docs;
   int64_t total = 0;
   std::string source;
@@ -84,22 +93,9 @@ std::vector<TokenSeq> load_token_docs(const std::string& path, const Tokenizer* 
     return max_tokens <= 0 || total < max_tokens;
   };
   if (ends_with(path, ".bin")) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(path, "cannot read the token file", kExitError);
-    std::vector<char> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (buf.size() % 2) throw Error(path, "odd size: expected little-endian uint16 token ids");
-    TokenSeq cur;
-    for (size_t i = 0; i + 1 < buf.size(); i += 2) {
-      int32_t id = int32_t(uint8_t(buf[i])) | (int32_t(uint8_t(buf[i + 1])) << 8);
-      if (id == 1 && !cur.empty()) {  // BOS starts a new document
-        if (!add(std::move(cur))) return docs;
-        cur.clear();
-      }
-      // EOS (2) closes a document in these files, but a client sends BOS + text only: dropped,
-      // so that a prior's frequency ranks line up with the traffic's
-      if (id != 2) cur.push_back(id);
-    }
-    add(std::move(cur));
+    // EOS dropped by split_documents, so that a prior's frequency ranks line up with the traffic's
+    for (auto& d : split_documents(read_token_file(path), special))
+      if (!add(std::move(d))) break;
     return docs;
   }
   if (!tok) throw Error(path, "a tokenizer is needed to read text corpora", kExitError);

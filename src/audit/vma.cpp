@@ -98,8 +98,8 @@ VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const
                        [&, Pp, Op, is_gate](bool o, bool noisy, const std::vector<int32_t>*) {
                          const LayerWeights& P = *Pp;
                          const LayerWeights& O = *Op;
-                         if (o) return matmul_nt(obf.emb, is_gate ? O.gate : O.up);
-                         return matmul_nt(scale_cols(noisy ? E_sim : plain.emb, P.ffn_norm), is_gate ? P.gate : P.up);
+                         if (o) return linalg::matmul(obf.emb, is_gate ? O.gate : O.up, false, true);
+                         return linalg::matmul(scale_cols(noisy ? E_sim : plain.emb, P.ffn_norm), is_gate ? P.gate : P.up, false, true);
                        },
                        true, true});
     }
@@ -111,17 +111,17 @@ VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const
                          const LayerWeights& O = *Op;
                          if (o) {
                            Tensor X = rows_of(obf.emb, rows);
-                           return qk_features(matmul_nt(X, O.q), matmul_nt(X, O.k), m, mkv, dh, f);
+                           return qk_features(linalg::matmul(X, O.q, false, true), linalg::matmul(X, O.k, false, true), m, mkv, dh, f);
                          }
                          Tensor X = scale_cols(rows_of(noisy ? E_sim : plain.emb, rows), P.attn_norm);
-                         return qk_features(matmul_nt(X, P.q), matmul_nt(X, P.k), m, mkv, dh, f);
+                         return qk_features(linalg::matmul(X, P.q, false, true), linalg::matmul(X, P.k, false, true), m, mkv, dh, f);
                        },
                        f != QkFeat::Dot, f != QkFeat::Dot});
     }
     pairs.push_back({"head.down/" + ls,
                      [&, Pp, Op](bool o, bool noisy, const std::vector<int32_t>*) {
-                       if (o) return matmul_nn(obf.head, Op->down);
-                       return matmul_nn(noisy ? Hf_sim : Hf, Pp->down);
+                       if (o) return linalg::matmul(obf.head, Op->down);
+                       return linalg::matmul(noisy ? Hf_sim : Hf, Pp->down);
                      },
                      true, true});
   }
@@ -151,7 +151,7 @@ VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const
     constexpr size_t kBlock = 512;
     for (size_t r0 = 0; r0 < rows->size(); r0 += kBlock) {
       std::vector<int32_t> blk(rows->begin() + long(r0), rows->begin() + long(std::min(rows->size(), r0 + kBlock)));
-      Tensor s2 = detail::sorted_row_signature(matmul_nt(gather_rows(A, blk), B), opt.quantiles);
+      Tensor s2 = detail::sorted_row_signature(linalg::matmul(gather_rows(A, blk), B, false, true), opt.quantiles);
       std::copy(s2.data.begin(), s2.data.end(), sig.ptr() + int64_t(r0) * opt.quantiles);
     }
     return sig;

@@ -1,7 +1,5 @@
 // Shared machinery of the weight attacks: loading, signatures, nearest-neighbour search,
-// assignment, scoring, token files.
-#include <cblas.h>
-
+// assignment, scoring.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -10,7 +8,7 @@
 #include <unordered_set>
 
 #include "aloepri/error.h"
-#include "aloepri/token_file.h"
+#include "aloepri/linalg.h"
 #include "aloepri/model.h"
 #include "weight_internal.h"
 
@@ -41,30 +39,6 @@ ModelWeights ModelWeights::load(const std::string& dir) {
 }
 
 namespace internal {
-
-Tensor matmul_nt(const Tensor& A, const Tensor& B) {
-  require(A.cols() == B.cols(), "audit", "inner dimensions differ: " + A.shape_str() + " x " + B.shape_str() + "^T");
-  Tensor C({A.rows(), B.rows()});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(A.rows()), int(B.rows()), int(A.cols()), 1.0f, A.ptr(),
-              int(A.cols()), B.ptr(), int(B.cols()), 0.0f, C.ptr(), int(B.rows()));
-  return C;
-}
-
-Tensor matmul_tn(const Tensor& A, const Tensor& B) {
-  require(A.rows() == B.rows(), "audit", "row counts differ: " + A.shape_str() + " vs " + B.shape_str());
-  Tensor C({A.cols(), B.cols()});
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(A.cols()), int(B.cols()), int(A.rows()), 1.0f, A.ptr(),
-              int(A.cols()), B.ptr(), int(B.cols()), 0.0f, C.ptr(), int(B.cols()));
-  return C;
-}
-
-Tensor matmul_nn(const Tensor& A, const Tensor& B) {
-  require(A.cols() == B.rows(), "audit", "inner dimensions differ: " + A.shape_str() + " x " + B.shape_str());
-  Tensor C({A.rows(), B.cols()});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(A.rows()), int(B.cols()), int(A.cols()), 1.0f, A.ptr(),
-              int(A.cols()), B.ptr(), int(B.cols()), 0.0f, C.ptr(), int(B.cols()));
-  return C;
-}
 
 Tensor scale_cols(const Tensor& A, const std::vector<float>& w) {
   Tensor B = A;
@@ -234,8 +208,7 @@ std::vector<std::vector<int32_t>> nearest_rows(const Tensor& queries, const Tens
   std::vector<int32_t> idx(static_cast<size_t>(n));
   for (int64_t q0 = 0; q0 < nq; q0 += kBlock) {
     const int64_t m = std::min(kBlock, nq - q0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(D), 1.0f, queries.ptr() + q0 * D, int(D),
-                base.ptr(), int(D), 0.0f, dot.data(), int(n));
+    linalg::gemm(false, true, m, n, D, 1.0f, queries.ptr() + q0 * D, D, base.ptr(), D, 0.0f, dot.data(), n);
     for (int64_t i = 0; i < m; ++i) {
       float* d = dot.data() + i * n;
       for (int64_t j = 0; j < n; ++j) d[j] = bn[size_t(j)] - 2.0f * d[j];  // + |q|^2, the same for all j
@@ -366,11 +339,6 @@ AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting
     r.details["parts"] = parts;
   }
   return r;
-}
-
-std::vector<int32_t> load_token_file(const std::string& path, size_t max_tokens) {
-  const auto ids = read_token_file(path, max_tokens);
-  return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
 std::vector<int32_t> sample_ids(int64_t n, int64_t count, uint64_t seed) {

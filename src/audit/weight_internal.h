@@ -6,15 +6,13 @@
 #include <vector>
 
 #include "aloepri/audit_weights.h"
+#include "aloepri/linalg.h"
 #include "aloepri/obf_math.h"
 #include "aloepri/rng.h"
 #include "aloepri/tensor.h"
 
 namespace aloepri::audit::internal {
 
-Tensor matmul_nt(const Tensor& A, const Tensor& B);  // A [r, k], B [c, k] -> A B^T [r, c]
-Tensor matmul_nn(const Tensor& A, const Tensor& B);  // A [r, k], B [k, c] -> A B [r, c]
-Tensor matmul_tn(const Tensor& A, const Tensor& B);  // A [k, r], B [k, c] -> A^T B [r, c]
 Tensor scale_cols(const Tensor& A, const std::vector<float>& w);  // A Diag(w)
 Tensor gather_rows(const Tensor& A, const std::vector<int32_t>& rows);
 Tensor hcat(const std::vector<Tensor>& parts, const std::vector<double>& weights);  // sqrt(w_i) * part_i
@@ -30,8 +28,8 @@ Guesses guesses_from(int64_t n, const std::vector<int32_t>& obf_ids, const Tenso
 double seconds_since(std::chrono::steady_clock::time_point t0);
 
 // NN building blocks (nn.cpp), shared by the classic and the drift-robust alignment.
-obf::Mat to_mat(const Tensor& t);
-Tensor to_ten(const obf::Mat& m);
+inline obf::Mat to_mat(const Tensor& t) { return linalg::from_tensor(t); }
+inline Tensor to_ten(const obf::Mat& m) { return linalg::to_tensor(m); }
 // Noise variance per entry the mechanism adds to a vocabulary matrix (alpha and the noise rule).
 double noise_var(const Tensor& A, double alpha, bool per_row);
 // Channel permutation from two ff x ff Gram matrices (sorted rows, then re-matching rounds):

@@ -23,6 +23,7 @@
 #include "aloepri/keyfile.h"
 #include "aloepri/model.h"
 #include "aloepri/output.h"
+#include "aloepri/token_file.h"
 #include "command.h"
 
 namespace fs = std::filesystem;
@@ -43,28 +44,6 @@ struct Opts {
   bool nn_classic = false;
   int nn_rounds = 3;
 };
-
-// Token ids: a .bin file of little-endian uint16, or text with ids separated by commas/space.
-std::vector<int32_t> read_ids(const std::string& path, size_t max_tokens) {
-  if (path.size() > 4 && path.substr(path.size() - 4) == ".bin") return aloepri::audit::load_token_file(path, max_tokens);
-  std::string s = aloepri::read_file(path);
-  for (char& c : s)
-    if (c == ',' || c == '\n' || c == '\r' || c == '\t') c = ' ';
-  std::istringstream in(s);
-  std::vector<int32_t> ids;
-  std::string tok;
-  while (in >> tok && (max_tokens == 0 || ids.size() < max_tokens)) {
-    try {
-      size_t pos = 0;
-      const long v = std::stol(tok, &pos);
-      if (pos != tok.size() || v < 0) throw std::invalid_argument(tok);
-      ids.push_back(int32_t(v));
-    } catch (const std::exception&) {
-      throw aloepri::Error(path, "not a token id: '" + tok + "'", aloepri::kExitUsage);
-    }
-  }
-  return ids;
-}
 
 std::string utc_now() {
   std::time_t t = std::time(nullptr);
@@ -115,11 +94,11 @@ int run(const Opts& o) {
                                           std::to_string(n) + ")", kExitUsage);
   };
   if (!o.victim.empty()) {
-    ctx.victim = read_ids(o.victim, o.victim_tokens);
+    ctx.victim = read_token_ids(o.victim, o.victim_tokens);
     check_ids(ctx.victim, o.victim);
     for (int32_t t : ctx.victim) ctx.traffic.push_back(int32_t((*ctx.truth)[size_t(t)]));
   } else {
-    ctx.traffic = read_ids(o.traffic, o.victim_tokens);
+    ctx.traffic = read_token_ids(o.traffic, o.victim_tokens);
     check_ids(ctx.traffic, o.traffic);
     if (ctx.truth) {
       const auto inv = invert_permutation(*ctx.truth);
@@ -155,7 +134,7 @@ int run(const Opts& o) {
   if (!o.priors.empty()) {
     entries.push_back(AttackEntry{
         "stream", "stream", "TFMA + SDA on the observed token stream, one run per --prior corpus",
-        [&o, n](const AuditContext& c) {
+        [&o, n, &pc](const AuditContext& c) {
           StreamAttackInputs in;
           in.vocab_size = int32_t(n);
           in.traffic = {c.traffic};
@@ -166,7 +145,7 @@ int run(const Opts& o) {
           for (const auto& path : o.priors) {
             if (fs::path(path).extension() != ".bin" && !tok) tok = Tokenizer::load(o.plain);
             in.priors.push_back({fs::path(path).filename().string(),
-                                 BigramModel::build(load_token_docs(path, tok ? &*tok : nullptr), int32_t(n))});
+                                 BigramModel::build(load_token_docs(path, tok ? &*tok : nullptr, document_ids(pc)), int32_t(n))});
           }
           return run_stream_attacks(in);
         }});

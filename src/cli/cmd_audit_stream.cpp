@@ -66,7 +66,7 @@ int run(const Opts& o) {
 
   std::vector<TokenSeq> plain, traffic;
   if (!o.victim.empty()) {
-    plain = load_token_docs(o.victim, &tok);
+    plain = load_token_docs(o.victim, &tok, document_ids(tok));
     traffic = plain;
     for (auto& d : traffic)
       for (auto& t : d) t = int32_t(tau[size_t(t)]);
@@ -137,14 +137,14 @@ int run(const Opts& o) {
   }
   for (const auto& spec : o.priors) {
     auto [name, file] = name_file(spec, "--prior");
-    auto docs = load_token_docs(file, &tok, o.max_prior_tokens);
+    auto docs = load_token_docs(file, &tok, document_ids(tok), o.max_prior_tokens);
     priors.push_back({name, BigramModel::build(docs, V)});
     if (o.homophones > 0) prior_docs.push_back({std::move(docs), {}});
   }
   for (const auto& spec : o.balanced_priors) {
     auto [name, file] = name_file(spec, "--balanced-prior");
     std::vector<std::string> src;
-    auto docs = load_token_docs(file, &tok, o.max_prior_tokens, &src);
+    auto docs = load_token_docs(file, &tok, document_ids(tok), o.max_prior_tokens, &src);
     auto weight = balance_sources(docs, src);
     priors.push_back({name, BigramModel::build_weighted(docs, weight, V)});
     if (o.homophones > 0) prior_docs.push_back({std::move(docs), std::move(weight)});

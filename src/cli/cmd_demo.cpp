@@ -20,6 +20,7 @@
 #include "aloepri/model.h"
 #include "aloepri/obfuscate.h"
 #include "aloepri/proxy.h"
+#include "aloepri/sse.h"
 #include "aloepri/synth.h"
 #include "aloepri/tokenizer.h"
 #include "command.h"
@@ -164,7 +165,8 @@ int run(const Options& o) {
     hr.path = "/v1/chat/completions";
     hr.body = req.dump();
     hr.set_header("Content-Type", "application/json");
-    std::string buf, err_body, finish, stream_error;
+    std::string err_body, finish, stream_error;
+    SseParser sse;
     int status = 0, chunks = 0;
     double ttft = -1;
     nlohmann::json usage;
@@ -178,18 +180,20 @@ int run(const Options& o) {
         err_body.append(d, n);
         return true;
       }
-      buf.append(d, n);
-      for (size_t end; (end = buf.find("\n\n")) != std::string::npos;) {
-        std::string ev = buf.substr(0, end);
-        buf.erase(0, end + 2);
-        if (ev.rfind("data: ", 0) != 0 || ev == "data: [DONE]") continue;
-        auto j = nlohmann::json::parse(ev.substr(6));
+      // The proxy's OpenAI stream: "data: {chunk}" events, then "data: [DONE]".
+      return sse.feed(d, n, [&](const SseEvent& ev) {
+        if (ev.error) {
+          stream_error = *ev.error;
+          return false;
+        }
+        if (ev.data == "[DONE]") return true;
+        auto j = nlohmann::json::parse(ev.data);
         if (j.contains("error")) {
           stream_error = j["error"].value("message", std::string("error"));
           return false;
         }
         if (j.contains("usage") && !j["usage"].is_null()) usage = j["usage"];
-        if (j["choices"].empty()) continue;
+        if (j["choices"].empty()) return true;
         const auto& ch = j["choices"][0];
         if (ch["delta"].contains("content") && !ch["delta"].contains("role")) {
           if (ttft < 0) ttft = seconds_since(t);
@@ -197,8 +201,8 @@ int run(const Options& o) {
           ++chunks;
         }
         if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
-      }
-      return true;
+        return true;
+      });
     };
     httplib::Response res;
     httplib::Error herr;

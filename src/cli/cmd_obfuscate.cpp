@@ -10,6 +10,7 @@
 #include "aloepri/model.h"
 #include "aloepri/obfuscate.h"
 #include "aloepri/output.h"
+#include "aloepri/token_file.h"
 #include "aloepri/tokenizer.h"
 #include "command.h"
 
@@ -25,11 +26,11 @@ struct Opts {
   bool exact = false, force = false;
 };
 
+// --calib-file: text ids (or a corpus .bin), through the one token-file reader.
 std::vector<int64_t> read_ids_file(const std::string& path) {
-  std::string s = aloepri::read_file(path);
-  for (char& ch : s)
-    if (ch == '\n' || ch == '\r' || ch == '\t' || ch == ' ') ch = ',';
-  return aloepri::cli::parse_ids_csv(s);
+  const auto ids = aloepri::read_token_ids(path);
+  aloepri::require(!ids.empty(), path, "no token ids", aloepri::kExitUsage);
+  return std::vector<int64_t>(ids.begin(), ids.end());
 }
 
 int run(Opts o, CLI::App& sub) {

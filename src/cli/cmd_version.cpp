@@ -2,18 +2,16 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "aloepri/linalg.h"
 #include "command.h"
-
-extern "C" char* openblas_get_corename(void);
-extern "C" char* openblas_get_config(void);
 
 namespace {
 auto setup(CLI::App& sub) {
   return [] {
     const char* ct = std::getenv("OPENBLAS_CORETYPE");
     std::cout << "aloepri " << ALOEPRI_VERSION << "\n"
-              << "openblas: " << openblas_get_config() << "\n"
-              << "openblas kernel: " << openblas_get_corename()
+              << "openblas: " << aloepri::linalg::blas_config() << "\n"
+              << "openblas kernel: " << aloepri::linalg::blas_kernel()
               << (ct ? std::string(" (OPENBLAS_CORETYPE=") + ct + ")" : std::string()) << "\n";
     return 0;
   };

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "aloepri/error.h"
+#include "aloepri/sse.h"
 
 namespace aloepri {
 
@@ -228,7 +229,8 @@ BackendResult Backend::generate(const BackendRequest& req, const OnIds& on_ids) 
 
   BackendResult out;
   int status = 0;
-  std::string raw, buf;
+  std::string raw;
+  SseParser sse;
   bool user_stop = false, saw_final = false;
   int fail_status = 0;
   std::string fail_msg;
@@ -315,52 +317,28 @@ BackendResult Backend::generate(const BackendRequest& req, const OnIds& on_ids) 
       if (raw.size() < (64u << 20)) raw.append(data, n);
       return true;
     }
-    buf.append(data, n);
     try {
-      for (;;) {
-        size_t end = buf.find("\n\n");
-        size_t sep = 2;
-        size_t end_crlf = buf.find("\r\n\r\n");
-        if (end_crlf != std::string::npos && (end == std::string::npos || end_crlf < end)) end = end_crlf, sep = 4;
-        if (end == std::string::npos) break;
-        std::string ev = buf.substr(0, end);
-        buf.erase(0, end + sep);
-        // An event: "data: {...}" lines (joined), or llama-server's in-band "error: {...}".
-        std::string payload;
-        size_t pos = 0;
-        while (pos <= ev.size()) {
-          size_t nl = ev.find('\n', pos);
-          if (nl == std::string::npos) nl = ev.size();
-          std::string line = ev.substr(pos, nl - pos);
-          if (!line.empty() && line.back() == '\r') line.pop_back();
-          if (line.rfind("data:", 0) == 0) {
-            std::string d = line.substr(5);
-            if (!d.empty() && d[0] == ' ') d.erase(0, 1);
-            payload += d;
-          } else if (line.rfind("error:", 0) == 0) {
-            throw BackendError(502, "backend error: " + error_message(line.substr(6)));
-          }
-          pos = nl + 1;
-        }
-        if (payload.empty()) continue;
-        if (payload == "[DONE]") {
+      // An event: "data: {...}" lines (joined), or llama-server's in-band "error: {...}".
+      return sse.feed(data, n, [&](const SseEvent& ev) {
+        if (ev.error) throw BackendError(502, "backend error: " + error_message(*ev.error));
+        if (ev.data.empty()) return true;
+        if (ev.data == "[DONE]") {
           saw_final = true;
-          continue;
+          return true;
         }
         nlohmann::json j;
         try {
-          j = nlohmann::json::parse(payload);
+          j = nlohmann::json::parse(ev.data);
         } catch (...) {
           throw BackendError(502, "backend sent an event that is not JSON");
         }
-        if (!deliver(parse(j))) return false;
-      }
+        return deliver(parse(j));
+      });
     } catch (const BackendError& e) {
       fail_status = e.status();
       fail_msg = e.what();
       return false;
     }
-    return true;
   };
 
   httplib::Response res;

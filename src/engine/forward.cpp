@@ -1,17 +1,16 @@
 // The reference forward pass (see forward.h). Activations live in double; matrices are kept as
-// double copies of the f32 weights so that whole-sequence products run as cblas_dgemm (every
+// double copies of the f32 weights so that whole-sequence products run as dgemm (every
 // dot product accumulated in double). The model is processed in chunks of positions: each
 // chunk runs through all layers, appending to the KV cache, so a chunk is exactly a batch of
 // step() calls and memory stays bounded for long sequences.
 #include "aloepri/forward.h"
-
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "aloepri/error.h"
+#include "aloepri/linalg.h"
 
 namespace aloepri {
 
@@ -21,8 +20,7 @@ std::vector<double> to_double(const Tensor& t) { return std::vector<double>(t.da
 
 // C[M,N] = A[M,K] B[K,N] (row-major, contiguous).
 void matmul(const double* A, int64_t M, int64_t K, const double* B, int64_t N, double* C) {
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(M), int(N), int(K), 1.0, A, int(K), B,
-              int(N), 0.0, C, int(N));
+  linalg::gemm(false, false, M, N, K, 1.0, A, K, B, N, 0.0, C, N);
 }
 
 void add_bias(double* X, int64_t rows, const std::vector<double>& b) {
@@ -52,45 +50,6 @@ void check_shape(const Tensor& t, const std::vector<int64_t>& want, const std::s
 }
 
 }  // namespace
-
-std::vector<double> rope_inv_freq(const ModelConfig& c) {
-  const int64_t dh = c.head_dim;
-  require(dh > 0 && dh % 2 == 0, "config.json: head_dim", "must be even and positive for RoPE");
-  const int64_t half = dh / 2;
-  std::vector<double> f(half);
-  for (int64_t i = 0; i < half; ++i) f[i] = 1.0 / std::pow(c.rope_theta, double(2 * i) / double(dh));
-  const RopeScaling& rs = c.rope_scaling;
-  if (rs.type.empty() || rs.type == "default") return f;
-  if (rs.type == "linear") {
-    require(rs.factor > 0, "config.json: rope_scaling.factor", "must be positive");
-    for (double& x : f) x /= rs.factor;
-    return f;
-  }
-  if (rs.type == "llama3") {
-    // transformers' _compute_llama3_parameters: wavelengths longer than old_ctx/low_freq_factor
-    // are divided by factor, shorter than old_ctx/high_freq_factor kept, and in between
-    // interpolated linearly in old_ctx/wavelen.
-    require(rs.factor > 0, "config.json: rope_scaling.factor", "must be positive");
-    require(rs.high_freq_factor != rs.low_freq_factor, "config.json: rope_scaling",
-            "high_freq_factor equals low_freq_factor");
-    const double old_ctx = double(rs.original_max_position_embeddings);
-    const double low_wavelen = old_ctx / rs.low_freq_factor;
-    const double high_wavelen = old_ctx / rs.high_freq_factor;
-    for (double& x : f) {
-      const double wavelen = 2.0 * M_PI / x;
-      if (wavelen < high_wavelen) continue;  // high frequency: unchanged
-      if (wavelen > low_wavelen) {           // low frequency: scaled
-        x /= rs.factor;
-        continue;
-      }
-      const double smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-      x = (1.0 - smooth) * x / rs.factor + smooth * x;
-    }
-    return f;
-  }
-  throw Error("config.json: rope_scaling", "unsupported rope type '" + rs.type +
-                                               "' (supported: none, linear, llama3)");
-}
 
 std::vector<int64_t> attention_windows(const ModelConfig& c) {
   std::vector<int64_t> w(size_t(std::max<int64_t>(c.num_hidden_layers, 0)), 0);
@@ -275,9 +234,8 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bo
       S.resize(size_t(rows * keys));
       for (int64_t h = 0; h < H; ++h) {
         const int64_t kh = h / g;  // GQA: query head h reads kv head h / g
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(keys), int(dh), scale,
-                    Q.data() + t0 * qd + h * dh, int(qd), kc.data() + kh * dh, int(kvd), 0.0, S.data(),
-                    int(keys));
+        linalg::gemm(false, true, rows, keys, dh, scale, Q.data() + t0 * qd + h * dh, qd, kc.data() + kh * dh, kvd,
+                     0.0, S.data(), keys);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t qpos = pos_ + t0 + r;
           double* s = S.data() + r * keys;
@@ -295,8 +253,8 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bo
           }
           for (int64_t j = lo; j <= qpos; ++j) s[j] /= sum;
         }
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(dh), int(keys), 1.0, S.data(),
-                    int(keys), vc.data() + kh * dh, int(kvd), 0.0, A.data() + t0 * qd + h * dh, int(qd));
+        linalg::gemm(false, false, rows, dh, keys, 1.0, S.data(), keys, vc.data() + kh * dh, kvd, 0.0,
+                     A.data() + t0 * qd + h * dh, qd);
       }
     }
     matmul(A.data(), T, qd, D.wo.data(), d, tmp.data());
@@ -330,8 +288,7 @@ void ReferenceModel::branch_attention(const double* Q, const double* K, const do
   for (int64_t h = 0; h < H; ++h) {
     const int64_t kh = h / g;
     if (keys > 0)  // S [T, keys] = Q_h K_cache_h^T * scale
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(keys), int(dh), scale, Q + h * dh, int(qd),
-                  kc.data() + kh * dh, int(kvd), 0.0, S.data(), int(keys));
+      linalg::gemm(false, true, T, keys, dh, scale, Q + h * dh, qd, kc.data() + kh * dh, kvd, 0.0, S.data(), keys);
     for (int64_t r = 0; r < T; ++r) {
       const double* q = Q + r * qd + h * dh;
       const double* k = K + r * kvd + kh * dh;

@@ -1,6 +1,5 @@
-// Synthetic HF checkpoints (see synth.h). Every tensor draws from its own RNG stream
-// (domain "synth/<tensor name>"), so a tensor's values depend only on the seed, its name and
-// its shape, never on the order of generation or on the other tensors.
+// Synthetic HF checkpoints (see synth.h): the config from a real vocabulary and the tensors from
+// the one synthetic-weight writer (model.h write_synthetic_tensors), streams "synth/<name>".
 #include "aloepri/synth.h"
 
 #include <sodium.h>
@@ -12,8 +11,6 @@
 #include "aloepri/error.h"
 #include "aloepri/model.h"
 #include "aloepri/output.h"
-#include "aloepri/progress.h"
-#include "aloepri/safetensors.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -29,10 +26,6 @@ json read_json(const std::string& path) {
   } catch (const json::exception& e) {
     throw Error(path, std::string("invalid JSON: ") + e.what());
   }
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 std::string torch_dtype_name(DType t) {
@@ -181,40 +174,12 @@ void synthesize(const SynthOptions& o, const std::string& out_dir, bool overwrit
     write_file_atomic(dir.file(f), read_file(src.string()));
   }
 
-  const auto tensors = expected_tensors(c);
-  SafetensorsWriter writer(dir.temp_path(), o.max_shard_bytes,
-                           {{"format", "pt"}, {"aloepri_synth_seed", std::to_string(o.seed)}});
-  uint64_t total = 0;
-  for (auto& [name, shape] : tensors) {
-    TensorSpec spec{name, o.dtype, shape};
-    writer.add(spec);
-    total += spec.nbytes();
-  }
-  Progress bar("synth", total, "B");
-  const double d = double(c.hidden_size);
-  std::vector<float> buf;
-  for (auto& [name, shape] : tensors) {
-    size_t n = 1;
-    for (int64_t s : shape) n *= size_t(s);
-    buf.resize(n);
-    RngStream rng(seed, "synth/" + name);
-    if (ends_with(name, "norm.weight")) {  // every RMSNorm: input/post_attention/final/q/k
-      rng.fill_normal(buf.data(), n, 0.1);
-      for (float& x : buf) x += 1.0f;
-    } else if (ends_with(name, ".bias")) {
-      rng.fill_normal(buf.data(), n, 0.1);
-    } else if (name == tensor_names::embed() || name == tensor_names::lm_head()) {
-      rng.fill_normal(buf.data(), n, 1.0 / std::sqrt(d));
-    } else {  // projections, HF layout (out x in): scale by fan-in
-      require(shape.size() == 2, "tensor '" + name + "'", "unexpected shape " + shape_to_string(shape),
-              kExitError);
-      rng.fill_normal(buf.data(), n, 1.0 / std::sqrt(double(shape[1])));
-    }
-    writer.write_f32(name, buf.data(), n);
-    bar.advance(n * dtype_size(o.dtype));
-  }
-  writer.finish();
-  bar.finish();
+  SyntheticInit init;
+  init.seed = seed;
+  init.stream_prefix = "synth/";
+  init.embed_std = 1.0 / std::sqrt(double(c.hidden_size));  // realistic logits (synth.h)
+  write_synthetic_tensors(dir.temp_path(), c, init, o.dtype, o.max_shard_bytes,
+                          {{"format", "pt"}, {"aloepri_synth_seed", std::to_string(o.seed)}}, "synth");
   dir.commit();
 }
 

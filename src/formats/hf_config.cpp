@@ -324,4 +324,47 @@ int64_t ModelConfig::parameter_count() const {
   return n;
 }
 
+std::vector<double> rope_inv_freq(double theta, int64_t dh) {
+  std::vector<double> f(static_cast<size_t>(dh / 2));
+  for (int64_t i = 0; i < dh / 2; ++i) f[size_t(i)] = 1.0 / std::pow(theta, double(2 * i) / double(dh));
+  return f;
+}
+
+std::vector<double> rope_inv_freq(const ModelConfig& c) {
+  const int64_t dh = c.head_dim;
+  require(dh > 0 && dh % 2 == 0, "config.json: head_dim", "must be even and positive for RoPE");
+  std::vector<double> f = rope_inv_freq(c.rope_theta, dh);
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type.empty() || rs.type == "default") return f;
+  if (rs.type == "linear") {
+    require(rs.factor > 0, "config.json: rope_scaling.factor", "must be positive");
+    for (double& x : f) x /= rs.factor;
+    return f;
+  }
+  if (rs.type == "llama3") {
+    // transformers' _compute_llama3_parameters: wavelengths longer than old_ctx/low_freq_factor
+    // are divided by factor, shorter than old_ctx/high_freq_factor kept, and in between
+    // interpolated linearly in old_ctx/wavelen.
+    require(rs.factor > 0, "config.json: rope_scaling.factor", "must be positive");
+    require(rs.high_freq_factor != rs.low_freq_factor, "config.json: rope_scaling",
+            "high_freq_factor equals low_freq_factor");
+    const double old_ctx = double(rs.original_max_position_embeddings);
+    const double low_wavelen = old_ctx / rs.low_freq_factor;
+    const double high_wavelen = old_ctx / rs.high_freq_factor;
+    for (double& x : f) {
+      const double wavelen = 2.0 * M_PI / x;
+      if (wavelen < high_wavelen) continue;  // high frequency: unchanged
+      if (wavelen > low_wavelen) {           // low frequency: scaled
+        x /= rs.factor;
+        continue;
+      }
+      const double smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+      x = (1.0 - smooth) * x / rs.factor + smooth * x;
+    }
+    return f;
+  }
+  throw Error("config.json: rope_scaling", "unsupported rope type '" + rs.type +
+                                               "' (supported: none, linear, llama3)");
+}
+
 }  // namespace aloepri

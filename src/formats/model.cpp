@@ -1,5 +1,5 @@
 // HF checkpoint directories: the tensor names and shapes each family must have, loading with
-// shape checks, the output head, the fingerprint, and small synthetic checkpoints for tests.
+// shape checks, the output head, the fingerprint, and the one writer of synthetic weights.
 #include "aloepri/model.h"
 
 #include <sodium.h>
@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "aloepri/error.h"
 #include "aloepri/output.h"
@@ -140,6 +141,47 @@ std::string HFModel::fingerprint() const {
   return hex;
 }
 
+void write_synthetic_tensors(const std::string& dir, const ModelConfig& c, const SyntheticInit& init, DType dtype,
+                             uint64_t max_shard_bytes, const std::map<std::string, std::string>& metadata,
+                             const char* progress_label) {
+  const auto tensors = expected_tensors(c);
+  SafetensorsWriter w(dir, max_shard_bytes, metadata);
+  uint64_t total = 0;
+  for (auto& [name, shape] : tensors) {
+    TensorSpec spec{name, dtype, shape};
+    w.add(spec);
+    total += spec.nbytes();
+  }
+  std::optional<Progress> bar;
+  if (progress_label) bar.emplace(progress_label, total, "B");
+  auto ends_with = [](const std::string& s, const char* suf) {
+    const size_t n = std::char_traits<char>::length(suf);
+    return s.size() >= n && s.compare(s.size() - n, n, suf) == 0;
+  };
+  std::vector<float> buf;
+  for (auto& [name, shape] : tensors) {
+    size_t n = 1;
+    for (int64_t x : shape) n *= size_t(x);
+    buf.resize(n);
+    RngStream r(init.seed, init.stream_prefix + name);
+    if (ends_with(name, "norm.weight")) {  // every RMSNorm: input/post_attention/final/q/k
+      r.fill_normal(buf.data(), n, 0.1);
+      for (float& x : buf) x += 1.0f;
+    } else if (ends_with(name, ".bias")) {
+      r.fill_normal(buf.data(), n, 0.1);
+    } else if (name == tensor_names::embed()) {
+      r.fill_normal(buf.data(), n, init.embed_std);
+    } else {  // projections and an untied head, HF layout (out x in): scale by fan-in
+      require(shape.size() == 2, "tensor '" + name + "'", "unexpected shape " + shape_to_string(shape), kExitError);
+      r.fill_normal(buf.data(), n, 1.0 / std::sqrt(double(shape[1])));
+    }
+    w.write_f32(name, buf.data(), n);
+    if (bar) bar->advance(n * dtype_size(dtype));
+  }
+  w.finish();
+  if (bar) bar->finish();
+}
+
 void write_synthetic_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
                            DType dtype, uint64_t max_shard_bytes) {
   config.validate("synthetic config");
@@ -149,29 +191,11 @@ void write_synthetic_model(const std::string& dir, const ModelConfig& config, ui
   c.torch_dtype = dtype == DType::F32 ? "float32" : dtype == DType::F16 ? "float16"
                 : dtype == DType::BF16 ? "bfloat16" : "float64";
   AtomicDir out(dir);
-  auto tensors = expected_tensors(c);
-  {
-    SafetensorsWriter w(out.temp_path(), max_shard_bytes);
-    for (auto& [name, shape] : tensors) w.add({name, dtype, shape});
-    for (auto& [name, shape] : tensors) {
-      Tensor t(shape);
-      RngStream r(s, "synthetic/" + name);
-      bool is_norm = name.find("norm") != std::string::npos;
-      bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
-      if (is_norm) {
-        r.fill_normal(t.ptr(), t.data.size(), 0.1);
-        for (auto& x : t.data) x += 1.0f;
-      } else if (is_bias) {
-        r.fill_normal(t.ptr(), t.data.size(), 0.1);
-      } else if (name == tensor_names::embed()) {
-        r.fill_normal(t.ptr(), t.data.size(), 1.0);
-      } else {
-        r.fill_normal(t.ptr(), t.data.size(), 1.0 / std::sqrt(double(shape.back())));
-      }
-      w.write_f32(name, t.ptr(), t.data.size());
-    }
-    w.finish();
-  }
+  SyntheticInit init;
+  init.seed = s;
+  init.stream_prefix = "synthetic/";
+  init.embed_std = 1.0;
+  write_synthetic_tensors(out.temp_path(), c, init, dtype, max_shard_bytes, {{"format", "pt"}});
   write_file_atomic(out.file("config.json"), c.to_json().dump(2) + "\n");
   out.commit();
 }

@@ -1,9 +1,11 @@
 #include "aloepri/token_file.h"
 
 #include <algorithm>
+#include <climits>
 #include <fstream>
 
 #include "aloepri/error.h"
+#include "aloepri/output.h"
 
 namespace aloepri {
 
@@ -24,6 +26,54 @@ std::vector<uint16_t> read_token_file(const std::string& path, size_t max_tokens
   std::vector<uint16_t> ids(n);
   for (size_t i = 0; i < n; ++i) ids[i] = uint16_t(raw[2 * i] | (raw[2 * i + 1] << 8));
   return ids;
+}
+
+}  // namespace aloepri
+
+namespace aloepri {
+
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& where, size_t max_tokens) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  const char* sep = ", \t\r\n";
+  while (max_tokens == 0 || ids.size() < max_tokens) {
+    i = text.find_first_not_of(sep, i);
+    if (i == std::string::npos) break;
+    size_t j = text.find_first_of(sep, i);
+    if (j == std::string::npos) j = text.size();
+    const std::string tok = text.substr(i, j - i);
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(tok, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != tok.size() || v < 0 || v > INT32_MAX) throw Error(where, "not a token id: '" + tok + "'", kExitUsage);
+    ids.push_back(int32_t(v));
+    i = j;
+  }
+  return ids;
+}
+
+std::vector<int32_t> read_token_ids(const std::string& path, size_t max_tokens) {
+  if (path.size() > 4 && path.compare(path.size() - 4, 4, ".bin") == 0) {
+    const auto raw = read_token_file(path, max_tokens);
+    return std::vector<int32_t>(raw.begin(), raw.end());
+  }
+  return parse_token_ids(read_file(path), path, max_tokens);
+}
+
+std::vector<std::vector<int32_t>> split_documents(const std::vector<uint16_t>& ids, const DocumentIds& special) {
+  std::vector<std::vector<int32_t>> docs;
+  std::vector<int32_t> cur;
+  for (const uint16_t u : ids) {
+    const int32_t id = u;
+    if (special.bos && id == *special.bos && !cur.empty()) docs.push_back(std::move(cur)), cur.clear();
+    if (!(special.eos && id == *special.eos)) cur.push_back(id);
+  }
+  if (!cur.empty()) docs.push_back(std::move(cur));
+  return docs;
 }
 
 }  // namespace aloepri

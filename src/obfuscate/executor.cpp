@@ -1,6 +1,5 @@
 // The streaming obfuscation executor: plaintext layer in, obfuscated layer out, never the whole
 // model in memory (peak: the key-matrix base, one layer, and the embedding/head).
-#include <cblas.h>
 #include <malloc.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -16,6 +15,7 @@
 #include <map>
 
 #include "aloepri/error.h"
+#include "aloepri/linalg.h"
 #include "aloepri/keyfile.h"
 #include "aloepri/mmap.h"
 #include "aloepri/model.h"
@@ -148,7 +148,7 @@ double fro2(const Tensor& t) {
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor* b) {
   const int64_t T = x.rows(), in = x.cols(), out = W.rows();
   Tensor y({T, out});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(out), int(in), 1.0f, x.ptr(), int(in), W.ptr(),
+  linalg::gemm(false, true, int(T), int(out), int(in), 1.0f, x.ptr(), int(in), W.ptr(),
               int(in), 0.0f, y.ptr(), int(out));
   if (b && !b->data.empty())
     for (int64_t t = 0; t < T; ++t)
@@ -277,7 +277,7 @@ class Calibrator {
     for (size_t i = 0; i < R_.data.size(); ++i) R_.data[i] += a.data[i];
   }
   void add_write(const Tensor& a, const Tensor& P) {  // Rt += a P
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T_), int(P.cols()), int(a.cols()), 1.0f, a.ptr(),
+    linalg::gemm(false, false, int(T_), int(P.cols()), int(a.cols()), 1.0f, a.ptr(),
                 int(a.cols()), P.ptr(), int(P.cols()), 1.0f, Rt_.ptr(), int(P.cols()));
   }
 
@@ -736,7 +736,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
         Tensor bo({1, d});
         bo.data = o_bias.data;
         Tensor r({1, dp});
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, int(dp), int(d), 1.0f, bo.ptr(), int(d), Po.ptr(),
+        linalg::gemm(false, false, 1, int(dp), int(d), 1.0f, bo.ptr(), int(d), Po.ptr(),
                     int(dp), 0.0f, r.ptr(), int(dp));
         put(layer(l, "self_attn.o_proj.bias"), r);
       }

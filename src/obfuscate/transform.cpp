@@ -1,10 +1,9 @@
 // Per-component transforms (method.md section 5); see obf_transform.h.
-#include <cblas.h>
-
 #include <cmath>
 #include <numeric>
 
 #include "aloepri/error.h"
+#include "aloepri/linalg.h"
 #include "aloepri/obf_transform.h"
 
 namespace aloepri::obf {
@@ -111,7 +110,7 @@ Mat head_map(const HeadKeys& hk, int64_t dh, bool inverse_scale) {
 static void map_rows(const float* src, float* dst, const Mat& T, int64_t dh, int64_t d) {
   // dst (dh x d) = T^T (dh x dh) * src (dh x d), in f32 GEMM with a f32 copy of T.
   std::vector<float> Tf = to_f32(T);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(dh), int(d), int(dh), 1.0f, Tf.data(),
+  linalg::gemm(true, false, int(dh), int(d), int(dh), 1.0f, Tf.data(),
               int(dh), src, int(d), 0.0f, dst, int(d));
 }
 
@@ -197,7 +196,7 @@ AttnHF transform_attention_heads(const AttnHF& in, const AttnKeys& K, int64_t dh
       map_rows(in.q.ptr() + i * dh * d, out.q.ptr() + is * dh * d, Tq, dh, d);
       if (bias) map_vec(in.bq.ptr() + i * dh, out.bq.ptr() + is * dh, Tq, dh);
       // out.o[:, is block] = in.o[:, i block] * Uinv^T  (d x dh) with row stride m dh.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(d), int(dh), int(dh), 1.0f,
+      linalg::gemm(false, false, int(d), int(dh), int(dh), 1.0f,
                   in.o.ptr() + i * dh, int(m * dh), UinvT.data(), int(dh), 0.0f,
                   out.o.ptr() + is * dh, int(m * dh));
     }
@@ -244,7 +243,7 @@ Tensor read_residual(Tensor w, const std::vector<float>& norm_w, const Tensor& Q
       for (int64_t k = 0; k < d; ++k) w.ptr()[r * d + k] *= norm_w[k];
   }
   Tensor res({out, dp});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(out), int(dp), int(d), 1.0f, w.ptr(),
+  linalg::gemm(false, true, int(out), int(dp), int(d), 1.0f, w.ptr(),
               int(d), Qf.ptr(), int(d), 0.0f, res.ptr(), int(dp));
   return res;
 }
@@ -254,7 +253,7 @@ Tensor write_residual(const Tensor& w, const Tensor& Pf) {
   require(Pf.rows() == d, "write_residual", "P has " + std::to_string(Pf.rows()) + " rows, weight has " +
                                                 std::to_string(d), kExitError);
   Tensor res({dp, in});
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(dp), int(in), int(d), 1.0f, Pf.ptr(), int(dp),
+  linalg::gemm(true, false, int(dp), int(in), int(d), 1.0f, Pf.ptr(), int(dp),
               w.ptr(), int(in), 0.0f, res.ptr(), int(in));
   return res;
 }
@@ -316,7 +315,7 @@ Tensor transform_vocab_matrix(int64_t n, int64_t d, const RowFetch& fetch, const
         for (int64_t k = 0; k < d; ++k) row[k] *= col_scale[k];
     }
     // Writer (embedding): rows P; reader (head): rows Q^T.
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, reader ? CblasTrans : CblasNoTrans, int(m), int(dp), int(d), 1.0f,
+    linalg::gemm(false, reader, int(m), int(dp), int(d), 1.0f,
                 buf.data(), int(d), M.ptr(), reader ? int(d) : int(dp), 0.0f, res.data(), int(dp));
     // Row t of the plaintext becomes row tau[t].
     for (int64_t i = 0; i < m; ++i)
