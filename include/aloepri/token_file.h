@@ -14,4 +14,9 @@ namespace aloepri {
 // is empty or has an odd number of bytes.
 std::vector<uint16_t> read_token_file(const std::string& path, size_t max_tokens = 0);
 
+// Unigram counts over [0, n) (for `obfuscate --homophone-counts FILE`): a *.bin token file as
+// above, or text holding exactly n non-negative numbers (whitespace / comma separated). Errors
+// name the file (an id >= n, a wrong count of numbers, a negative or unparsable number).
+std::vector<double> read_unigram_counts(const std::string& path, int64_t n);
+
 }  // namespace aloepri
