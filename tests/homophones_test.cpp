@@ -137,7 +137,9 @@ TEST(Homophones, FlatAllocationMinimisesTheLargestPerCopyFrequency) {
   for (size_t t = 0; t < c.size(); ++t)
     if (t > 2) mx = std::max(mx, f[t] / double(c[t]));
   for (size_t t = 3; t < c.size(); ++t)
-    if (c[t] > 1) EXPECT_GE(f[t] / double(c[t] - 1), mx - 1e-9) << "id " << t;
+    if (c[t] > 1) {
+      EXPECT_GE(f[t] / double(c[t] - 1), mx - 1e-9) << "id " << t;
+    }
   // And it flattens more than the simulation's sqrt rule.
   const auto cs = allocate_copies(f, B, CopyRule::Sqrt, single);
   double mxs = 0;
@@ -196,7 +198,7 @@ TEST(Homophones, CliNamesTheCountsFlagForAModelWithoutDefaultCounts) {
   rc = aloepri::testing::run_command(aloepri::testing::aloepri_exe() + " obfuscate " + m.dir + "/plain --key " + dir +
                                          "/k.key --out " + dir + "/o --exact --homophones 100",
                                      &out, true);
-  EXPECT_EQ(WEXITSTATUS(rc), 2) << out;
+  EXPECT_EQ(rc, 2) << out;  // kExitUsage
   EXPECT_NE(out.find("--homophone-counts"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir + "/o"));
   rc = aloepri::testing::run_command(aloepri::testing::aloepri_exe() + " obfuscate " + m.dir + "/plain --key " + dir +
@@ -388,7 +390,9 @@ TEST(Homophones, NoisyCopiesHaveTheirOwnDrawAndCopyZeroIsTheUsualRow) {
     ++checked;
     const float* r0 = b.embed.ptr() + map.id(t, 0) * d;
     const float* rt = a.embed.ptr() + tau.id(t, 0) * d;
-    for (int64_t k = 0; k < d; ++k) ASSERT_EQ(r0[k], rt[k]) << "copy 0 of " << t << " is the usual noisy row";
+    // The same noise draw (a product of another batch size may round differently in the last bit).
+    for (int64_t k = 0; k < d; ++k)
+      ASSERT_NEAR(r0[k], rt[k], 1e-5 * (1 + std::abs(rt[k]))) << "copy 0 of " << t << " is the usual noisy row";
     const float* r1 = b.embed.ptr() + map.id(t, 1) * d;
     double diff = 0;
     for (int64_t k = 0; k < d; ++k) diff += std::abs(double(r0[k]) - r1[k]);

@@ -104,7 +104,7 @@ Tensor transform_vocab_matrix(int64_t n, int64_t d, const RowFetch& fetch, const
                               double alpha, NoiseScale ns, RngStream& rng, const std::vector<float>& col_scale,
                               const Tensor& M, bool reader);
 // The same over a homophonic vocabulary (homophones.h): [n, d] -> [n', d']. Copy 0 of id t is
-// exactly the row above (noise from `rng`, so a map without copies gives the same bytes); copy
+// the row above (the same noise draw from `rng`; a map without copies gives the same bytes); copy
 // c >= 1 is t's row with its own noise draw from copy_stream(c) (one domain-separated stream per
 // copy rank, rows in plaintext order), and lands in output row map.id(t, c). Without noise all
 // copies of t are the same row.

@@ -85,7 +85,7 @@ Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t
   if (groups)
     for (auto& x : run_ids) x = groups->rep[size_t(x)];
   m.reset();
-  if (bos >= 0) m.prefill({groups ? int64_t(groups->rep[size_t(groups->of[size_t(bos)])]) : bos});
+  if (bos >= 0) m.prefill({groups ? int64_t(groups->rep[size_t(bos)]) : bos});  // with groups, bos is a group
   const std::vector<double> h = m.branch_hidden(run_ids);
   m.reset();
   s.hidden = Tensor({R, d});
