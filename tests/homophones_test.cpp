@@ -419,11 +419,12 @@ TEST(Homophones, ExactCopiesServedByLlamaCpp) {
   std::vector<int64_t> ids, oids;
   for (int i = 0; i < 8; ++i) ids.push_back(i % 3 == 1 ? most : int64_t(r.below(uint64_t(map.plain_size()))));
   for (size_t i = 0; i < ids.size(); ++i) oids.push_back(map.id(ids[i], int64_t(i) % map.copies(ids[i])));
+  const int64_t top = map.copies(most) + 8;  // copies tie: read back more than the most copies
   auto run = [&](const std::string& g, const std::vector<int64_t>& v) {
     std::string out;
     // Logit-exact: flash attention off and an F32 KV cache are eval.mjs's defaults.
     const std::string cmd = "node " + eval_script() + " --model " + g + " --ids " + csv(v) +
-                            " --greedy 32 --all-logits --threads 2";
+                            " --greedy 32 --greedy-top " + std::to_string(top) + " --all-logits --threads 2";
     const int rc = aloepri::testing::run_command(cmd, &out);
     if (rc != 0) throw std::runtime_error("eval.mjs failed: " + cmd);
     return nlohmann::json::parse(out);

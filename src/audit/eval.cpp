@@ -317,15 +317,20 @@ class LlamaCpp {
     fs::remove(f);
     return out;
   }
+  // Copies of a homophonic vocabulary tie by construction: the harness must read back more than
+  // the most copies of one token to resolve a tie to the lowest id.
+  void set_greedy_top(int64_t k) { greedy_top_ = k; }
   std::vector<int64_t> greedy(const std::vector<int64_t>& ids, int64_t k) {
     const std::string s = run_capture("node " + sh_quote(script_) + " --model " + sh_quote(gguf_) + " --ids " +
-                                          ids_csv(ids) + " --threads 1 --greedy " + std::to_string(k),
+                                          ids_csv(ids) + " --threads 1 --greedy " + std::to_string(k) +
+                                          " --greedy-top " + std::to_string(greedy_top_),
                                       "llama.cpp eval.mjs on " + gguf_);
     return nlohmann::json::parse(s).at("greedy").get<std::vector<int64_t>>();
   }
 
  private:
   std::string script_, gguf_, scratch_;
+  int64_t greedy_top_ = 8;
 };
 
 nlohmann::json score_llamacpp(LlamaCpp& plain, LlamaCpp& obf, int64_t n, const VocabMap& map,
@@ -518,6 +523,9 @@ nlohmann::json run_eval(const EvalConfig& cfg) {
     }
     prog.advance();
     LlamaCpp lp(ed, pg, cfg.work_dir), lo(ed, og, cfg.work_dir);
+    int64_t most = 1;
+    for (int64_t t = 0; t < n; ++t) most = std::max(most, tau.copies(t));
+    lo.set_greedy_top(std::max<int64_t>(8, most + 8));
     auto s = score_llamacpp(lp, lo, n, tau, ll_windows, cfg.greedy_prompts, cfg.prompt_len, cfg.greedy_tokens, &prog);
     s["gguf_dtype"] = {{"plain", dtype_name(stored_dtype(cfg.plain_dir))}, {"obf", dtype_name(served)}};
     report["engines"]["llamacpp"] = s;

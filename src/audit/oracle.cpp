@@ -31,7 +31,6 @@ struct Side {
   std::vector<int32_t> row_of;  // [n] row of a token, -1 when not run
   Tensor hidden;                // [R, d]
   Tensor head;                  // [d, n]
-  std::vector<float> bias;      // [n] added to every logit (log copies of a merged group); empty = 0
   std::vector<float> lse;       // [R] log sum_y exp(logit)
   Tensor row_sig;               // [R, k] sorted top-k log P(. | bos, x), descending
   Tensor col_sig;               // [n, k] sorted top-k over rows x of log P(y | bos, x), descending
@@ -66,8 +65,10 @@ std::vector<int32_t> pick_rows(ReferenceModel& m, int64_t bos, int64_t count, co
 // Runs [bos, x] for every row, then one pass over the R x n log-probabilities (in row blocks)
 // for the normalizers and both sorted signatures.
 // With `groups` (a homophonic served model, see cluster_copies) the side's tokens are the groups:
-// row x runs the group's representative id, and the head is the representatives' columns with
-// bias log |group| (the summed probability of identical copies).
+// row x runs the group's representative id, and the head is the representatives' columns. No
+// log |group| bias: the served softmax over n' copies gives copy (y, j) the probability
+// e^{z_y} / sum_u c_u e^{z_u}, so one column per group renormalised over the groups is exactly
+// the public model's e^{z_y} / sum_u e^{z_u} (the summed mass of the copies would be tilted by c_y).
 struct Groups {
   std::vector<int32_t> of;   // [n'] group of each model id
   std::vector<int32_t> rep;  // [G] a model id of each group
@@ -96,8 +97,6 @@ Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t
     s.head = Tensor({d, n});
     for (int64_t i = 0; i < d; ++i)
       for (int64_t g = 0; g < n; ++g) s.head.data[size_t(i * n + g)] = full.data[size_t(i * np + groups->rep[size_t(g)])];
-    s.bias.resize(size_t(n));
-    for (int64_t g = 0; g < n; ++g) s.bias[size_t(g)] = float(std::log(double(groups->size[size_t(g)])));
   } else {
     s.head = m.weights().head;  // [d, n]
   }
@@ -115,8 +114,6 @@ Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t
                 int(d), s.head.ptr(), int(n), 0.0f, L.data(), int(n));
     for (int64_t b = 0; b < B; ++b) {
       float* row = L.data() + b * n;
-      if (!s.bias.empty())
-        for (int64_t y = 0; y < n; ++y) row[y] += s.bias[size_t(y)];
       float mx = row[0];
       for (int64_t y = 1; y < n; ++y) mx = std::max(mx, row[y]);
       double sum = 0;
@@ -142,7 +139,7 @@ Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t
 }
 
 // pick_rows over the groups of a homophonic served model: every group, or the `count` most
-// likely after bos (a group's probability is the sum over its copies) plus `must`.
+// likely after bos (a group read at its representative, as run_side does) plus `must`.
 std::vector<int32_t> group_rows(ReferenceModel& m, const Groups& G, int64_t bos, int64_t count,
                                 const std::vector<int32_t>& must) {
   const int64_t n = int64_t(G.rep.size());
@@ -156,7 +153,7 @@ std::vector<int32_t> group_rows(ReferenceModel& m, const Groups& G, int64_t bos,
   const std::vector<double> lg = m.step(G.rep[size_t(bos)]);
   m.reset();
   std::vector<double> lik(static_cast<size_t>(n));
-  for (int64_t g = 0; g < n; ++g) lik[size_t(g)] = lg[size_t(G.rep[size_t(g)])] + std::log(double(G.size[size_t(g)]));
+  for (int64_t g = 0; g < n; ++g) lik[size_t(g)] = lg[size_t(G.rep[size_t(g)])];
   std::vector<int32_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::partial_sort(order.begin(), order.begin() + count, order.end(),
@@ -216,13 +213,12 @@ Tensor anchored_features(const Side& s, const std::vector<int32_t>& sub, const s
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(A), int(n), int(d), 1.0f, hA.ptr(), int(d), s.head.ptr(),
               int(n), 0.0f, colT.ptr(), int(n));
   Tensor F({R, 2 * A});
-  auto bias = [&](int64_t y) { return s.bias.empty() ? 0.0f : s.bias[size_t(y)]; };
   for (int64_t i = 0; i < R; ++i) {
     float* f = F.ptr() + i * 2 * A;
     const int64_t r = sub[size_t(i)], y = s.rows[size_t(r)];
     for (int64_t j = 0; j < A; ++j) {
-      f[j] = std::max(rowf.data[size_t(i * A + j)] + bias(anchors[size_t(j)]) - s.lse[size_t(r)], kLogFloor);
-      f[A + j] = std::max(colT.data[size_t(j * n + y)] + bias(y) - lseA[size_t(j)], kLogFloor);
+      f[j] = std::max(rowf.data[size_t(i * A + j)] - s.lse[size_t(r)], kLogFloor);
+      f[A + j] = std::max(colT.data[size_t(j * n + y)] - lseA[size_t(j)], kLogFloor);
     }
   }
   standardize_columns(F);
@@ -460,8 +456,7 @@ VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t pl
     if (obf_bos >= 0) {
       const std::vector<double> lg = obf.step(G ? int64_t(G->rep[size_t(obf_bos)]) : obf_bos);
       for (size_t r = 0; r < o.rows.size(); ++r)
-        lik[r] = G ? lg[size_t(G->rep[size_t(o.rows[r])])] + std::log(double(G->size[size_t(o.rows[r])]))
-                   : lg[size_t(o.rows[r])];
+        lik[r] = G ? lg[size_t(G->rep[size_t(o.rows[r])])] : lg[size_t(o.rows[r])];
     }
     obf.reset();
     std::partial_sort(by_lik.begin(), by_lik.begin() + extra, by_lik.end(),
