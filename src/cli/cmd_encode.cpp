@@ -34,9 +34,8 @@ int run(const Opts& o, bool inverse) {
   std::vector<int64_t> out;
   for (auto id : ids) {
     if (id < 0 || id >= limit)
-      throw Error("--ids", "token id " + std::to_string(id) + " is outside the " +
-                               (inverse ? "obfuscated" : "plaintext") + " vocabulary of the model this key was made for (size " +
-                               std::to_string(limit) + ")",
+      throw Error("--ids", "token id " + std::to_string(id) + " is outside the vocabulary of the model this key was made for (" +
+                               (inverse ? "obfuscated" : "plaintext") + " ids, size " + std::to_string(limit) + ")",
                   kExitKeyMismatch);
     if (inverse) {
       out.push_back(map.plain(id));
