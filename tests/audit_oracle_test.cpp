@@ -223,6 +223,7 @@ TEST(OracleAttack, RecoversEveryCopyOfAHomophonicExactObfuscation) {
   // As on the permutation-only obfuscation (>= 98% of the vocabulary), and every copy of a token
   // answers alike (the copies were grouped, not matched one by one).
   EXPECT_GE(r.vocab_recovery, 0.98);
+  EXPECT_GE(r.ttrsr, 0.98);  // every copy, as sent
   for (int64_t t = 0; t < kVocab; ++t) {
     const auto& g0 = a.guesses[size_t(map.id(t, 0))];
     ASSERT_FALSE(g0.empty()) << t;
