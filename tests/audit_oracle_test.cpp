@@ -138,7 +138,7 @@ TEST(OracleAttack, SignaturesAloneAreWeakerThanGraphMatching) {
 // Noise is the one thing that is not a symmetry: a light draw leaves most of the graph, a heavy
 // one destroys it (on this random model, whose rows all have the same scale).
 TEST(OracleAttack, HeavyNoiseCostsRecovery) {
-  ObfuscationParams p = ObfuscationParams::profile("default");
+  ObfuscationParams p = ObfuscationParams::profile("noise");
   p.alpha_e = 0.1;
   p.alpha_h = 0.05;
   const Obf light = obfuscated("light", p);

@@ -246,12 +246,23 @@ TEST(Eval, ProfilesAndParamsRoundTrip) {
   const auto paper = ObfuscationParams::profile("paper");
   EXPECT_EQ(paper.to_json(), ObfuscationParams().to_json());
   EXPECT_TRUE(ObfuscationParams::profile("exact").is_exact_setting());
-  const auto d = ObfuscationParams::profile("default");
+  const auto d = ObfuscationParams::profile("noise");
+  EXPECT_FALSE(d.is_exact_setting());
+  EXPECT_EQ(d.alpha_e, 0.5);
   EXPECT_EQ(eval::params_from_json(d.to_json()).to_json(), d.to_json());
   EXPECT_THROW(ObfuscationParams::profile("nope"), Error);
+  // The former default's name is refused, not redefined: an old command line must not silently
+  // obfuscate without noise, and the message names both replacements.
+  try {
+    ObfuscationParams::profile("default");
+    ADD_FAILURE() << "profile 'default' accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'exact'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'noise'"), std::string::npos) << e.what();
+  }
   // value_cond (issue 7): recorded and read back; a record without it (older keys) means 0,
   // the report's Gaussian value maps, so such keys reproduce their models.
-  EXPECT_EQ(paper.value_cond, 0.0);  // the report's draw; default and exact: cond 4 (docs/RESULTS.md "Well-conditioned value maps")
+  EXPECT_EQ(paper.value_cond, 0.0);  // the report's draw; noise and exact: cond 4 (docs/RESULTS.md "Well-conditioned value maps")
   EXPECT_EQ(d.value_cond, 4.0);
   EXPECT_EQ(ObfuscationParams::profile("exact").value_cond, 4.0);
   ObfuscationParams v = d;

@@ -134,5 +134,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ObfLlamaCpp,
                                            Case{"qwen2_bias_tied", Family::Qwen2, "qwen3", 4, 2, 0},
                                            Case{"llama_exact_norm_h16", Family::Llama, "llama2", 4, 2, 16},
                                            // d' != heads * head_dim: qwen2 goes out as arch llama with biases
-                                           Case{"qwen2_exact_norm_h16", Family::Qwen2, "qwen3", 4, 2, 16}),
+                                           Case{"qwen2_exact_norm_h16", Family::Qwen2, "qwen3", 4, 2, 16},
+                                           // q/k norms (llama.cpp arch qwen3), with and without expansion
+                                           Case{"qwen3_qk_norm", Family::Qwen3, "qwen3", 4, 2, 0},
+                                           Case{"qwen3_exact_norm_h16", Family::Qwen3, "qwen3", 4, 2, 16}),
                          [](const auto& info) { return std::string(info.param.name); });

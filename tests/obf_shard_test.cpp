@@ -164,7 +164,7 @@ class ObfShard : public ::testing::Test {
     return dir;
   }
   static ObfuscateOptions options() {
-    ObfuscateOptions opt;  // the default profile: noise, expansion, BlockPerm
+    ObfuscateOptions opt;  // the report's parameters (the struct's defaults): noise, expansion, BlockPerm
     opt.max_shard_bytes = 4 << 20;  // a sharded output too
     return opt;
   }

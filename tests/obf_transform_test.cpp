@@ -411,3 +411,59 @@ TEST(ObfEmbedding, PermutationAndHeadRoundTrip) {
   Tensor Er = obfuscate_embedding(emb, tau, 0.5, NoiseScale::PerRow, noise2, I);
   EXPECT_NE(Er.data, En.data);
 }
+
+// Q/K RMSNorm with one gain vector for every head (Qwen3, issue 16): the shared keys are a signed
+// pair permutation (quarter turns) whose pair scale moves into the gains, and
+// RMSNorm(q R Zb) * g~ = (RMSNorm(q) * g) R H Zb for every head, for q and (with H^-1) for k.
+// Control: a general rotation angle (what llama's heads get) breaks the identity under unequal
+// gains, which is why q/k-norm models get quarter turns only.
+TEST(ObfAttention, QkNormGainsCommuteWithTheSharedHeadMap) {
+  const int64_t dh = 16, M = dh / 2;
+  auto f = rope_inv_freq(1e4, dh);
+  AttnKeyOptions opt;
+  opt.qk_norm = true;
+  opt.beta = 8;  // BlockPerm moves pairs too: the gains must follow
+  opt.gamma = 1;
+  AttnKeys K = draw_attn_keys(seed_of(12), 2, 8, 2, dh, f, opt);
+  for (const auto& hk : K.kv) {
+    EXPECT_EQ(hk.quarter, K.kv[0].quarter);
+    EXPECT_EQ(hk.scale, K.kv[0].scale);
+    EXPECT_EQ(hk.pair_slot, K.kv[0].pair_slot);
+  }
+  const HeadKeys& hk = K.kv[0];
+  int odd = 0, moved = 0;
+  for (int64_t p = 0; p < M; ++p) odd += hk.quarter[p] & 1, moved += hk.pair_slot[p] != p;
+  EXPECT_GT(odd, 0);    // some pairs have their gains swapped
+  EXPECT_GT(moved, 0);  // and BlockPerm moved some
+  RngStream r(seed_of(12), "qk");
+  std::vector<float> gq(dh), gk(dh), gq2(dh), gk2(dh);
+  for (int64_t e = 0; e < dh; ++e) gq[e] = float(1 + 0.3 * r.normal()), gk[e] = float(1 + 0.3 * r.normal());
+  qk_norm_gains(gq.data(), gk.data(), hk, dh, gq2.data(), gk2.data());
+  HeadKeys unit = hk;
+  unit.scale.clear();
+  auto check = [&](const HeadKeys& rows, const HeadKeys& full, const std::vector<float>& g,
+                   const std::vector<float>& g2, bool k_side) {
+    const Mat T0 = head_map(rows, dh, k_side), T = head_map(full, dh, k_side);
+    double worst = 0;
+    for (int t = 0; t < 8; ++t) {
+      std::vector<double> x(dh);
+      for (auto& v : x) v = r.normal();
+      std::vector<double> xt(dh, 0.0), lhs, rhs(dh, 0.0);
+      for (int64_t o = 0; o < dh; ++o)
+        for (int64_t i = 0; i < dh; ++i) xt[o] += x[i] * T0(i, o);
+      lhs = rmsnorm(xt, 1, dh, g2, 1e-6);
+      const auto n = rmsnorm(x, 1, dh, g, 1e-6);
+      for (int64_t o = 0; o < dh; ++o)
+        for (int64_t i = 0; i < dh; ++i) rhs[o] += n[i] * T(i, o);
+      for (int64_t o = 0; o < dh; ++o) worst = std::max(worst, std::abs(lhs[o] - rhs[o]) / (1e-12 + std::abs(rhs[o])));
+    }
+    return worst;
+  };
+  EXPECT_LT(check(unit, hk, gq, gq2, false), 1e-6);  // q: g~ = g H after the permutation
+  EXPECT_LT(check(unit, hk, gk, gk2, true), 1e-6);   // k: g~ = g / H
+  HeadKeys general = hk, general_unit = unit;
+  general.quarter.clear();
+  general_unit.quarter.clear();
+  for (int64_t p = 0; p < M; ++p) general.angle[p] = general_unit.angle[p] = 0.3 + 0.1 * double(p);
+  EXPECT_GT(check(general_unit, general, gq, gq2, false), 1e-2);
+}

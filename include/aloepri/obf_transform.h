@@ -22,6 +22,9 @@ namespace aloepri::obf {
 // (p, p + dh/2), p < dh/2.
 struct HeadKeys {
   std::vector<double> angle;       // R_j: rotation angle per pair
+  // Non-empty (q/k-norm models): R_j turns pair p by quarter[p] * 90 degrees, computed exactly, so
+  // that R_j is a signed permutation (the only rotations that commute with a per-element gain).
+  std::vector<int> quarter;
   std::vector<double> scale;       // H_j: positive scale per pair (q gets s, k gets 1/s)
   std::vector<int64_t> pair_slot;  // Zb_j: pair p moves to slot pair_slot[p] (BlockPerm)
   Mat U, Uinv;                     // value map (dh x dh) and its inverse
@@ -46,6 +49,12 @@ struct AttnKeyOptions {
   // conditioned_matrix(dh, K) with cond(U_j) == K exactly (stream ".../vmap-cond"): the
   // quantizer's rounding of W_v U_j and U_j^-1 W_o is amplified by at most K (issue 7).
   double value_cond = 0;
+  // Q/K RMSNorm over head_dim with one gain vector for all heads (Qwen3): the per-head norm only
+  // commutes with signed permutations of a head's coordinates, and the gain is shared, so the
+  // rotation (quarter turns), the pair scale H and BlockPerm Zb are drawn once per layer for all
+  // heads (streams "layer/<l>/attn/qk-shared/{quarter,scale,blockperm}"); H moves from the q/k
+  // rows into the gains (g_q h, g_k / h). Value maps and head permutations are as without norms.
+  bool qk_norm = false;
 };
 
 // Streams: "layer/<l>/attn/kv<j>/{rotation,scale,blockperm,vmap|vmap-cond}", "layer/<l>/attn/kv_perm",
@@ -57,12 +66,16 @@ AttnKeys draw_attn_keys(const Seed& seed, int64_t layer, int64_t m, int64_t mkv,
 // [mkv dh] or empty.
 struct AttnHF {
   Tensor q, k, v, o, bq, bk, bv;
+  Tensor q_norm, k_norm;  // [dh] each, q/k-norm models only (empty otherwise)
 };
 // Stage 1 (hidden size unchanged): q rows of head i -> T_q^T (R H Zb), k rows -> R H^-1 Zb,
 // v rows -> U_j^T, o columns -> U_j^-T, heads moved to their slots.
 AttnHF transform_attention_heads(const AttnHF& in, const AttnKeys& keys, int64_t dh);
+// The q/k norm gains of a q/k-norm layer after its shared keys (g_q permuted then times H,
+// g_k permuted then divided by H); all [dh].
+void qk_norm_gains(const float* gq, const float* gk, const HeadKeys& hk, int64_t dh, float* gq_out, float* gk_out);
 // The per-head map on q (inverse_scale=false) or k (true) as a dh x dh matrix acting on row
-// vectors (y = x T). For tests.
+// vectors (y = x T); an empty scale means H = 1. For tests.
 Mat head_map(const HeadKeys& hk, int64_t dh, bool inverse_scale);
 
 struct FfnKeys {

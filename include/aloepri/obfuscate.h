@@ -1,4 +1,4 @@
-// Covariant obfuscation of a dense Llama / Mistral / Qwen2 checkpoint (method.md sections 3-7):
+// Covariant obfuscation of a dense Llama / Mistral / Qwen2 / Qwen3 checkpoint (method.md sections 3-7):
 // a streaming executor that reads the plaintext model layer by layer, applies the secret
 // transforms derived from the key's seed, and writes a standard HF checkpoint (hidden size
 // d + 2h, everything else unchanged) that any engine serves.
@@ -41,9 +41,10 @@ struct ObfuscationParams {
 
   // lambda 0, h 0, no noise, beta 1: every remaining transform is exact.
   static ObfuscationParams exact();
-  // Named parameter sets (issue 6, docs/RESULTS.md "Accuracy audit"): "paper" = the report's defaults (the
-  // values of this struct); "default" = the measured frontier point `aloepri obfuscate` uses
-  // when no privacy flag is given; "exact". Throws Error(kExitUsage) for an unknown name.
+  // Named parameter sets: "exact" (what `aloepri obfuscate` uses when no privacy flag is given;
+  // docs/THREAT_MODEL.md says why), "noise" (the former default: the report's structure with
+  // alpha_e 0.5), "paper" (the report's defaults, the values of this struct). Throws
+  // Error(kExitUsage) for an unknown name, and for "default", which was renamed.
   static ObfuscationParams profile(const std::string& name);
   static std::vector<std::string> profile_names();
   bool is_exact_setting() const;
@@ -85,7 +86,7 @@ struct ObfuscateResult {
 };
 
 // Obfuscates model_dir into out_dir (atomic: built in a temporary sibling, renamed on success).
-// Throws Error naming the file / tensor / field for unsupported families (qwen3 with q/k norms),
+// Throws Error naming the file / tensor / field for unsupported families,
 // missing tensors, non-float dtypes, or an existing out_dir without force.
 ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
                                 const ObfuscateOptions& opt);

@@ -29,7 +29,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Options {
-  std::string model, work, prompt = "In the beginning God created", profile = "default";
+  std::string model, work, prompt = "In the beginning God created", profile = "exact";
   int64_t tokens = 24;
   int threads = 1;
   bool keep = false, json = false, exact = false, synth = false;
@@ -102,6 +102,8 @@ int run(const Options& o) {
   KeyFile key = KeyFile::generate();
   ObfuscateOptions oo;
   oo.params = o.exact ? ObfuscationParams::exact() : ObfuscationParams::profile(o.profile);
+  // An exact setting must reproduce the plaintext answer token for token; anything else is a bug.
+  const bool exact = oo.params.is_exact_setting();
   oo.dtype = DType::F32;
   std::cerr << "[demo] obfuscating " << model_dir << (o.exact ? " (--exact)" : " (profile " + o.profile + ")") << "\n";
   ObfuscateResult obf_res;
@@ -247,7 +249,9 @@ int run(const Options& o) {
   report["greedy_agreement"] = {{"identical_prefix", agree}, {"tokens", ref.size()}};
   report["timings_s"]["proxy_ttft"] = ex.ttft_s;
   report["timings_s"]["total"] = seconds_since(t0);
-  const bool ok = !o.exact || (agree == ref.size() && ex.plain_answer.size() == ref.size() && answer_text == ref_text);
+  report["profile"] = o.exact ? "exact" : o.profile;
+  report["exact"] = exact;
+  const bool ok = !exact || (agree == ref.size() && ex.plain_answer.size() == ref.size() && answer_text == ref_text);
   report["ok"] = ok;
 
   if (o.json) {
@@ -274,13 +278,17 @@ int run(const Options& o) {
   std::printf("PLAINTEXT MODEL (reference forward pass, same prompt, greedy):\n               \"%s\"\n\n",
               printable(ref_text).c_str());
   std::printf("greedy agreement: %zu of %zu tokens identical before the first difference%s\n", agree, ref.size(),
-              o.exact ? "" : " (default parameters add noise on purpose; --exact shows the exact pipeline)");
+              exact ? "" : " (this profile adds noise on purpose; the default, exact, keeps the answers)");
+  std::printf("privacy: the server saw only permuted ids. To whoever lacks the obfuscated weights they are a\n"
+              "         substitution cipher (long traffic and a close public corpus break part of it); the\n"
+              "         server holding the weights can recover the vocabulary at every profile that keeps\n"
+              "         the model useful (docs/THREAT_MODEL.md)\n");
   std::printf("timings: obfuscate %.1fs, GGUF %.1fs, engine start %.1fs, proxy start %.3fs,\n"
               "         first token %.0f ms (at the proxy %.0f ms), then %.1f ms/token, total %.1fs\n",
               tm["obfuscate"].get<double>(), tm["export_gguf"].get<double>(), tm["engine_start"].get<double>(),
               tm["proxy_start"].get<double>(), 1e3 * tm["request_ttft"].get<double>(), 1e3 * ex.ttft_s,
               ntok > 1 ? 1e3 * gen_s / double(ntok - 1) : 0.0, tm["total"].get<double>());
-  if (!ok) std::printf("MISMATCH: with --exact the answers must be identical\n");
+  if (!ok) std::printf("MISMATCH: with an exact setting the answers must be identical\n");
   return ok ? 0 : kExitError;
 }
 
@@ -292,9 +300,8 @@ auto setup(CLI::App& sub) {
   sub.add_option("--tokens", o->tokens, "Greedy tokens to generate at most (max_tokens)")->check(CLI::Range(1, 4096));
   sub.add_flag("--exact", o->exact, "Exact setting (no noise, lambda 0, h 0, beta 1): answers must be identical");
   sub.add_option("--profile", o->profile,
-                 "Privacy parameters, as `aloepri obfuscate --profile`: default (the measured frontier point), "
-                 "paper (the report's values), exact")
-      ->check(CLI::IsMember(aloepri::ObfuscationParams::profile_names()))
+                 "Privacy parameters, as `aloepri obfuscate --profile`: exact (the default: answers identical to\n"
+                 "the plaintext model's), noise (the former default, alpha_e 0.5), paper (the report's values)")
       ->capture_default_str();
   sub.add_option("--threads", o->threads, "llama.cpp threads")->check(CLI::Range(1, 256));
   sub.add_option("--work", o->work, "Work directory (must not exist; kept); default: a temporary one, removed");
@@ -305,7 +312,7 @@ auto setup(CLI::App& sub) {
       "obfuscated model -> the privacy proxy (OpenAI API) in front of it -> one chat request over\n"
       "HTTP -> the plaintext answer, next to what the server saw and the plaintext model's answer.\n"
       "\n"
-      "Your own model: aloepri demo --model /path/to/hf_dir   (llama, mistral or qwen2 family:\n"
+      "Your own model: aloepri demo --model /path/to/hf_dir   (llama, mistral, qwen2 or qwen3 family:\n"
       "config.json + *.safetensors + tokenizer.json [+ tokenizer_config.json with a chat template]).\n"
       "The same, step by step, with any OpenAI client:\n"
       "  aloepri keygen --out client.key\n"

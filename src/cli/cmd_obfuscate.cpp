@@ -22,10 +22,10 @@ namespace {
 struct Opts {
   std::string model, key, out, gguf, keymat = "paper", kappa = "gaussian", dtype, noise_scale = "global";
   std::string calib_ids, calib_file, calib_text;
-  std::string profile = "default";
+  std::string profile = "exact";  // named parameter set; explicit flags override its fields
+  std::string shard;              // "i/N" or "merge"
   int64_t homophones = 0;
   std::string homophone_counts, homophone_rule = "flat";
-  std::string shard;  // "i/N" or "merge"  // named parameter set; explicit flags override its fields
   double lambda = 0.3, alpha_e = 1.0, alpha_h = 0.2, gamma = 1000, value_cond = 0;
   int64_t expansion = 128, beta = 8;
   bool exact = false, force = false;
@@ -194,19 +194,24 @@ int run(Opts o, CLI::App& sub) {
 
 auto setup(CLI::App& sub) {
   auto o = std::make_shared<Opts>();
-  sub.add_option("model", o->model, "Plaintext HF model directory (llama, mistral, qwen2)")->required();
+  sub.add_option("model", o->model, "Plaintext HF model directory (llama, mistral, qwen2, qwen3 dense)")->required();
   sub.add_option("--key", o->key, "Client key file (from `aloepri keygen`)")->required();
   sub.add_option("--out", o->out, "Obfuscated model directory to create")->required();
   sub.add_option("--gguf", o->gguf, "Also write the obfuscated model as GGUF for llama.cpp");
   sub.add_option("--profile", o->profile,
-                 "Privacy parameter set: default (measured frontier point, docs/RESULTS.md \"Accuracy audit\": the paper's "
-                 "with alpha_e 0.5, and value maps of cond 4) | paper (the report's: lambda .3, h 128, alpha_e 1, "
-                 "alpha_h .2, beta 8, Gaussian value maps) | exact (value maps of cond 4); flags override it");
-  sub.add_option("--lambda", o->lambda, "Key-matrix non-orthogonality lambda (paper 0.3)");
-  sub.add_option("--expansion", o->expansion, "Expansion h: hidden size grows by 2h (default 128)");
-  sub.add_option("--alpha-e", o->alpha_e, "Embedding noise, x std of the embedding (default profile 0.5, paper 1.0)");
-  sub.add_option("--alpha-h", o->alpha_h, "Head noise, x std of the head (default 0.2)");
-  sub.add_option("--beta", o->beta, "BlockPerm window size (default 8; 1 = no RoPE pair permutation)");
+                 "Privacy parameter set; flags override its fields:\n"
+                 "  exact (the default): lambda 0, h 0, no noise, beta 1, value maps of cond 4. The model's answers\n"
+                 "    are kept; token ids are hidden from whoever lacks the weights, NOT from the server that serves\n"
+                 "    them (docs/THREAT_MODEL.md: every noise level that keeps the model useful leaks the vocabulary\n"
+                 "    to the oracle and NN attacks, so noise is not the default)\n"
+                 "  noise: the former default, the report's structure with alpha_e 0.5 (costs most of a small\n"
+                 "    model's accuracy; stops only the cheap weight attacks)\n"
+                 "  paper: the report's values (lambda .3, h 128, alpha_e 1, alpha_h .2, beta 8, Gaussian value maps)");
+  sub.add_option("--lambda", o->lambda, "Key-matrix non-orthogonality lambda (exact 0, noise and paper 0.3)");
+  sub.add_option("--expansion", o->expansion, "Expansion h: hidden size grows by 2h (exact 0, noise and paper 128)");
+  sub.add_option("--alpha-e", o->alpha_e, "Embedding noise, x std of the embedding (exact 0, noise 0.5, paper 1.0)");
+  sub.add_option("--alpha-h", o->alpha_h, "Head noise, x std of the head (exact 0, noise and paper 0.2)");
+  sub.add_option("--beta", o->beta, "BlockPerm window size (exact 1 = no RoPE pair permutation; noise and paper 8)");
   sub.add_option("--gamma", o->gamma, "BlockPerm frequency sharpness (default 1000)");
   sub.add_flag("--exact", o->exact, "lambda 0, h 0, no noise, beta 1: an exact transform");
   sub.add_option("--value-cond", o->value_cond,
@@ -214,7 +219,7 @@ auto setup(CLI::App& sub) {
                  "Gaussian draw (cond up to 10 d_h), which breaks q4_0 GGUF exports because each factor's\n"
                  "rounding is amplified by the other ~cond(U_j) times; K >= 1 draws cond(U_j) = K exactly\n"
                  "(1 = orthogonal: leaks U_j through the Gram matrix of the value path). Exact for every K.\n"
-                 "Profiles: default and exact 4, paper 0. Measurements: docs/RESULTS.md \"Well-conditioned value maps\"");
+                 "Profiles: exact and noise 4, paper 0. Measurements: docs/RESULTS.md \"Well-conditioned value maps\"");
   sub.add_option("--keymat", o->keymat, "Key matrices: paper (report's, approximate norm) | exact-norm");
   sub.add_option("--kappa", o->kappa, "RMSNorm scale: gaussian (expected) | calibrated (on --calib-*)");
   sub.add_option("--calib-ids", o->calib_ids, "Calibration token ids, comma separated");

@@ -27,16 +27,34 @@ AttnKeys draw_attn_keys(const Seed& seed, int64_t layer, int64_t m, int64_t mkv,
   const int64_t M = dh / 2, g = m / mkv;
   AttnKeys K;
   K.group = g;
+  HeadKeys shared;  // q/k-norm models: one rotation / scale / BlockPerm for every head
+  if (opt.qk_norm) {
+    const std::string base = L(layer) + "/attn/qk-shared";
+    RngStream qt(seed, base + "/quarter"), sc(seed, base + "/scale"), bp(seed, base + "/blockperm");
+    shared.quarter.resize(size_t(M));
+    shared.angle.resize(size_t(M));
+    shared.scale.resize(size_t(M));
+    for (int64_t p = 0; p < M; ++p) {
+      shared.quarter[p] = int(qt.below(4));
+      shared.angle[p] = shared.quarter[p] * (M_PI / 2);
+    }
+    for (int64_t p = 0; p < M; ++p) shared.scale[p] = log_uniform(sc, opt.scale_range);
+    shared.pair_slot = block_perm(opt.beta, opt.gamma, inv_freq, bp);
+  }
   for (int64_t j = 0; j < mkv; ++j) {
     const std::string base = L(layer) + "/attn/kv" + std::to_string(j);
     HeadKeys hk;
-    RngStream rot(seed, base + "/rotation"), sc(seed, base + "/scale"), bp(seed, base + "/blockperm"),
-        vm(seed, base + "/vmap");
-    hk.angle.resize(size_t(M));
-    hk.scale.resize(size_t(M));
-    for (int64_t p = 0; p < M; ++p) hk.angle[p] = 2 * M_PI * rot.uniform();
-    for (int64_t p = 0; p < M; ++p) hk.scale[p] = log_uniform(sc, opt.scale_range);
-    hk.pair_slot = block_perm(opt.beta, opt.gamma, inv_freq, bp);
+    RngStream vm(seed, base + "/vmap");
+    if (opt.qk_norm) {
+      hk = shared;
+    } else {
+      RngStream rot(seed, base + "/rotation"), sc(seed, base + "/scale"), bp(seed, base + "/blockperm");
+      hk.angle.resize(size_t(M));
+      hk.scale.resize(size_t(M));
+      for (int64_t p = 0; p < M; ++p) hk.angle[p] = 2 * M_PI * rot.uniform();
+      for (int64_t p = 0; p < M; ++p) hk.scale[p] = log_uniform(sc, opt.scale_range);
+      hk.pair_slot = block_perm(opt.beta, opt.gamma, inv_freq, bp);
+    }
     if (opt.value_cond == 0) {
       // The report's draw, condition-checked: a badly conditioned U_j would amplify f32 rounding
       // through U U^-1.
@@ -73,8 +91,11 @@ Mat head_map(const HeadKeys& hk, int64_t dh, bool inverse_scale) {
   const int64_t M = dh / 2;
   Mat T(dh, dh);
   for (int64_t p = 0; p < M; ++p) {
-    const double s = inverse_scale ? 1.0 / hk.scale[p] : hk.scale[p];
-    const double c = std::cos(hk.angle[p]) * s, sn = std::sin(hk.angle[p]) * s;
+    const double s = hk.scale.empty() ? 1.0 : inverse_scale ? 1.0 / hk.scale[p] : hk.scale[p];
+    static constexpr double kCos[4] = {1, 0, -1, 0}, kSin[4] = {0, 1, 0, -1};
+    const double cs = hk.quarter.empty() ? std::cos(hk.angle[p]) : kCos[hk.quarter[p] & 3];
+    const double sn0 = hk.quarter.empty() ? std::sin(hk.angle[p]) : kSin[hk.quarter[p] & 3];
+    const double c = cs * s, sn = sn0 * s;
     const int64_t o = hk.pair_slot[p];
     // (x R)[p] = x[p] cos - x[p+M] sin, (x R)[p+M] = x[p] sin + x[p+M] cos: multiplication of
     // the complex number x[p] + i x[p+M] by e^{i angle}, which commutes with RoPE.
@@ -103,6 +124,26 @@ static void map_vec(const float* src, float* dst, const Mat& T, int64_t dh) {
   }
 }
 
+// Gains after the signed permutation R Zb and the pair scale H of a q/k-norm layer. Output
+// coordinate o of pair slot Zb(p) takes input coordinate p or p + M (swapped by an odd number of
+// quarter turns; the sign of R does not touch a gain), times h_p for q and 1 / h_p for k:
+// RMSNorm(x R Zb) (g' * .) = RMSNorm(x) (g * .) R H Zb, because a signed permutation keeps the RMS.
+void qk_norm_gains(const float* gq, const float* gk, const HeadKeys& hk, int64_t dh, float* gq_out, float* gk_out) {
+  const int64_t M = dh / 2;
+  require(int64_t(hk.quarter.size()) == M && int64_t(hk.scale.size()) == M && int64_t(hk.pair_slot.size()) == M,
+          "attention", "q/k-norm keys must give a quarter turn, a scale and a slot per pair");
+  for (int64_t p = 0; p < M; ++p) {
+    const int64_t o = hk.pair_slot[p];
+    const bool swap = (hk.quarter[p] & 1) != 0;
+    const int64_t src_lo = swap ? p + M : p, src_hi = swap ? p : p + M;
+    const double h = hk.scale[p];
+    gq_out[o] = float(double(gq[src_lo]) * h);
+    gq_out[o + M] = float(double(gq[src_hi]) * h);
+    gk_out[o] = float(double(gk[src_lo]) / h);
+    gk_out[o + M] = float(double(gk[src_hi]) / h);
+  }
+}
+
 AttnHF transform_attention_heads(const AttnHF& in, const AttnKeys& K, int64_t dh) {
   const int64_t mkv = int64_t(K.kv.size()), g = K.group, m = mkv * g;
   const int64_t d = in.q.cols();
@@ -120,9 +161,27 @@ AttnHF transform_attention_heads(const AttnHF& in, const AttnKeys& K, int64_t dh
     out.bk = Tensor(in.bk.shape);
     out.bv = Tensor(in.bv.shape);
   }
+  const bool qk_norm = !in.q_norm.data.empty();
+  if (qk_norm) {
+    require(in.q_norm.numel() == dh && in.k_norm.numel() == dh, "attention", "q_norm / k_norm must have head_dim entries");
+    for (const HeadKeys& hk : K.kv)
+      require(hk.quarter == K.kv[0].quarter && hk.scale == K.kv[0].scale && hk.pair_slot == K.kv[0].pair_slot,
+              "attention", "q/k-norm models need one rotation, scale and BlockPerm for all heads (qk_norm keys)");
+    out.q_norm = Tensor(in.q_norm.shape);
+    out.k_norm = Tensor(in.k_norm.shape);
+    qk_norm_gains(in.q_norm.ptr(), in.k_norm.ptr(), K.kv[0], dh, out.q_norm.ptr(), out.k_norm.ptr());
+  }
   for (int64_t j = 0; j < mkv; ++j) {
     const HeadKeys& hk = K.kv[j];
-    const Mat Tq = head_map(hk, dh, false), Tk = head_map(hk, dh, true);
+    // With q/k norms the pair scale lives in the gains (a scale on the rows would be normalised
+    // away): the rows get the signed permutation R Zb alone.
+    HeadKeys unit;
+    if (qk_norm) {
+      unit = hk;
+      unit.scale.clear();
+    }
+    const HeadKeys& rows = qk_norm ? unit : hk;
+    const Mat Tq = head_map(rows, dh, false), Tk = head_map(rows, dh, true);
     const int64_t js = K.kv_slot[j];
     map_rows(in.k.ptr() + j * dh * d, out.k.ptr() + js * dh * d, Tk, dh, d);
     map_rows(in.v.ptr() + j * dh * d, out.v.ptr() + js * dh * d, hk.U, dh, d);

@@ -2,8 +2,8 @@
 // the llama.cpp harness serving aloe-mini obfuscated with --exact, compared with the plaintext
 // aloe-mini served directly by the same harness. Greedy chat and completion answers must be the
 // plaintext model's, token for token, streamed and not; the engine must never receive the
-// prompt's plaintext ids or text; the default (noisy) parameters must work too (agreement is
-// printed); 16 concurrent streaming clients for a few seconds must see no error.
+// prompt's plaintext ids or text; the noisy `--profile noise` must work too (agreement
+// is printed); 16 concurrent streaming clients for a few seconds must see no error.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -63,7 +63,7 @@ describe("openai client -> aloepri proxy -> llama.cpp on the obfuscated aloe-min
     await Promise.all([
       aloepri(["convert", ALOE_MINI, "--gguf", join(dir, "plain.gguf"), "--dtype", "f32"]),
       aloepri(["obfuscate", ALOE_MINI, "--key", key, "--exact", "--dtype", "f32", "--out", join(dir, "obf"), "--gguf", join(dir, "obf.gguf")]),
-      aloepri(["obfuscate", ALOE_MINI, "--key", keyDefault, "--dtype", "f32", "--out", join(dir, "def"), "--gguf", join(dir, "def.gguf")]),
+      aloepri(["obfuscate", ALOE_MINI, "--key", keyDefault, "--profile", "noise", "--dtype", "f32", "--out", join(dir, "def"), "--gguf", join(dir, "def.gguf")]),
     ]);
     [plainSrv, obfSrv, defSrv] = await Promise.all([
       startServer(["--model", join(dir, "plain.gguf"), ...ENGINE_ARGS]),
@@ -178,7 +178,7 @@ describe("openai client -> aloepri proxy -> llama.cpp on the obfuscated aloe-min
     }
   });
 
-  it("default obfuscation parameters: the same pipeline works; agreement is reported", async () => {
+  it("noisy obfuscation parameters (--profile noise): the same pipeline works; agreement is reported", async () => {
     const r = await clientDef.chat.completions.create({
       model: "aloe-mini", messages: [{ role: "user", content: CHAT_MSG }], max_tokens: N, temperature: 0,
     });
@@ -189,8 +189,8 @@ describe("openai client -> aloepri proxy -> llama.cpp on the obfuscated aloe-min
     assert.equal(ids.length, r.usage.completion_tokens);
     let agree = 0;
     while (agree < ids.length && agree < chatRef.tokens.length && ids[agree] === chatRef.tokens[agree]) agree++;
-    process.stderr.write(`default parameters: ${agree} of ${chatRef.tokens.length} greedy tokens identical to the plaintext model's before the first difference\n` +
-      `  plaintext: ${JSON.stringify(chatRef.text)}\n  default  : ${JSON.stringify(r.choices[0].message.content)}\n`);
+    process.stderr.write(`--profile noise: ${agree} of ${chatRef.tokens.length} greedy tokens identical to the plaintext model's before the first difference\n` +
+      `  plaintext: ${JSON.stringify(chatRef.text)}\n  noise    : ${JSON.stringify(r.choices[0].message.content)}\n`);
     const s = await clientDef.completions.create({ model: "aloe-mini", prompt: COMPLETION_PROMPT, max_tokens: 8, stream: true });
     const got = await collectStream(s, false);
     assert.ok(got.finish === "stop" || got.finish === "length");

@@ -5,7 +5,7 @@
 # (TSV) and every audit JSON under OUT.
 #
 #   tools/audit/drift_sweep.sh --victim IDS [--model DIR] [--out DIR] [--exe PATH] [--tokens N]
-#       [--profiles default,exact] [--kinds gaussian,lowrank] [--eps 0,0.01,...] [--vocab]
+#       [--profiles noise,exact] [--kinds gaussian,lowrank] [--eps 0,0.01,...] [--vocab]
 #
 # IDS: victim plaintext ids (.bin uint16 or comma-separated text, as `aloepri audit --victim`).
 set -euo pipefail
@@ -15,7 +15,7 @@ OUT="$ROOT/build/drift-sweep"
 EXE="$ROOT/build/aloepri"
 VICTIM=""
 TOKENS=20000
-PROFILES="default,exact"
+PROFILES="noise,exact"
 KINDS="gaussian,lowrank"
 EPS="0,0.01,0.02,0.05,0.1,0.2,0.5"
 VOCAB=""

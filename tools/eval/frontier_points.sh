@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The privacy/accuracy frontier under every model attack (issues 13/14): per point, obfuscate
-# aloe-mini (the default profile's structure with the given noise), score its accuracy
+# aloe-mini (the noise profile's structure with the given noise), score its accuracy
 # (`aloepri eval`, reference engine) and run the audit's model attacks on held-out victim text
 # (VMA without the n x n pair, Gate-IA, Attn-IA, NN, Oracle); then join them with
 # `aloepri eval-frontier` (worst attack per point, Pareto front, JSON + HTML).
 # usage: tools/eval/frontier_points.sh OUT_DIR "name alpha_e alpha_h rule [extra obfuscate flags]" ...
 # env: EXE (aloepri), MODEL, VICTIM (uint16 ids), VICTIM_TOKENS (20000), TOKENS (eval, 1024),
 #      ATTACKS (vma,gate-ia,attn-ia,nn,oracle), SOURCE (an adapted checkpoint to obfuscate instead
-#      of MODEL; eval then gets --obf-source), KEY (default OUT_DIR/frontier.key)
+#      of MODEL; eval then gets --obf-source), KEY (default OUT_DIR/frontier.key), BUDGET (audit
+#      --budget-seconds, 900: attacks left when it is spent are skipped and listed in the JSON)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT=${1:?usage: frontier_points.sh OUT_DIR "name alpha_e alpha_h rule" ...}; shift
@@ -24,13 +25,13 @@ for spec in "$@"; do
   echo "== $name: alpha_e $ae alpha_h $ah $rule $*"
   src="$MODEL"; srcflag=()
   [ -n "$SOURCE" ] && { src="$SOURCE"; srcflag=(--obf-source "$SOURCE"); }
-  "$EXE" -q obfuscate "$src" --key "$KEY" --out "$OUT/obf" --force --profile default --alpha-e "$ae" \
+  "$EXE" -q obfuscate "$src" --key "$KEY" --out "$OUT/obf" --force --profile noise --alpha-e "$ae" \
     --alpha-h "$ah" --noise-scale "$rule" "$@" >/dev/null
   [ -f "$ev" ] || "$EXE" -q eval --plain "$MODEL" --obf "$OUT/obf" "${srcflag[@]}" --key "$KEY" \
     --text-file "$VICTIM" --tokens "$TOKENS" --greedy 16 --prompts 2 --no-attribution --json "$ev" --force \
     --tag name="$name" | head -2 | tail -1
   [ -f "$au" ] || "$EXE" -q audit --plain "$MODEL" --obf "$OUT/obf" --key "$KEY" --victim "$VICTIM" \
-    --victim-tokens "$VT" --attacks "$ATTACKS" --no-emb-head --json "$au" --force
+    --victim-tokens "$VT" --attacks "$ATTACKS" --no-emb-head --budget-seconds "${BUDGET:-900}" --json "$au" --force
 done
 rm -rf "$OUT/obf"
 "$EXE" -q eval-frontier "$OUT/eval" --attacks "$OUT/audit" --json "$OUT/frontier.json" --html "$OUT/frontier.html" --force

@@ -78,7 +78,7 @@ if want kappa; then
   point "kappa_calibrated" "kappa (no noise)" lambda calibrated -- --alpha-e 0 --alpha-h 0 --kappa calibrated --calib-text "$CAL"
 fi
 if want profiles; then
-  for p in paper default; do
+  for p in paper noise exact; do
     "$EXE" obfuscate --help 2>/dev/null | grep -q -- --profile || break
     point "profile_$p" "profiles" alpha_e "$p" -- --profile "$p"
   done
