@@ -10,6 +10,7 @@
 #include "aloepri/audit_oracle.h"
 #include "aloepri/audit_weights.h"
 #include "aloepri/forward.h"
+#include "aloepri/homophones.h"
 #include "aloepri/keyfile.h"
 #include "aloepri/model.h"
 #include "aloepri/obfuscate.h"
@@ -184,4 +185,49 @@ TEST(OracleAttack, SubsetMatchingRecoversExactObfuscation) {
   EXPECT_LT(a.details["rows_matched"].get<int64_t>(), kVocab / 2);
   const AttackResult r = score_vocab_attack(a, "test", o.tau, victim, victim);
   EXPECT_GT(r.ttrsr, 0.98);
+}
+
+// A homophonic exact obfuscation (n' = n + 128 ids, frequent tokens copied): the oracle groups the
+// copies (identical embedding rows and head columns) and matches many-to-one; every copy of every
+// token is recovered, as for the plain permutation.
+TEST(OracleAttack, RecoversEveryCopyOfAHomophonicExactObfuscation) {
+  std::vector<double> freq(kVocab);
+  for (int64_t t = 0; t < kVocab; ++t) freq[size_t(t)] = 1000.0 / double(1 + (t * 37) % kVocab);
+  const auto copies = allocate_copies(freq, 128, CopyRule::Flat, {1, 2});
+  const std::string out = at::scratch_dir("audit_oracle_homophones") + "/obf";
+  ObfuscateOptions opt;
+  opt.params = ObfuscationParams::exact();
+  opt.dtype = DType::F32;
+  opt.copies = copies;
+  const Seed s = test_seed(9);
+  obfuscate_model(plain_dir(), s, out, opt);
+  const VocabMap map(s, kVocab, copies);
+  ReferenceModel plain = ReferenceModel::load(plain_dir());
+  ReferenceModel obf = ReferenceModel::load(out);
+  ASSERT_EQ(obf.vocab_size(), kVocab + 128);
+  const auto& oc = obf.config();
+  Query q;
+  std::vector<int32_t> victim, sent;
+  for (int64_t t = 0; t < kVocab; ++t)
+    for (int64_t c = 0; c < map.copies(t); ++c) {
+      victim.push_back(int32_t(t));
+      sent.push_back(int32_t(map.id(t, c)));
+      q.obf_ids.push_back(int32_t(map.id(t, c)));
+    }
+  std::sort(q.obf_ids.begin(), q.obf_ids.end());
+  const VocabAttack a = oracle_attack(plain, obf, 1, oc.bos_token_id.value_or(-1), 2, oc.eos_token_id.value_or(-1), q, {});
+  ASSERT_TRUE(a.details.contains("homophones")) << a.details.dump();
+  EXPECT_EQ(a.details["homophones"]["groups"].get<int64_t>(), kVocab);
+  const AttackResult r = score_vocab_attack(a, "test", map.first_copies(), victim, all_ids(), {1, 5, 10}, &sent);
+  std::cout << "oracle on homophonic exact: every copy " << r.ttrsr << ", vocabulary " << r.vocab_recovery << "\n";
+  // As on the permutation-only obfuscation (>= 98% of the vocabulary), and every copy of a token
+  // answers alike (the copies were grouped, not matched one by one).
+  EXPECT_GE(r.vocab_recovery, 0.98);
+  EXPECT_GE(r.ttrsr, 0.98);  // every copy, as sent
+  for (int64_t t = 0; t < kVocab; ++t) {
+    const auto& g0 = a.guesses[size_t(map.id(t, 0))];
+    ASSERT_FALSE(g0.empty()) << t;
+    for (int64_t c = 1; c < map.copies(t); ++c) EXPECT_EQ(a.guesses[size_t(map.id(t, c))], g0) << "copy " << c << " of " << t;
+    if (g0[0] != t) std::cout << "  missed id " << t << " (" << map.copies(t) << " copies), guessed " << g0[0] << "\n";
+  }
 }

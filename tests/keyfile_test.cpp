@@ -55,7 +55,7 @@ TEST(KeyFile, RejectsWrongPermissionsVersionAndJunk) {
     EXPECT_NE(std::string(e.what()).find("chmod 600"), std::string::npos) << e.what();
   }
   std::string v2 = dir + "/v2";
-  write_file_atomic(v2, R"({"format":"aloepri-key","version":2,"seed":"00"})", false, 0600);
+  write_file_atomic(v2, R"({"format":"aloepri-key","version":3,"seed":"00"})", false, 0600);
   EXPECT_THROW(KeyFile::load(v2), Error);
   std::string junk = dir + "/junk";
   write_file_atomic(junk, "hello", false, 0600);

@@ -5,6 +5,8 @@
 // requests and for engine failures/timeouts, and that nothing plaintext is logged by default.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <httplib.h>
 
 #include <atomic>
@@ -182,18 +184,21 @@ struct FakeEngine {
 
 struct Rig {
   FakeEngine fake;
-  TokenMap map{test_seed(), kVocab};
+  std::vector<int64_t> copies;  // homophone copies per id (empty: plain tau)
+  TokenMap map;
   std::mutex log_m;
   std::vector<std::string> logs;
   std::unique_ptr<ProxyServer> proxy;
   std::unique_ptr<httplib::Client> client;
 
-  explicit Rig(BackendKind kind = BackendKind::LlamaCpp, bool log_plaintext = false, double read_timeout = 30)
-      : fake(kind) {
+  explicit Rig(BackendKind kind = BackendKind::LlamaCpp, bool log_plaintext = false, double read_timeout = 30,
+               std::vector<int64_t> copies_ = {})
+      : fake(kind), copies(std::move(copies_)), map(test_seed(), kVocab, copies) {
     ProxyModel pm;
     pm.tokenizer = llama2();
     pm.seed = test_seed();
     pm.vocab_size = kVocab;
+    pm.copies = copies;
     pm.end_ids = {kEos};
     BackendOptions bo;
     bo.kind = kind;
@@ -348,6 +353,37 @@ TEST(Proxy, CompletionMapsIdsBothWaysAndTheEngineSeesNoPlaintext) {
   std::string plain_csv;
   for (size_t i = 1; i < 4; ++i) plain_csv += std::to_string(plain_prompt[i]) + (i < 3 ? "," : "");
   EXPECT_EQ(raw.find(plain_csv), std::string::npos);
+}
+
+// A homophonic key (homophones.h): the engine gets one copy per prompt token (so a repeated token
+// is not always the same id), answers with any copies, and the client maps every copy back.
+TEST(Proxy, HomophonicKeySendsCopiesAndMapsEveryCopyBack) {
+  std::vector<int64_t> copies(size_t(kVocab), 1);
+  const std::string prompt = "the the the the the the the the the the the the and the and the";
+  const auto plain_prompt = enc(prompt, true);
+  for (auto id : plain_prompt)
+    if (id != kEos) copies[size_t(id)] = 6;
+  const auto answer = enc(" the end of the the the line");
+  for (auto id : answer) copies[size_t(id)] = 4;
+  Rig r(BackendKind::LlamaCpp, false, 30, copies);
+  ASSERT_EQ(r.map.size(), kVocab + [&] { int64_t e = 0; for (auto k : copies) e += k - 1; return e; }());
+  // The engine answers with a different copy at every occurrence.
+  r.fake.answer.clear();
+  for (size_t i = 0; i < answer.size(); ++i) r.fake.answer.push_back(r.map.all_copies(answer[i])[i % 4]);
+  r.fake.answer.push_back(r.map.to_server(kEos));
+  auto res = r.post("/v1/completions", {{"model", "aloe-test"}, {"prompt", prompt}, {"max_tokens", 64}, {"temperature", 0}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["choices"][0]["text"], llama2().decode(answer));
+  const auto sent = r.fake.last()["prompt"].get<std::vector<int64_t>>();
+  ASSERT_EQ(sent.size(), plain_prompt.size());
+  std::set<int64_t> ids_of_the;
+  for (size_t i = 0; i < sent.size(); ++i) {
+    EXPECT_EQ(r.map.from_server(sent[i]), plain_prompt[i]);
+    if (plain_prompt[i] == plain_prompt[2]) ids_of_the.insert(sent[i]);
+  }
+  // 12+ occurrences over 6 copies: one id for all of them has probability 6 * 6^-12.
+  EXPECT_GE(ids_of_the.size(), 2u);
 }
 
 TEST(Proxy, ChatStreamsWholeCharactersAndEndsProperly) {

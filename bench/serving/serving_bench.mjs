@@ -6,6 +6,12 @@
 //   node bench/serving/serving_bench.mjs [--aloepri BIN (default $ALOEPRI_BIN or build/aloepri)] [--shapes mini,512,896,1536,2048]
 //        [--hs 0,64,128,256] [--runs 5] [--gen 128] [--prompts 128,512] [--threads 1] [--dtype f16]
 //        [--exact-numerics] [--work /tmp/aloepri-serving] [--json] [--prepare-only] [--proxy] [--control] [--mmap] [--svg FILE] [--report results.json] [--no-restart]
+//        [--homophones 8000,32000] [--homophone-counts build/corpus/train.bin]
+//
+// --homophones B,...: also an --exact obfuscation with a homophonic vocabulary of B extra ids per
+// B (`obfuscate --homophones B`; counts --homophone-counts, default the shipped model's training
+// text, which fits every shape here: all use the Llama-2 32k vocabulary). d' = d, so the model's
+// "floor" column reads 1; what grows is the head (n + B columns) and the sampler's vocabulary.
 //
 // Per shape, one server per model (plaintext, and obfuscated with h in --hs: h = 0 is --exact,
 // h > 0 the report's defaults with expansion h) is started (nice -n 10, --parallel 1, llama.cpp's
@@ -57,7 +63,10 @@ const args = parseArgs(process.argv.slice(2), {
   "--aloepri": "string", "--shapes": "string", "--hs": "string", "--runs": "int", "--gen": "int", "--prompts": "string",
   "--threads": "int", "--dtype": "string", "--exact-numerics": "bool", "--work": "string", "--json": "bool",
   "--prepare-only": "bool", "--proxy": "bool", "--control": "bool", "--mmap": "bool", "--svg": "string", "--report": "string", "--no-restart": "bool",
+  "--homophones": "string", "--homophone-counts": "string",
 }, USAGE);
+const homophones = args.homophones ? args.homophones.split(",").map(Number) : [];
+const homophoneCounts = path.resolve(args.homophoneCounts ?? path.join(root, "build/corpus/train.bin"));
 const aloepri = path.resolve(args.aloepri ?? process.env.ALOEPRI_BIN ?? path.join(root, "build/aloepri"));
 const shapes = (args.shapes ?? "mini,512,896,1536,2048").split(",");
 const hs = (args.hs ?? "0,64,128,256").split(",").map(Number);
@@ -111,6 +120,13 @@ function prepare(name) {
       run(aloepri, ["obfuscate", dir, "--key", key, "--out", out, "--gguf", g, "--dtype", dtype, "--force", ...flags]);
     }
     models.push({ label: `obf h=${h}`, h, file: g, d: cfg.hidden_size, dObf: cfg.hidden_size + 2 * h });
+  }
+  for (const B of homophones) {
+    const out = path.join(work, `${name}.obf-exact-B${B}`), g = `${out}.${dtype}.gguf`;
+    if (!existsSync(g))
+      run(aloepri, ["obfuscate", dir, "--key", key, "--out", out, "--gguf", g, "--dtype", dtype, "--force", "--exact",
+                    "--homophones", String(B), "--homophone-counts", homophoneCounts]);
+    models.push({ label: `obf h=0 +${B} homophones`, h: 0, file: g, d: cfg.hidden_size, dObf: cfg.hidden_size });
   }
   if (args.control) {
     // Started last (the plaintext server first): the two plaintext placements bracket the others.

@@ -8,10 +8,12 @@
 import { writeFileSync } from "node:fs";
 import { argmax, argmaxOfTop, DEFAULT_THREADS, exactContextOptions, loadModel, logitsMapToArray, parseArgs, parseIds, vocabSize } from "./lib/engine.mjs";
 
-const USAGE = `usage: node eval.mjs --model M.gguf --ids 1,2,3 [--greedy N] [--all-logits] [--threads N] [--logits-out FILE]
+const USAGE = `usage: node eval.mjs --model M.gguf --ids 1,2,3 [--greedy N] [--greedy-top K] [--all-logits] [--threads N] [--logits-out FILE]
   --model F       GGUF file
   --ids LIST      prompt token ids, comma-separated
   --greedy N      also generate N tokens greedily (argmax of raw logits, ties to the lowest id)
+  --greedy-top K  logits read back per greedy step (default 8); all K tying is an error, so a
+                  homophonic vocabulary (copies of a token tie by construction) needs K > its most copies
   --all-logits    include the logits of every prompt position ("logits": [[...], ...])
   --threads N     CPU threads (default 1, see lib/engine.mjs)
   --logits-out F  also write the prompt logits as raw little-endian float32 [T x vocab] to F
@@ -20,7 +22,7 @@ const USAGE = `usage: node eval.mjs --model M.gguf --ids 1,2,3 [--greedy N] [--a
 async function main() {
   const args = parseArgs(process.argv.slice(2), {
     "--model": "string", "--ids": "string", "--greedy": "int", "--all-logits": "bool",
-    "--threads": "int", "--logits-out": "string",
+    "--threads": "int", "--logits-out": "string", "--greedy-top": "int",
   }, USAGE);
   if (!args.model) throw new Error(`--model is required\n${USAGE}`);
   const ids = parseIds(args.ids);
@@ -60,7 +62,8 @@ async function main() {
   // whole 151k-entry logits row through N-API per step made a 32-token run take ~15 s. The
   // argmax is still taken here from raw logit values, ties to the lowest id; if all TOP values
   // tie, the tie cannot be resolved from what was returned and that is an error, not a guess.
-  const TOP = 8;
+  const TOP = args.greedyTop ?? 8;
+  if (!Number.isInteger(TOP) || TOP < 2) throw new Error(`--greedy-top: must be an integer >= 2\n${USAGE}`);
   const wantTop = { generateNext: { logits: { filter: { includeTop: TOP } } } };
   const greedy = [];
   let tok = argmax(last);

@@ -28,6 +28,9 @@ struct AuditContext {
   std::vector<int32_t> victim;           // their plaintext ids (empty without a key)
   std::vector<int32_t> vocab_sample;     // plaintext ids for vocabulary-level recovery (key only)
   std::optional<std::vector<int64_t>> truth;  // tau[plain] = obf, from the key: scoring only
+  // A homophonic served model (n' > n): the weight attacks assume n' = n and are skipped; traffic
+  // holds the copies the client sent, truth is copy 0 of each id, and scores read the sent copy.
+  bool homophonic = false;
   std::string key_path;  // passed only to external programs that play the client (and score)
   WeightAttackOptions weight_opt;
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();

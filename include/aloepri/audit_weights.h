@@ -84,9 +84,12 @@ VocabAttack nn_attack(const ModelWeights& plain, const ModelWeights& obf, const 
 
 // Scoring (uses the truth): tau[plain] = obf. TTRSR and top-k on the victim token stream
 // (plaintext ids), vocabulary-level recovery on `vocab_sample` (plaintext ids).
+// Over a homophonic vocabulary (homophones.h) `sent` holds the obfuscated id each victim token was
+// sent as (the client's copy), and the victim is scored at those ids; tau is then copy 0 of each
+// id (used for vocab_sample: an id counts as recovered when its copy 0 is).
 AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting, const std::vector<int64_t>& tau,
                                 const std::vector<int32_t>& victim, const std::vector<int32_t>& vocab_sample,
-                                const std::vector<int>& ks = {1, 5, 10});
+                                const std::vector<int>& ks = {1, 5, 10}, const std::vector<int32_t>* sent = nullptr);
 
 // A uniform sample of `count` distinct ids in [0, n) from a fixed seed.
 std::vector<int32_t> sample_ids(int64_t n, int64_t count, uint64_t seed);

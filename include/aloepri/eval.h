@@ -33,11 +33,16 @@ std::vector<int64_t> load_tokens(const std::string& path, const std::string& mod
 std::vector<std::vector<int64_t>> spread_windows(const std::vector<int64_t>& ids, int64_t total, int64_t window);
 
 // Accumulates next-token figures from pairs of logit rows (plain row, obfuscated row read through
-// tau) and the plaintext target.
+// tau) and the plaintext target. Over a homophonic vocabulary (homophones.h) the obfuscated row
+// has n' logits and plaintext id y gets the merged probability of its copies,
+// sum_c p'(id(y, c)) (what a client that maps every copy back receives when it samples from the
+// served distribution); `corrected` divides it by c_y and renormalises, i.e. adds -log c_y to
+// every copy's logit, the exact correction of duplicated head columns.
 class ScoreAccumulator {
  public:
-  explicit ScoreAccumulator(std::vector<int64_t> tau) : tau_(std::move(tau)) {}
-  // plain / obf: n logits each (obf indexed by obfuscated id); target: plaintext next id or -1
+  explicit ScoreAccumulator(const std::vector<int64_t>& tau) : map_(VocabMap::from_tau(tau)) {}
+  ScoreAccumulator(VocabMap map, bool corrected) : map_(std::move(map)), corrected_(corrected) {}
+  // plain: n logits; obf: n' logits (indexed by obfuscated id); target: plaintext next id or -1
   // (no target: only KL and agreement count).
   void add(const double* plain, const double* obf, int64_t target);
   void add_greedy(const std::vector<int64_t>& plain, const std::vector<int64_t>& obf_mapped);
@@ -47,7 +52,9 @@ class ScoreAccumulator {
   double rel_loss() const;
 
  private:
-  std::vector<int64_t> tau_;
+  VocabMap map_;
+  bool corrected_ = false;
+  std::vector<double> merged_;  // scratch: the obfuscated row as n plaintext logits
   int64_t positions_ = 0, targets_ = 0, hit_plain_ = 0, hit_obf_ = 0, agree_ = 0;
   double nll_plain_ = 0, nll_obf_ = 0, kl_sum_ = 0, kl_max_ = 0;
   int64_t greedy_total_ = 0, greedy_equal_ = 0, greedy_runs_ = 0;
@@ -78,7 +85,9 @@ nlohmann::json run_eval(const EvalConfig& cfg);
 // Scores plain vs obfuscated reference models on windows (used by run_eval; exposed for tests).
 // layer_err_out (if given) receives L+1 mean relative residual errors read back through Q
 // (d' x d row-major); Q empty skips them.
-nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const std::vector<int64_t>& tau,
+// Over a homophonic map the obfuscated side is fed one copy per token (a fixed public stream, so
+// runs repeat) and the report adds "homophone_corrected" (scores with the -log c correction).
+nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const VocabMap& map,
                                const std::vector<std::vector<int64_t>>& windows, int64_t greedy_prompts,
                                int64_t prompt_len, int64_t greedy_tokens, const std::vector<double>& Q,
                                std::vector<double>* layer_err_out);

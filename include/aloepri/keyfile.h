@@ -10,11 +10,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "aloepri/homophones.h"
 #include "aloepri/rng.h"
 
 namespace aloepri {
 
-constexpr int kKeyFileVersion = 1;
+// Version 2 adds the homophone record; a key without homophones is still written as version 1
+// (older builds read it), a homophonic one as 2 (older builds refuse it rather than map ids
+// through a tau of the wrong size).
+constexpr int kKeyFileVersion = 2;
 
 // What `aloepri obfuscate` records in the key after a successful run.
 struct ObfuscationRecord {
@@ -23,6 +27,11 @@ struct ObfuscationRecord {
   int64_t vocab_size = 0;         // n: tau is a permutation of [0, n)
   nlohmann::json params;          // lambda, h, alpha_e, ... as used
   nlohmann::json extra;           // anything else the client needs online (e.g. eos ids)
+  // Homophonic vocabulary (homophones.h): copies per plaintext id, [n]; empty = none (n' = n).
+  // Stored as "homophones": {"extra", "ids": [[t, c_t], ...]} (only ids with c_t > 1).
+  std::vector<int64_t> copies;
+  int64_t obf_vocab_size() const;            // n'
+  VocabMap vocab_map(const Seed& seed) const;  // tau, or the homophonic map
 };
 
 struct KeyFile {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "aloepri/homophones.h"
 #include "aloepri/obf_math.h"
 #include "aloepri/rng.h"
 #include "aloepri/tensor.h"
@@ -115,5 +116,14 @@ using RowFetch = std::function<void(int64_t first_row, int64_t count, float* dst
 Tensor transform_vocab_matrix(int64_t n, int64_t d, const RowFetch& fetch, const std::vector<int64_t>& tau,
                               double alpha, NoiseScale ns, RngStream& rng, const std::vector<float>& col_scale,
                               const Tensor& M, bool reader);
+// The same over a homophonic vocabulary (homophones.h): [n, d] -> [n', d']. Copy 0 of id t is
+// the row above (the same noise draw from `rng`; a map without copies gives the same bytes); copy
+// c >= 1 is t's row with its own noise draw from copy_stream(c) (one domain-separated stream per
+// copy rank, rows in plaintext order), and lands in output row map.id(t, c). Without noise all
+// copies of t are the same row.
+using CopyStream = std::function<RngStream(int64_t copy)>;
+Tensor transform_vocab_matrix(int64_t n, int64_t d, const RowFetch& fetch, const VocabMap& map, double alpha,
+                              NoiseScale ns, RngStream& rng, const CopyStream& copy_stream,
+                              const std::vector<float>& col_scale, const Tensor& M, bool reader);
 
 }  // namespace aloepri::obf

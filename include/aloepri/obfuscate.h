@@ -62,6 +62,11 @@ struct ObfuscateOptions {
   // independent) into obfuscation_parts_dir(out_dir); merge_obfuscation_parts completes the
   // output. 0 = the whole model in this process.
   int shard_index = 0, shard_count = 0;
+  // Homophonic vocabulary (homophones.h, --homophones B): copies per plaintext id, [n]; empty =
+  // none. The published ids (published_token_ids) must have one copy. homophone_info: what the
+  // key record notes of it (rule, source of the counts).
+  std::vector<int64_t> copies;
+  nlohmann::json homophone_info = nlohmann::json::object();
 };
 
 struct ObfuscateResult {
@@ -74,6 +79,7 @@ struct ObfuscateResult {
   double seconds_transform = 0;     // up to the committed output, before the fingerprints
   uint64_t peak_rss_transform = 0;  // bytes, getrusage peak before the fingerprints are computed
   nlohmann::json record;       // parameters + per-norm kappas + EOS choice (for the key file)
+  std::vector<int64_t> copies;  // homophone copies per plaintext id (empty: none)
   // What the key file records of this obfuscation (fingerprints, vocabulary, parameters, the
   // published tau(eos)/tau(bos)): the proxy and `decode` check a key against it.
   ObfuscationRecord key_record() const;
@@ -94,6 +100,10 @@ std::string obfuscation_parts_dir(const std::string& out_dir);
 // obfuscate_model (seconds_transform: the merge itself).
 ObfuscateResult merge_obfuscation_parts(const std::string& model_dir, const Seed& seed, const std::string& out_dir,
                                         const ObfuscateOptions& opt);
+
+// The special ids an obfuscation publishes through tau (bos/eos/pad of config.json and
+// generation_config.json in model_dir): they keep one copy in a homophonic vocabulary.
+std::vector<int64_t> published_token_ids(const ModelConfig& c, const std::string& model_dir);
 
 // A short public id of a key (16 hex digits from the stream "adapt/key-id"; reveals nothing of
 // the seed). A model fine-tuned for one key's noise (tools/train/adapt.cpp) records it in

@@ -16,22 +16,29 @@
 #include <vector>
 
 #include "aloepri/backend.h"
+#include "aloepri/homophones.h"
 #include "aloepri/rng.h"
 #include "aloepri/tokenizer.h"
 
 namespace aloepri {
 
-// tau and its inverse over a vocabulary of n ids (keyfile.h derive_tau).
+// tau and its inverse over a vocabulary of n ids (keyfile.h derive_tau), or the homophonic map
+// (homophones.h) when copies are given: n plaintext ids, n' obfuscated ids.
 class TokenMap {
  public:
-  TokenMap(const Seed& seed, int64_t n);
-  int64_t size() const { return int64_t(tau_.size()); }
-  int64_t to_server(int64_t plain) const;    // tau; throws Error when out of range
-  int64_t from_server(int64_t obf) const;    // tau^-1; throws BackendError(502) when out of range
+  TokenMap(const Seed& seed, int64_t n, const std::vector<int64_t>& copies = {});
+  int64_t size() const { return map_.size(); }              // n': ids the server may send back
+  int64_t plain_size() const { return map_.plain_size(); }  // n
+  // tau; with copies, one copy of `plain` drawn uniformly per call from the OS CSPRNG (so the
+  // server cannot predict it); throws Error when out of range.
+  int64_t to_server(int64_t plain) const;
+  int64_t from_server(int64_t obf) const;    // tau^-1 (every copy); throws BackendError(502) when out of range
   std::vector<int64_t> to_server(std::span<const int32_t> plain) const;
+  std::vector<int64_t> all_copies(int64_t plain) const;  // every obfuscated id of `plain`
+  const VocabMap& map() const { return map_; }
 
  private:
-  std::vector<int64_t> tau_, inv_;
+  VocabMap map_;
 };
 
 // Plaintext output of one generation: ids in, text out, with stop strings. push() returns the text
@@ -76,6 +83,7 @@ struct ProxyModel {
   Tokenizer tokenizer;
   Seed seed{};
   int64_t vocab_size = 0;             // n of tau (the model's vocab_size from the key record)
+  std::vector<int64_t> copies;        // homophone copies per id (key record); empty = none
   std::vector<int32_t> end_ids;       // plaintext ids that end generation (EOS, end-of-turn)
   // Loads the key (0600) and the tokenizer directory; checks that the key has obfuscated a model
   // whose vocabulary and published tau(eos) match this tokenizer. Throws Error.

@@ -13,6 +13,10 @@ namespace aloepri {
 using Seed = std::array<uint8_t, 32>;
 
 Seed random_seed();  // from the OS CSPRNG (libsodium randombytes)
+// Uniform in [0, n), n <= 2^32, unbiased, from the OS CSPRNG (libsodium randombytes_uniform);
+// thread-safe, never reproducible: for choices a server must not be able to predict (the
+// client's homophone copy per token occurrence).
+uint32_t random_below(uint32_t n);
 
 class RngStream {
  public:

@@ -37,4 +37,9 @@ struct DocumentIds {
 // dropped. No BOS: one document. Empty documents are left out.
 std::vector<std::vector<int32_t>> split_documents(const std::vector<uint16_t>& ids, const DocumentIds& special);
 
+// Unigram counts over [0, n) (for `obfuscate --homophone-counts FILE`): a *.bin token file as
+// above, or text holding exactly n non-negative numbers (whitespace / comma separated). Errors
+// name the file (an id >= n, a wrong count of numbers, a negative or unparsable number).
+std::vector<double> read_unigram_counts(const std::string& path, int64_t n);
+
 }  // namespace aloepri

@@ -54,21 +54,44 @@ std::vector<std::vector<int64_t>> spread_windows(const std::vector<int64_t>& ids
 
 // ---------------------------------------------------------------- scores
 
-void ScoreAccumulator::add(const double* a, const double* b, int64_t target) {
-  const int64_t n = int64_t(tau_.size());
+void ScoreAccumulator::add(const double* a, const double* ob, int64_t target) {
+  const int64_t n = map_.plain_size();
+  // The obfuscated row as n plaintext logits: t's copy, or the log of its copies' summed mass.
+  merged_.resize(size_t(n));
+  for (int64_t y = 0; y < n; ++y) {
+    const int64_t k = map_.copies(y);
+    if (k == 1) {
+      merged_[size_t(y)] = ob[map_.id(y, 0)];
+      continue;
+    }
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int64_t c = 0; c < k; ++c) mx = std::max(mx, ob[map_.id(y, c)]);
+    double s = 0;
+    for (int64_t c = 0; c < k; ++c) s += std::exp(ob[map_.id(y, c)] - mx);
+    merged_[size_t(y)] = mx + std::log(s) - (corrected_ ? std::log(double(k)) : 0.0);
+  }
+  const double* b = merged_.data();
   double ma = -std::numeric_limits<double>::infinity(), mb = ma;
   int64_t ia = 0, ib = 0;
   for (int64_t y = 0; y < n; ++y) {
-    const double vb = b[tau_[size_t(y)]];
     if (a[y] > ma) ma = a[y], ia = y;
-    if (vb > mb) mb = vb, ib = y;
+    if (b[y] > mb) mb = b[y];
+  }
+  // Top-1 of the served model is what greedy decoding returns: the argmax over its n' ids,
+  // mapped back (copies of one id tie; the merged mass would tilt the argmax by c_y).
+  {
+    double best = -std::numeric_limits<double>::infinity();
+    int64_t bo = 0;
+    for (int64_t o = 0; o < map_.size(); ++o)
+      if (ob[o] > best) best = ob[o], bo = o;
+    ib = map_.plain(bo);
   }
   double za = 0, zb = 0;
-  for (int64_t y = 0; y < n; ++y) za += std::exp(a[y] - ma), zb += std::exp(b[tau_[size_t(y)]] - mb);
+  for (int64_t y = 0; y < n; ++y) za += std::exp(a[y] - ma), zb += std::exp(b[y] - mb);
   const double la = std::log(za) + ma, lb = std::log(zb) + mb;
   double kl = 0;
   for (int64_t y = 0; y < n; ++y) {
-    const double pa = a[y] - la, pb = b[tau_[size_t(y)]] - lb;
+    const double pa = a[y] - la, pb = b[y] - lb;
     kl += std::exp(pa) * (pa - pb);
   }
   kl = std::max(kl, 0.0);
@@ -81,7 +104,7 @@ void ScoreAccumulator::add(const double* a, const double* b, int64_t target) {
     hit_plain_ += ia == target;
     hit_obf_ += ib == target;
     nll_plain_ -= a[target] - la;
-    nll_obf_ -= b[tau_[size_t(target)]] - lb;
+    nll_obf_ -= b[target] - lb;
   }
 }
 
@@ -128,40 +151,57 @@ nlohmann::json ScoreAccumulator::to_json() const {
 // Greedy continuations of the first windows' prompts on both engines (the obfuscated one fed
 // tau(prompt), its ids read back through tau^-1), counted into `acc`. Engine is ReferenceModel or
 // the llama.cpp wrapper: both have greedy(prompt, n).
+// One copy per token of a window (a public stream: the choice is not secret, and runs repeat).
+std::vector<int64_t> to_obf(const VocabMap& map, const std::vector<int64_t>& w, RngStream& choice) {
+  std::vector<int64_t> o;
+  o.reserve(w.size());
+  for (auto t : w) {
+    const int64_t k = map.copies(t);
+    o.push_back(map.id(t, k > 1 ? int64_t(choice.below(uint64_t(k))) : 0));
+  }
+  return o;
+}
+
 template <class Engine>
-void add_greedy_agreement(Engine& plain, Engine& obf, const std::vector<int64_t>& tau,
+void add_greedy_agreement(Engine& plain, Engine& obf, const VocabMap& map,
                           const std::vector<std::vector<int64_t>>& windows, int64_t greedy_prompts,
                           int64_t prompt_len, int64_t greedy_tokens, ScoreAccumulator& acc) {
-  const auto inv = invert_permutation(tau);
+  RngStream choice(Seed{}, "eval/greedy-copy-choice");
   for (int64_t p = 0; p < std::min<int64_t>(greedy_prompts, int64_t(windows.size())) && greedy_tokens > 0; ++p) {
     const auto& w = windows[size_t(p)];
     std::vector<int64_t> pr(w.begin(), w.begin() + std::min<int64_t>(prompt_len, int64_t(w.size())));
-    std::vector<int64_t> opr;
-    for (auto t : pr) opr.push_back(tau[size_t(t)]);
+    const std::vector<int64_t> opr = to_obf(map, pr, choice);
     auto gp = plain.greedy(pr, greedy_tokens), go = obf.greedy(opr, greedy_tokens);
-    for (auto& t : go) t = inv[size_t(t)];
+    for (auto& t : go) {
+      require(t >= 0 && t < map.size(), "eval", "the obfuscated model generated id " + std::to_string(t) +
+                                                    ", outside its vocabulary", kExitError);
+      t = map.plain(t);
+    }
     acc.add_greedy(gp, go);
   }
 }
 
-nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const std::vector<int64_t>& tau,
+nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const VocabMap& map,
                                const std::vector<std::vector<int64_t>>& windows, int64_t greedy_prompts,
                                int64_t prompt_len, int64_t greedy_tokens, const std::vector<double>& Q,
                                std::vector<double>* layer_err_out) {
   const int64_t n = plain.vocab_size(), d = plain.config().hidden_size, dp = obf.config().hidden_size;
   const int64_t L = plain.config().num_hidden_layers;
-  require(obf.vocab_size() == n && int64_t(tau.size()) == n, "eval", "vocabulary sizes differ");
+  require(map.plain_size() == n && obf.vocab_size() == map.size(), "eval",
+          "vocabulary sizes differ (plaintext " + std::to_string(n) + ", obfuscated " +
+              std::to_string(obf.vocab_size()) + ", key " + std::to_string(map.plain_size()) + " -> " +
+              std::to_string(map.size()) + ")");
   const bool residual = !Q.empty() && layer_err_out;
   if (residual) require(int64_t(Q.size()) == dp * d, "eval", "Q has the wrong shape");
-  ScoreAccumulator acc(tau);
+  ScoreAccumulator acc(map, false), acc_corr(map, true);
+  RngStream choice(Seed{}, "eval/copy-choice");
   std::vector<double> err_sum(size_t(L + 1), 0.0);
   int64_t err_n = 0;
   std::vector<std::vector<double>> pres(static_cast<size_t>(L));
   std::vector<double> back;
   for (const auto& w : windows) {
     const int64_t T = int64_t(w.size());
-    std::vector<int64_t> ow(w.size());
-    for (size_t i = 0; i < w.size(); ++i) ow[i] = tau[size_t(w[i])];
+    const std::vector<int64_t> ow = to_obf(map, w, choice);
     if (residual) {
       for (auto& r : pres) r.assign(size_t(T * d), 0.0);
       plain.set_residual_hook([&](int64_t l, const std::vector<double>& x) {
@@ -209,16 +249,19 @@ nlohmann::json score_reference(ReferenceModel& plain, ReferenceModel& obf, const
     obf.reset();
     obf.forward_each(ow, [&](int64_t t, const double* lo) {
       acc.add(pl.data() + t * n, lo, t + 1 < T ? w[size_t(t + 1)] : -1);
+      if (map.homophonic()) acc_corr.add(pl.data() + t * n, lo, t + 1 < T ? w[size_t(t + 1)] : -1);
     });
     plain.set_residual_hook({});
     obf.set_residual_hook({});
   }
-  add_greedy_agreement(plain, obf, tau, windows, greedy_prompts, prompt_len, greedy_tokens, acc);
+  add_greedy_agreement(plain, obf, map, windows, greedy_prompts, prompt_len, greedy_tokens, acc);
   if (residual) {
     layer_err_out->assign(size_t(L + 1), 0.0);
     for (int64_t l = 0; l <= L; ++l) (*layer_err_out)[size_t(l)] = err_sum[size_t(l)] / double(std::max<int64_t>(err_n, 1));
   }
-  return acc.to_json();
+  nlohmann::json j = acc.to_json();
+  if (map.homophonic()) j["homophone_corrected"] = acc_corr.to_json();
+  return j;
 }
 
 // ---------------------------------------------------------------- llama.cpp engine
@@ -269,31 +312,42 @@ class LlamaCpp {
     fs::remove(f);
     return out;
   }
+  // Copies of a homophonic vocabulary tie by construction: the harness must read back more than
+  // the most copies of one token to resolve a tie to the lowest id.
+  void set_greedy_top(int64_t k) { greedy_top_ = k; }
   std::vector<int64_t> greedy(const std::vector<int64_t>& ids, int64_t k) {
     const std::string s = run_capture("node " + sh_quote(script_) + " --model " + sh_quote(gguf_) + " --ids " +
-                                          ids_csv(ids) + " --threads 1 --greedy " + std::to_string(k),
+                                          ids_csv(ids) + " --threads 1 --greedy " + std::to_string(k) +
+                                          " --greedy-top " + std::to_string(greedy_top_),
                                       "llama.cpp eval.mjs on " + gguf_);
     return nlohmann::json::parse(s).at("greedy").get<std::vector<int64_t>>();
   }
 
  private:
   std::string script_, gguf_, scratch_;
+  int64_t greedy_top_ = 8;
 };
 
-nlohmann::json score_llamacpp(LlamaCpp& plain, LlamaCpp& obf, int64_t n, const std::vector<int64_t>& tau,
+nlohmann::json score_llamacpp(LlamaCpp& plain, LlamaCpp& obf, int64_t n, const VocabMap& map,
                               const std::vector<std::vector<int64_t>>& windows, int64_t greedy_prompts,
                               int64_t prompt_len, int64_t greedy_tokens, Progress* prog) {
-  ScoreAccumulator acc(tau);
+  ScoreAccumulator acc(map, false), acc_corr(map, true);
+  RngStream choice(Seed{}, "eval/copy-choice");
+  const int64_t np = map.size();
   for (const auto& w : windows) {
     const int64_t T = int64_t(w.size());
-    std::vector<int64_t> ow;
-    for (auto t : w) ow.push_back(tau[size_t(t)]);
-    auto pl = plain.logits(w, n), ol = obf.logits(ow, n);
-    for (int64_t t = 0; t < T; ++t) acc.add(pl.data() + t * n, ol.data() + t * n, t + 1 < T ? w[size_t(t + 1)] : -1);
+    const std::vector<int64_t> ow = to_obf(map, w, choice);
+    auto pl = plain.logits(w, n), ol = obf.logits(ow, np);
+    for (int64_t t = 0; t < T; ++t) {
+      acc.add(pl.data() + t * n, ol.data() + t * np, t + 1 < T ? w[size_t(t + 1)] : -1);
+      if (map.homophonic()) acc_corr.add(pl.data() + t * n, ol.data() + t * np, t + 1 < T ? w[size_t(t + 1)] : -1);
+    }
     if (prog) prog->advance();
   }
-  add_greedy_agreement(plain, obf, tau, windows, greedy_prompts, prompt_len, greedy_tokens, acc);
-  return acc.to_json();
+  add_greedy_agreement(plain, obf, map, windows, greedy_prompts, prompt_len, greedy_tokens, acc);
+  nlohmann::json j = acc.to_json();
+  if (map.homophonic()) j["homophone_corrected"] = acc_corr.to_json();
+  return j;
 }
 
 std::vector<double> reader_Q(const Seed& seed, int64_t d, const ObfuscationParams& p) {
@@ -365,7 +419,7 @@ nlohmann::json run_eval(const EvalConfig& cfg) {
   fs::create_directories(cfg.work_dir);
   ReferenceModel plain = ReferenceModel::load(cfg.plain_dir);
   const int64_t n = plain.vocab_size(), d = plain.config().hidden_size, L = plain.config().num_hidden_layers;
-  const auto tau = derive_tau(key.seed, n);
+  const VocabMap tau = rec.vocab_map(key.seed);  // tau, or the homophonic map
   const DType served = stored_dtype(cfg.obf_dir);
 
   struct Variant {
@@ -412,6 +466,7 @@ nlohmann::json run_eval(const EvalConfig& cfg) {
   report["text"] = cfg.text_file;
   report["tokens"] = {{"windows", windows.size()}, {"window", cfg.window}, {"requested", cfg.tokens},
                       {"corpus_tokens", ids.size()}};
+  if (tau.homophonic()) report["homophones"] = {{"obf_vocab_size", tau.size()}, {"extra", tau.size() - n}};
   report["model_config"] = {{"hidden_size", d}, {"layers", L}, {"vocab_size", n},
                             {"obf_hidden_size", d + 2 * params.expansion}};
   report["engines"] = nlohmann::json::object();
@@ -435,6 +490,7 @@ nlohmann::json run_eval(const EvalConfig& cfg) {
       opt.params = v.p;
       opt.dtype = v.dtype;
       opt.force = true;
+      opt.copies = rec.copies;
       if (v.p.kappa == KappaMode::Calibrated) opt.calib_ids = calib;
       obfuscate_model(source, key.seed, dir, opt);
       ReferenceModel vm = ReferenceModel::load(dir);
@@ -462,6 +518,9 @@ nlohmann::json run_eval(const EvalConfig& cfg) {
     }
     prog.advance();
     LlamaCpp lp(ed, pg, cfg.work_dir), lo(ed, og, cfg.work_dir);
+    int64_t most = 1;
+    for (int64_t t = 0; t < n; ++t) most = std::max(most, tau.copies(t));
+    lo.set_greedy_top(std::max<int64_t>(8, most + 8));
     auto s = score_llamacpp(lp, lo, n, tau, ll_windows, cfg.greedy_prompts, cfg.prompt_len, cfg.greedy_tokens, &prog);
     s["gguf_dtype"] = {{"plain", dtype_name(stored_dtype(cfg.plain_dir))}, {"obf", dtype_name(served)}};
     report["engines"]["llamacpp"] = s;

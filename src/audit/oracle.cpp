@@ -6,6 +6,9 @@
 #include <cmath>
 #include <functional>
 #include <numeric>
+#include <optional>
+#include <tuple>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "aloepri/error.h"
@@ -60,20 +63,42 @@ std::vector<int32_t> pick_rows(ReferenceModel& m, int64_t bos, int64_t count, co
 
 // Runs [bos, x] for every row, then one pass over the R x n log-probabilities (in row blocks)
 // for the normalizers and both sorted signatures.
-Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t k) {
+// With `groups` (a homophonic served model, see cluster_copies) the side's tokens are the groups:
+// row x runs the group's representative id, and the head is the representatives' columns. No
+// log |group| bias: the served softmax over n' copies gives copy (y, j) the probability
+// e^{z_y} / sum_u c_u e^{z_u}, so one column per group renormalised over the groups is exactly
+// the public model's e^{z_y} / sum_u e^{z_u} (the summed mass of the copies would be tilted by c_y).
+struct Groups {
+  std::vector<int32_t> of;   // [n'] group of each model id
+  std::vector<int32_t> rep;  // [G] a model id of each group
+  std::vector<int32_t> size; // [G]
+};
+
+Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t k, const Groups* groups = nullptr) {
   Side s;
-  const int64_t n = m.vocab_size(), d = m.config().hidden_size, R = int64_t(rows.size());
+  const int64_t d = m.config().hidden_size, R = int64_t(rows.size());
+  const int64_t n = groups ? int64_t(groups->rep.size()) : m.vocab_size();
   s.rows = std::move(rows);
   s.row_of.assign(size_t(n), -1);
   for (int64_t r = 0; r < R; ++r) s.row_of[size_t(s.rows[size_t(r)])] = int32_t(r);
+  std::vector<int64_t> run_ids(s.rows.begin(), s.rows.end());
+  if (groups)
+    for (auto& x : run_ids) x = groups->rep[size_t(x)];
   m.reset();
-  if (bos >= 0) m.prefill({bos});  // the prefix every row branches from
-  const std::vector<double> h =
-      m.branch_hidden(std::vector<int64_t>(s.rows.begin(), s.rows.end()));
+  if (bos >= 0) m.prefill({groups ? int64_t(groups->rep[size_t(bos)]) : bos});  // with groups, bos is a group
+  const std::vector<double> h = m.branch_hidden(run_ids);
   m.reset();
   s.hidden = Tensor({R, d});
   std::copy(h.begin(), h.end(), s.hidden.data.begin());
-  s.head = m.weights().head;  // [d, n]
+  if (groups) {
+    const Tensor& full = m.weights().head;  // [d, n']
+    const int64_t np = full.cols();
+    s.head = Tensor({d, n});
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t g = 0; g < n; ++g) s.head.data[size_t(i * n + g)] = full.data[size_t(i * np + groups->rep[size_t(g)])];
+  } else {
+    s.head = m.weights().head;  // [d, n]
+  }
   s.lse.assign(size_t(R), 0.0f);
   s.row_sig = Tensor({R, k});
   s.col_sig = Tensor({n, k}, kLogFloor);
@@ -110,6 +135,34 @@ Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t
   }
   for (int64_t y = 0; y < n; ++y) std::sort(cs.data() + y * k, cs.data() + (y + 1) * k, std::greater<float>());
   return s;
+}
+
+// pick_rows over the groups of a homophonic served model: every group, or the `count` most
+// likely after bos (a group read at its representative, as run_side does) plus `must`.
+std::vector<int32_t> group_rows(ReferenceModel& m, const Groups& G, int64_t bos, int64_t count,
+                                const std::vector<int32_t>& must) {
+  const int64_t n = int64_t(G.rep.size());
+  std::vector<int32_t> rows;
+  if (count <= 0 || count >= n || bos < 0) {
+    rows.resize(size_t(n));
+    std::iota(rows.begin(), rows.end(), 0);
+    return rows;
+  }
+  m.reset();
+  const std::vector<double> lg = m.step(G.rep[size_t(bos)]);
+  m.reset();
+  std::vector<double> lik(static_cast<size_t>(n));
+  for (int64_t g = 0; g < n; ++g) lik[size_t(g)] = lg[size_t(G.rep[size_t(g)])];
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + count, order.end(),
+                    [&](int32_t a, int32_t b) { return lik[size_t(a)] > lik[size_t(b)]; });
+  std::unordered_set<int32_t> seen(order.begin(), order.begin() + count);
+  rows.assign(order.begin(), order.begin() + count);
+  for (int32_t t : must)
+    if (seen.insert(t).second) rows.push_back(t);
+  std::sort(rows.begin(), rows.end());
+  return rows;
 }
 
 // Standardizes every column of F (per side: noise shifts and scales the obfuscated side's
@@ -247,17 +300,127 @@ Guesses guesses_of(const Matching& m, const std::vector<int32_t>& mo, const Side
   return g;
 }
 
+// Copies of a homophonic vocabulary (homophones.h) are the same embedding row and head column,
+// each with its own noise when the obfuscation adds noise. The attacker knows n (the public
+// model's vocabulary) and sees n' ids: it groups identical (embedding row, head column) pairs
+// first, then, while more than n groups remain, joins the closest groups (standardized rows and
+// columns, each group's 4 nearest neighbours, closest pairs first).
+Groups cluster_copies(const aloepri::ModelWeights& w, int64_t n, nlohmann::json& info) {
+  const int64_t np = w.embed.rows(), d = w.embed.cols();
+  require(w.head.rows() == d && w.head.cols() == np, "oracle attack", "the served head is not [d', n']");
+  std::vector<int32_t> of(size_t(np), -1), rep;
+  std::unordered_map<uint64_t, std::vector<int32_t>> by_hash;  // hash -> groups with that hash
+  std::vector<float> col(static_cast<size_t>(d));
+  auto column = [&](int64_t id, float* out) {
+    for (int64_t i = 0; i < d; ++i) out[i] = w.head.data[size_t(i * np + id)];
+  };
+  std::vector<float> col2(static_cast<size_t>(d));
+  for (int64_t id = 0; id < np; ++id) {
+    column(id, col.data());
+    uint64_t hsh = 1469598103934665603ull;
+    auto mix = [&](const float* p, int64_t len) {
+      const auto* b = reinterpret_cast<const unsigned char*>(p);
+      for (int64_t i = 0; i < len * int64_t(sizeof(float)); ++i) hsh = (hsh ^ b[i]) * 1099511628211ull;
+    };
+    mix(w.embed.ptr() + id * d, d);
+    mix(col.data(), d);
+    int32_t found = -1;
+    for (int32_t g : by_hash[hsh]) {
+      const int64_t r = rep[size_t(g)];
+      column(r, col2.data());
+      if (std::equal(col.begin(), col.end(), col2.begin()) &&
+          std::equal(w.embed.ptr() + id * d, w.embed.ptr() + (id + 1) * d, w.embed.ptr() + r * d)) {
+        found = g;
+        break;
+      }
+    }
+    if (found < 0) {
+      found = int32_t(rep.size());
+      rep.push_back(int32_t(id));
+      by_hash[hsh].push_back(found);
+    }
+    of[size_t(id)] = found;
+  }
+  const int64_t exact_groups = int64_t(rep.size());
+  // Union-find over the exact groups for the approximate merges.
+  std::vector<int32_t> parent(rep.size());
+  std::iota(parent.begin(), parent.end(), 0);
+  std::function<int32_t(int32_t)> find = [&](int32_t x) { return parent[size_t(x)] == x ? x : parent[size_t(x)] = find(parent[size_t(x)]); };
+  int64_t groups = exact_groups, merged = 0;
+  if (groups > n) {
+    const int64_t G = groups;
+    Tensor F({G, 2 * d});
+    for (int64_t g = 0; g < G; ++g) {
+      std::copy_n(w.embed.ptr() + int64_t(rep[size_t(g)]) * d, d, F.ptr() + g * 2 * d);
+      column(rep[size_t(g)], F.ptr() + g * 2 * d + d);
+    }
+    standardize_columns(F);
+    const int K = 5;  // self + 4 neighbours
+    const auto nn = detail::nearest_rows(F, F, K);
+    std::vector<std::tuple<double, int32_t, int32_t>> edges;
+    for (int64_t g = 0; g < G; ++g)
+      for (int32_t h : nn[size_t(g)])
+        if (h != g) edges.emplace_back(sq_dist(F.ptr() + g * 2 * d, F.ptr() + int64_t(h) * 2 * d, 2 * d), int32_t(g), h);
+    std::sort(edges.begin(), edges.end());
+    for (const auto& [dist, a, b] : edges) {
+      if (groups <= n) break;
+      const int32_t ra = find(a), rb = find(b);
+      if (ra == rb) continue;
+      parent[size_t(std::max(ra, rb))] = std::min(ra, rb);
+      --groups;
+      ++merged;
+    }
+  }
+  // Renumber the roots 0 .. groups-1.
+  Groups out;
+  std::vector<int32_t> idx(rep.size(), -1);
+  for (size_t g = 0; g < rep.size(); ++g) {
+    const int32_t r = find(int32_t(g));
+    if (idx[size_t(r)] < 0) {
+      idx[size_t(r)] = int32_t(out.rep.size());
+      out.rep.push_back(rep[size_t(r)]);
+      out.size.push_back(0);
+    }
+  }
+  out.of.resize(size_t(np));
+  for (int64_t id = 0; id < np; ++id) {
+    const int32_t g = idx[size_t(find(of[size_t(id)]))];
+    out.of[size_t(id)] = g;
+    ++out.size[size_t(g)];
+  }
+  info = {{"obf_vocab", np}, {"plain_vocab", n}, {"identical_groups", exact_groups},
+          {"merged_by_distance", merged}, {"groups", int64_t(out.rep.size())}};
+  return out;
+}
+
 }  // namespace
 
 VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t plain_bos, int64_t obf_bos,
-                          int64_t plain_eos, int64_t obf_eos, const Query& q, const OracleOptions& opt) {
+                          int64_t plain_eos, int64_t obf_eos, const Query& q_in, const OracleOptions& opt) {
   const auto t0 = Clock::now();
-  const int64_t n = plain.vocab_size();
-  require(obf.vocab_size() == n, "oracle attack", "the two models' vocabularies differ");
+  const int64_t n = plain.vocab_size(), np = obf.vocab_size();
+  require(np >= n, "oracle attack", "the served vocabulary (" + std::to_string(np) + ") is smaller than the public one (" +
+                                        std::to_string(n) + ")");
   require(opt.signature_k >= 2 && opt.signature_k <= n, "oracle attack", "signature length must be in [2, n]");
   VocabAttack out;
   out.attack = "Oracle";
-  out.guesses.assign(size_t(n), {});
+  // A homophonic served model (n' > n): many-to-one. Copies are grouped first (cluster_copies);
+  // the one-to-one matching then runs over groups, and every copy gets its group's guesses.
+  std::optional<Groups> groups;
+  nlohmann::json group_info;
+  Query q = q_in;
+  if (np > n) {
+    groups = cluster_copies(obf.weights(), n, group_info);
+    std::unordered_set<int32_t> seen;
+    std::vector<int32_t> gq;
+    for (int32_t id : q_in.obf_ids)
+      if (id >= 0 && id < np && seen.insert(groups->of[size_t(id)]).second) gq.push_back(groups->of[size_t(id)]);
+    std::sort(gq.begin(), gq.end());
+    q.obf_ids = gq;
+    if (obf_bos >= 0) obf_bos = groups->of[size_t(obf_bos)];
+    if (obf_eos >= 0) obf_eos = groups->of[size_t(obf_eos)];
+  }
+  const Groups* G = groups ? &*groups : nullptr;
   auto over_budget = [&] { return opt.budget_seconds > 0 && internal::seconds_since(t0) > opt.budget_seconds; };
 
   // Which tokens to run: everything by default; with a budget the most likely after bos on
@@ -268,7 +431,8 @@ VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t pl
     seeds_o.push_back(int32_t(obf_eos)), seeds_p.push_back(int32_t(plain_eos));
   std::vector<int32_t> must_o = q.obf_ids;
   must_o.insert(must_o.end(), seeds_o.begin(), seeds_o.end());
-  Side o = run_side(obf, obf_bos, pick_rows(obf, obf_bos, opt.rows, must_o), opt.signature_k);
+  Side o = G ? run_side(obf, obf_bos, group_rows(obf, *G, obf_bos, opt.rows, must_o), opt.signature_k, G)
+             : run_side(obf, obf_bos, pick_rows(obf, obf_bos, opt.rows, must_o), opt.signature_k);
   Side p = run_side(plain, plain_bos, pick_rows(plain, plain_bos, opt.rows, seeds_p), opt.signature_k);
   const double t_forward = internal::seconds_since(t0);
 
@@ -289,8 +453,9 @@ VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t pl
     std::vector<double> lik(o.rows.size(), 0.0);
     obf.reset();
     if (obf_bos >= 0) {
-      const std::vector<double> lg = obf.step(obf_bos);
-      for (size_t r = 0; r < o.rows.size(); ++r) lik[r] = lg[size_t(o.rows[r])];
+      const std::vector<double> lg = obf.step(G ? int64_t(G->rep[size_t(obf_bos)]) : obf_bos);
+      for (size_t r = 0; r < o.rows.size(); ++r)
+        lik[r] = G ? lg[size_t(G->rep[size_t(o.rows[r])])] : lg[size_t(o.rows[r])];
     }
     obf.reset();
     std::partial_sort(by_lik.begin(), by_lik.begin() + extra, by_lik.end(),
@@ -329,6 +494,17 @@ VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t pl
                       {"seconds", internal::seconds_since(t0)}});
   }
   out.guesses = guesses_of(m, mo, o, p, q, opt.topk);
+  if (G) {
+    // Back from groups to the served ids: every queried copy answers with its group's guesses.
+    auto expand = [&](const Guesses& g) {
+      Guesses e(static_cast<size_t>(np));
+      for (int32_t id : q_in.obf_ids)
+        if (id >= 0 && id < np) e[size_t(id)] = g[size_t(G->of[size_t(id)])];
+      return e;
+    };
+    out.guesses = expand(out.guesses);
+    for (auto& [name, g] : out.parts) g = expand(g);
+  }
   out.seconds = internal::seconds_since(t0);
   out.details = {{"rows_obf", int64_t(o.rows.size())},
                  {"rows_matched", int64_t(mo.size())},
@@ -338,6 +514,7 @@ VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t pl
                  {"forward_seconds", t_forward},
                  {"rounds", rounds},
                  {"budget_cut", cut}};
+  if (G) out.details["homophones"] = group_info;
   return out;
 }
 

@@ -94,11 +94,13 @@ std::string setting_of(const AuditContext& ctx) {
 AttackResult score_in_context(const VocabAttack& a, const AuditContext& ctx, const std::string& setting) {
   AttackResult r;
   if (ctx.truth) {
-    r = score_vocab_attack(a, setting, *ctx.truth, ctx.victim, ctx.vocab_sample, {1, 5, 10});
+    r = score_vocab_attack(a, setting, *ctx.truth, ctx.victim, ctx.vocab_sample, {1, 5, 10},
+                           ctx.homophonic ? &ctx.traffic : nullptr);
     const size_t m = std::min<size_t>(ctx.victim.size(), 48);
     std::vector<int32_t> truth_ids(ctx.victim.begin(), ctx.victim.begin() + long(m)), rec;
-    for (int32_t t : truth_ids) {
-      const auto& c = a.guesses[size_t((*ctx.truth)[size_t(t)])];
+    for (size_t i = 0; i < truth_ids.size(); ++i) {
+      const int64_t o = ctx.homophonic ? int64_t(ctx.traffic[i]) : (*ctx.truth)[size_t(truth_ids[i])];
+      const auto& c = a.guesses[size_t(o)];
       rec.push_back(c.empty() ? -1 : c[0]);
     }
     r.details["sample"] = {{"truth_ids", truth_ids}, {"recovered_ids", rec},
@@ -127,6 +129,9 @@ std::vector<AttackEntry> weight_attacks() {
   using Fn = VocabAttack (*)(const ModelWeights&, const ModelWeights&, const Query&, const WeightAttackOptions&);
   auto entry = [](const char* name, const char* desc, Fn fn) {
     return AttackEntry{name, "weights", desc, [fn](const AuditContext& ctx) {
+                         if (ctx.homophonic)
+                           throw Error("audit", "this weight attack matches n ids one-to-one; the served model has a "
+                                       "homophonic vocabulary (n' > n): see the oracle attack, which groups copies");
                          WeightAttackOptions o = ctx.weight_opt;
                          o.mech = ctx.mech;
                          const double left = ctx.seconds_left();

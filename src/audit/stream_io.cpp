@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aloepri/audit_stream.h"
+#include "aloepri/homophones.h"
 #include "aloepri/error.h"
 #include "aloepri/output.h"
 #include "aloepri/tokenizer.h"
@@ -158,27 +159,13 @@ Homophones make_homophones(const std::vector<double>& freq, int64_t extra) {
   const int64_t V = int64_t(freq.size());
   require(V > 0, "homophones", "empty frequency table");
   require(extra >= 0, "--homophones", "must be >= 0", kExitUsage);
-  // Shares of the extra copies ~ sqrt(frequency); whole parts first, then the largest remainders.
-  std::vector<double> w(static_cast<size_t>(V));
-  double sum = 0;
-  for (int64_t t = 0; t < V; ++t) sum += (w[size_t(t)] = std::sqrt(std::max(0.0, freq[size_t(t)])));
-  std::vector<int64_t> add(size_t(V), 0);
-  std::vector<std::pair<double, int64_t>> rem;
-  int64_t given = 0;
-  if (sum > 0)
-    for (int64_t t = 0; t < V; ++t) {
-      const double share = double(extra) * w[size_t(t)] / sum;
-      add[size_t(t)] = int64_t(std::floor(share));
-      given += add[size_t(t)];
-      rem.push_back({share - std::floor(share), t});
-    }
-  std::stable_sort(rem.begin(), rem.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (size_t i = 0; given < extra; ++i, ++given) ++add[size_t(sum > 0 ? rem[i % rem.size()].second : int64_t(i) % V)];
+  // The obfuscator's allocation (homophones.h), with the simulation's sqrt rule.
+  const std::vector<int64_t> copies = allocate_copies(freq, extra, CopyRule::Sqrt);
   Homophones h;
   h.first.resize(size_t(V + 1));
   for (int64_t t = 0; t < V; ++t) {
-    h.first[size_t(t + 1)] = int32_t(h.first[size_t(t)] + 1 + add[size_t(t)]);
-    for (int32_t c = 0; c < 1 + add[size_t(t)]; ++c) h.base.push_back(int32_t(t));
+    h.first[size_t(t + 1)] = int32_t(h.first[size_t(t)] + copies[size_t(t)]);
+    for (int64_t c = 0; c < copies[size_t(t)]; ++c) h.base.push_back(int32_t(t));
   }
   return h;
 }

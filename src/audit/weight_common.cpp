@@ -277,7 +277,7 @@ std::vector<int32_t> min_cost_assignment(const std::vector<double>& cost, int64_
 
 AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting, const std::vector<int64_t>& tau,
                                 const std::vector<int32_t>& victim, const std::vector<int32_t>& vocab_sample,
-                                const std::vector<int>& ks) {
+                                const std::vector<int>& ks, const std::vector<int32_t>* sent) {
   AttackResult r;
   r.attack = a.attack;
   r.setting = setting;
@@ -285,21 +285,27 @@ AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting
   r.victim_tokens = int64_t(victim.size());
   r.details = a.details;
   const int64_t n = int64_t(tau.size());
-  require(int64_t(a.guesses.size()) == n, "audit", "attack '" + a.attack + "' guessed over " +
-                                                        std::to_string(a.guesses.size()) + " ids, vocabulary has " +
-                                                        std::to_string(n));
-  // rank of the truth among the candidates of obfuscated id tau[t] (-1: absent)
-  auto rank_of = [&](const Guesses& g, int32_t t) -> int {
-    const auto& c = g[size_t(tau[size_t(t)])];
+  require(sent ? int64_t(a.guesses.size()) >= n : int64_t(a.guesses.size()) == n, "audit",
+          "attack '" + a.attack + "' guessed over " + std::to_string(a.guesses.size()) + " ids, vocabulary has " +
+              std::to_string(n));
+  require(!sent || sent->size() == victim.size(), "audit", "sent ids and victim differ in length", kExitError);
+  // obfuscated id of victim token i: the copy the client sent, or tau
+  auto obf_of = [&](size_t i) { return sent ? int64_t((*sent)[i]) : tau[size_t(victim[i])]; };
+  // rank of the truth t among the candidates of obfuscated id o (-1: absent)
+  auto rank_at = [&](const Guesses& g, int64_t o, int32_t t) -> int {
+    if (o < 0 || o >= int64_t(g.size())) return -1;
+    const auto& c = g[size_t(o)];
     for (size_t i = 0; i < c.size(); ++i)
       if (c[i] == t) return int(i);
     return -1;
   };
+  auto rank_of = [&](const Guesses& g, int32_t t) { return rank_at(g, tau[size_t(t)], t); };
   auto score = [&](const Guesses& g, double& top1, std::vector<std::pair<int, double>>& topk, double& vocab) {
     std::vector<int64_t> hits(ks.size(), 0);
     int64_t hit1 = 0;
-    for (int32_t t : victim) {
-      const int rk = rank_of(g, t);
+    for (size_t vi = 0; vi < victim.size(); ++vi) {
+      const int32_t t = victim[vi];
+      const int rk = rank_at(g, obf_of(vi), t);
       if (rk == 0) ++hit1;
       for (size_t i = 0; i < ks.size(); ++i)
         if (rk >= 0 && rk < ks[i]) ++hits[i];
@@ -318,7 +324,7 @@ AttackResult score_vocab_attack(const VocabAttack& a, const std::string& setting
   if (!victim.empty()) {
     std::vector<int32_t> rec(victim.size());
     for (size_t i = 0; i < victim.size(); ++i) {
-      const auto& c = a.guesses[size_t(tau[size_t(victim[i])])];
+      const auto& c = a.guesses[size_t(obf_of(i))];
       rec[i] = c.empty() ? -1 : c[0];
     }
     const size_t m = std::min<size_t>(victim.size(), 20000);  // BLEU on a prefix: n-gram maps grow fast

@@ -21,6 +21,7 @@
 #include "aloepri/tokenizer.h"
 #include "aloepri/error.h"
 #include "aloepri/keyfile.h"
+#include "aloepri/proxy.h"
 #include "aloepri/model.h"
 #include "aloepri/output.h"
 #include "aloepri/token_file.h"
@@ -67,10 +68,13 @@ int run(const Opts& o) {
   ctx.plain_dir = o.plain;
   ctx.obf_dir = o.obf;
   const ModelConfig pc = ModelConfig::load(o.plain), oc = ModelConfig::load(o.obf);
-  require(pc.vocab_size == oc.vocab_size, o.obf + "/config.json",
-          "vocabulary size " + std::to_string(oc.vocab_size) + " differs from the plaintext model's " +
+  // n' > n: a homophonic vocabulary (homophones.h); only the oracle attack matches many-to-one.
+  require(oc.vocab_size >= pc.vocab_size, o.obf + "/config.json",
+          "vocabulary size " + std::to_string(oc.vocab_size) + " is smaller than the plaintext model's " +
               std::to_string(pc.vocab_size));
-  const int64_t n = pc.vocab_size;
+  const int64_t n = pc.vocab_size, np = oc.vocab_size;
+  ctx.homophonic = np > n;
+  std::optional<VocabMap> vmap;
 
   std::optional<KeyFile> key;
   if (!o.key.empty()) {
@@ -78,7 +82,11 @@ int run(const Opts& o) {
     const auto& rec = key->require_record(o.key);
     check_key_matches_model(*key, o.key, HFModel(o.obf).fingerprint(), o.obf);
     ctx.params = rec.params;
-    ctx.truth = derive_tau(key->seed, n);
+    require(rec.obf_vocab_size() == np, o.key, "the key's vocabulary (" + std::to_string(rec.vocab_size) + " -> " +
+                                                   std::to_string(rec.obf_vocab_size()) + ") does not match " + o.obf,
+            kExitKeyMismatch);
+    vmap = rec.vocab_map(key->seed);
+    ctx.truth = vmap->first_copies();
     ctx.key_path = o.key;
   }
   // The attacker's knowledge of the mechanism: the public parameters (from the key's record for
@@ -96,14 +104,21 @@ int run(const Opts& o) {
   if (!o.victim.empty()) {
     ctx.victim = read_token_ids(o.victim, o.victim_tokens);
     check_ids(ctx.victim, o.victim);
-    for (int32_t t : ctx.victim) ctx.traffic.push_back(int32_t((*ctx.truth)[size_t(t)]));
+    if (ctx.homophonic) {
+      // The real client's encoding: a copy per occurrence from the OS CSPRNG.
+      require(bool(key), "--victim", "a homophonic model needs --key to encode the victim text", kExitUsage);
+      const TokenMap client(key->seed, n, key->record->copies);
+      for (int32_t t : ctx.victim) ctx.traffic.push_back(int32_t(client.to_server(t)));
+    } else {
+      for (int32_t t : ctx.victim) ctx.traffic.push_back(int32_t((*ctx.truth)[size_t(t)]));
+    }
   } else {
     ctx.traffic = read_token_ids(o.traffic, o.victim_tokens);
-    check_ids(ctx.traffic, o.traffic);
-    if (ctx.truth) {
-      const auto inv = invert_permutation(*ctx.truth);
-      for (int32_t t : ctx.traffic) ctx.victim.push_back(int32_t(inv[size_t(t)]));
-    }
+    for (int32_t t : ctx.traffic)
+      require(t >= 0 && t < np, o.traffic, "token id " + std::to_string(t) + " is outside the served vocabulary (" +
+                                               std::to_string(np) + ")", kExitUsage);
+    if (vmap)
+      for (int32_t t : ctx.traffic) ctx.victim.push_back(int32_t(vmap->plain(t)));
   }
   require(!ctx.traffic.empty(), "audit", "no tokens to attack", kExitUsage);
   if (ctx.truth) ctx.vocab_sample = sample_ids(n, o.vocab_sample, 7);
@@ -135,6 +150,9 @@ int run(const Opts& o) {
     entries.push_back(AttackEntry{
         "stream", "stream", "TFMA + SDA on the observed token stream, one run per --prior corpus",
         [&o, n, &pc](const AuditContext& c) {
+          if (c.homophonic)
+            throw Error("audit", "the stream attacks over a homophonic vocabulary run in `aloepri audit-stream --key K` "
+                                 "(its '+homophones' rows attack the real client encoding)");
           StreamAttackInputs in;
           in.vocab_size = int32_t(n);
           in.traffic = {c.traffic};

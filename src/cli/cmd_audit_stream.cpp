@@ -13,6 +13,7 @@
 #include "aloepri/error.h"
 #include "aloepri/keyfile.h"
 #include "aloepri/output.h"
+#include "aloepri/proxy.h"
 #include "aloepri/tokenizer.h"
 #include "command.h"
 
@@ -60,13 +61,36 @@ int run(const Opts& o) {
   if (n != int64_t(tok.vocab_size()))
     throw Error(o.key, "the key's vocabulary (" + std::to_string(n) + ") differs from the tokenizer's (" +
                            std::to_string(tok.vocab_size()) + ")", kExitKeyMismatch);
+  // A key that obfuscated with --homophones: the rows marked "+homophones" attack the traffic of
+  // the real client encoding (TokenMap: a copy per occurrence from the OS CSPRNG), next to the
+  // rows of a plain tau over the same plaintext.
+  const bool real_hom = key.record && !key.record->copies.empty();
+  if (real_hom && o.homophones > 0)
+    throw Error("--homophones", "simulates a homophonic vocabulary, but " + o.key +
+                                    " already has a real one (its traffic is attacked without the flag)",
+                kExitUsage);
   const auto tau = derive_tau(key.seed, n);
   const auto tau_inv = invert_permutation(tau);
   const int32_t V = int32_t(n);
+  std::unique_ptr<TokenMap> client;
+  if (real_hom) client = std::make_unique<TokenMap>(key.seed, n, key.record->copies);
 
-  std::vector<TokenSeq> plain, traffic;
+  std::vector<TokenSeq> plain, traffic, htraffic;
   if (!o.victim.empty()) {
     plain = load_token_docs(o.victim, &tok, document_ids(tok));
+    traffic = plain;
+    for (auto& d : traffic)
+      for (auto& t : d) t = int32_t(tau[size_t(t)]);
+    if (real_hom) {
+      htraffic = plain;
+      for (auto& d : htraffic)
+        for (auto& t : d) t = int32_t(client->to_server(t));
+    }
+  } else if (real_hom) {
+    htraffic = read_traffic(o.traffic, int32_t(client->size()));
+    plain = htraffic;
+    for (auto& d : plain)
+      for (auto& t : d) t = int32_t(client->from_server(t));
     traffic = plain;
     for (auto& d : traffic)
       for (auto& t : d) t = int32_t(tau[size_t(t)]);
@@ -82,9 +106,10 @@ int run(const Opts& o) {
       size_t j = size_t(rng() % i);
       std::swap(plain[i - 1], plain[j]);
       std::swap(traffic[i - 1], traffic[j]);
+      if (real_hom) std::swap(htraffic[i - 1], htraffic[j]);
     }
   }
-  if (!o.write_traffic.empty()) write_traffic(o.write_traffic, traffic, o.force);
+  if (!o.write_traffic.empty()) write_traffic(o.write_traffic, real_hom ? htraffic : traffic, o.force);
   std::vector<std::vector<uint8_t>> pii;
   std::vector<std::vector<int32_t>> pii_item;
   int64_t pii_tokens = 0, pii_items = 0;
@@ -133,13 +158,13 @@ int run(const Opts& o) {
                                 {"victim_tokens_reserved", used}};
     priors.push_back({o.prior_rest, BigramModel::build(rest, V)});
     prior_info[o.prior_rest]["tokens"] = priors.back().model.tokens();
-    if (o.homophones > 0) prior_docs.push_back({std::move(rest), {}});
+    if (o.homophones > 0 || real_hom) prior_docs.push_back({std::move(rest), {}});
   }
   for (const auto& spec : o.priors) {
     auto [name, file] = name_file(spec, "--prior");
     auto docs = load_token_docs(file, &tok, document_ids(tok), o.max_prior_tokens);
     priors.push_back({name, BigramModel::build(docs, V)});
-    if (o.homophones > 0) prior_docs.push_back({std::move(docs), {}});
+    if (o.homophones > 0 || real_hom) prior_docs.push_back({std::move(docs), {}});
   }
   for (const auto& spec : o.balanced_priors) {
     auto [name, file] = name_file(spec, "--balanced-prior");
@@ -147,14 +172,39 @@ int run(const Opts& o) {
     auto docs = load_token_docs(file, &tok, document_ids(tok), o.max_prior_tokens, &src);
     auto weight = balance_sources(docs, src);
     priors.push_back({name, BigramModel::build_weighted(docs, weight, V)});
-    if (o.homophones > 0) prior_docs.push_back({std::move(docs), std::move(weight)});
+    if (o.homophones > 0 || real_hom) prior_docs.push_back({std::move(docs), std::move(weight)});
   }
   // Homophonic simulation: copies ~ sqrt(frequency in the first prior, the public table the client
   // would use); the attacker knows the scheme and the table and simulates it on each prior.
   Homophones hom;
   std::vector<StreamPrior> hpriors;
-  std::vector<TokenSeq> htraffic;
   nlohmann::json hom_info;
+  if (real_hom) {
+    // The copy table is public knowledge (the allocation rule and the counts are), so the attacker
+    // labels copies exactly as the key does up to a relabelling, and simulates them on its priors.
+    const auto& cp = key.record->copies;
+    hom.first.assign(1, 0);
+    for (int32_t t = 0; t < V; ++t) {
+      for (int64_t c = 0; c < cp[size_t(t)]; ++c) hom.base.push_back(t);
+      hom.first.push_back(int32_t(hom.base.size()));
+    }
+    const int32_t S = hom.symbols();
+    for (size_t i = 0; i < priors.size(); ++i) {
+      auto enc = homophonic_encode(prior_docs[i].first, hom, o.homophone_seed + 1 + i);  // the attacker's draws
+      hpriors.push_back({priors[i].name + " +homophones",
+                         prior_docs[i].second.empty() ? BigramModel::build(enc, S)
+                                                      : BigramModel::build_weighted(enc, prior_docs[i].second, S)});
+    }
+    prior_docs.clear();
+    int64_t maxc = 0;
+    for (int64_t k : cp) maxc = std::max(maxc, k);
+    nlohmann::json rec_h = key.record->params.value("homophones", nlohmann::json::object());
+    hom_info = {{"extra_ids", S - V}, {"symbols", S}, {"max_copies", maxc}, {"real", true},
+                {"table", "the key's copy table (" + rec_h.value("rule", std::string("?")) + " rule, counts from " +
+                              rec_h.value("counts", std::string("?")) + ")"},
+                {"traffic", "real client encoding (TokenMap::to_server, a copy per occurrence from the OS CSPRNG)"},
+                {"attacker", "knows the scheme and the table, simulates it on its prior, no clustering of copies"}};
+  }
   if (o.homophones > 0) {
     std::vector<double> freq(size_t(V), 0.0);
     for (const auto& d : prior_docs[0].first)
@@ -216,7 +266,7 @@ int run(const Opts& o) {
     in.sda = o.sda;
     in.sda.seconds = o.sda_seconds;
     std::vector<AttackResult> results = run_stream_attacks(in);
-    if (o.homophones > 0) {
+    if (o.homophones > 0 || real_hom) {
       in.vocab_size = hom.symbols();
       in.traffic = take_tokens(htraffic, size);
       in.priors = hpriors;

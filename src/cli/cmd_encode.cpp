@@ -27,15 +27,22 @@ int run(const Opts& o, bool inverse) {
   const auto& rec = key.require_record(o.key);
   if (!o.model.empty()) check_key_matches_model(key, o.key, HFModel(o.model).fingerprint(), o.model);
   auto ids = cli::parse_ids_csv(o.ids);
-  auto tau = derive_tau(key.seed, rec.vocab_size);
-  auto map = inverse ? invert_permutation(tau) : tau;
+  // tau, or the homophonic map: encode sends a copy drawn from the OS CSPRNG per occurrence
+  // (as the proxy does), decode maps every copy back.
+  const VocabMap map = rec.vocab_map(key.seed);
+  const int64_t limit = inverse ? map.size() : map.plain_size();
   std::vector<int64_t> out;
   for (auto id : ids) {
-    if (id >= rec.vocab_size)
-      throw Error("--ids", "token id " + std::to_string(id) + " is outside the vocabulary of the model this key "
-                               "was made for (size " + std::to_string(rec.vocab_size) + ")",
+    if (id < 0 || id >= limit)
+      throw Error("--ids", "token id " + std::to_string(id) + " is outside the vocabulary of the model this key was made for (" +
+                               (inverse ? "obfuscated" : "plaintext") + " ids, size " + std::to_string(limit) + ")",
                   kExitKeyMismatch);
-    out.push_back(map[size_t(id)]);
+    if (inverse) {
+      out.push_back(map.plain(id));
+    } else {
+      const int64_t k = map.copies(id);
+      out.push_back(map.id(id, k > 1 ? int64_t(random_below(uint32_t(k))) : 0));
+    }
   }
   if (o.json) {
     std::cout << nlohmann::json{{"ids", out}}.dump() << "\n";

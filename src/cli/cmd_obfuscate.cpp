@@ -1,11 +1,15 @@
 // `aloepri obfuscate MODEL --key K --out DIR`: covariant obfuscation of a dense checkpoint.
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 
 #include "aloepri/error.h"
 #include "aloepri/gguf_export.h"
 #include "aloepri/gguf_quant.h"
+#include "aloepri/homophones.h"
+#include "aloepri/hf_config.h"
+#include "aloepri/token_file.h"
 #include "aloepri/keyfile.h"
 #include "aloepri/model.h"
 #include "aloepri/obfuscate.h"
@@ -21,6 +25,8 @@ struct Opts {
   std::string calib_ids, calib_file, calib_text;
   std::string profile = "exact";  // named parameter set; explicit flags override its fields
   std::string shard;              // "i/N" or "merge"
+  int64_t homophones = 0;
+  std::string homophone_counts, homophone_rule = "flat";
   double lambda = 0.3, alpha_e = 1.0, alpha_h = 0.2, gamma = 1000, value_cond = 0;
   int64_t expansion = 128, beta = 8;
   bool exact = false, force = false;
@@ -31,6 +37,39 @@ std::vector<int64_t> read_ids_file(const std::string& path) {
   const auto ids = aloepri::read_token_ids(path);
   aloepri::require(!ids.empty(), path, "no token ids", aloepri::kExitUsage);
   return std::vector<int64_t>(ids.begin(), ids.end());
+}
+
+// --homophones B: the copy table from unigram counts (--homophone-counts FILE, or the shipped
+// model's own training text build/corpus/train.bin when MODEL is models/aloe-mini).
+void homophone_table(const Opts& o, aloepri::ObfuscateOptions& opt) {
+  using namespace aloepri;
+  namespace fs = std::filesystem;
+  if (o.homophones == 0 && o.homophone_counts.empty()) return;
+  require(o.homophones > 0, "--homophones", "must be > 0 (the number of extra obfuscated ids), got " +
+                                                 std::to_string(o.homophones), kExitUsage);
+  const CopyRule rule = parse_copy_rule(o.homophone_rule);
+  const ModelConfig c = ModelConfig::load(o.model);
+  std::string counts = o.homophone_counts;
+  if (counts.empty()) {
+    const fs::path shipped = fs::path(ALOEPRI_SOURCE_DIR) / "models" / "aloe-mini";
+    std::error_code ec;
+    if (!fs::equivalent(o.model, shipped, ec))
+      throw Error("--homophones", "needs unigram counts of text like the model's training data to allocate the copies: "
+                  "pass --homophone-counts FILE (a uint16 *.bin token file, or " + std::to_string(c.vocab_size) +
+                  " numbers); only the shipped models/aloe-mini has a default", kExitUsage);
+    counts = std::string(ALOEPRI_SOURCE_DIR) + "/build/corpus/train.bin";
+    if (!fs::is_regular_file(counts, ec))
+      throw Error(counts, "the shipped model's training text, the default for --homophone-counts, is missing: build "
+                  "it with `node tools/corpus/build.mjs build/corpus` or pass --homophone-counts FILE", kExitUsage);
+  }
+  const std::vector<double> freq = read_unigram_counts(counts, c.vocab_size);
+  opt.copies = allocate_copies(freq, o.homophones, rule, published_token_ids(c, o.model));
+  int64_t maxc = 0;
+  for (int64_t k : opt.copies) maxc = std::max(maxc, k);
+  opt.homophone_info = {{"rule", copy_rule_name(rule)}, {"counts", fs::path(counts).filename().string()},
+                        {"max_copies", maxc}};
+  std::fprintf(stderr, "homophones: %lld extra ids (rule %s, counts from %s), at most %lld copies of one id\n",
+               (long long)o.homophones, copy_rule_name(rule).c_str(), counts.c_str(), (long long)maxc);
 }
 
 int run(Opts o, CLI::App& sub) {
@@ -101,6 +140,7 @@ int run(Opts o, CLI::App& sub) {
   if (!opt.calib_ids.empty() && p.kappa == KappaMode::Gaussian)
     throw Error("--calib-*", "calibration data given but --kappa is gaussian (use --kappa calibrated)", kExitUsage);
   opt.force = o.force;
+  homophone_table(o, opt);
 
   const bool merge = o.shard == "merge";
   if (!o.shard.empty() && !merge) {
@@ -194,6 +234,17 @@ auto setup(CLI::App& sub) {
                  "equal output size; no key record, no GGUF); run every i, anywhere, with the same key, model and\n"
                  "flags. merge: join the N parts into OUT, byte-identical to a single run, write --gguf and the key\n"
                  "record, and delete the parts. Not with --kappa calibrated");
+  sub.add_option("--homophones", o->homophones,
+                 "Homophonic vocabulary: B extra obfuscated ids (vocab_size n -> n + B). Frequent tokens get several\n"
+                 "copies (by unigram frequency, --homophone-rule), each with its own embedding row and head column\n"
+                 "(own noise draw); the client sends a random copy per occurrence and maps every copy back. Greedy\n"
+                 "decoding is unchanged; sampling is tilted by the copy count (docs/RESULTS.md \"Homophonic vocabulary\")");
+  sub.add_option("--homophone-counts", o->homophone_counts,
+                 "Unigram counts that allocate the copies: a uint16 *.bin token file (build/corpus format) or one\n"
+                 "count per token id (default for the shipped models/aloe-mini: build/corpus/train.bin)");
+  sub.add_option("--homophone-rule", o->homophone_rule,
+                 "flat (default: each extra copy to the id of largest per-copy frequency) | sqrt (copies ~ sqrt of\n"
+                 "the frequency, the rule of `audit-stream --homophones`)");
   sub.add_flag("--force", o->force, "Replace an existing output directory / GGUF");
   sub.footer(
       "Every secret (vocabulary permutation tau, key matrices, head/FFN maps, noise) is derived from\n"

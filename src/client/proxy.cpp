@@ -32,19 +32,28 @@ namespace aloepri {
 // ---------------------------------------------------------------------------------------------
 // tau
 
-TokenMap::TokenMap(const Seed& seed, int64_t n) : tau_(derive_tau(seed, n)), inv_(invert_permutation(tau_)) {}
+TokenMap::TokenMap(const Seed& seed, int64_t n, const std::vector<int64_t>& copies) : map_(seed, n, copies) {}
 
 int64_t TokenMap::to_server(int64_t plain) const {
-  if (plain < 0 || plain >= size())
+  if (plain < 0 || plain >= plain_size())
     throw Error("prompt", "token id " + std::to_string(plain) + " is outside the vocabulary", kExitBadInput);
-  return tau_[size_t(plain)];
+  const int64_t k = map_.copies(plain);
+  return map_.id(plain, k > 1 ? int64_t(random_below(uint32_t(k))) : 0);
+}
+
+std::vector<int64_t> TokenMap::all_copies(int64_t plain) const {
+  if (plain < 0 || plain >= plain_size())
+    throw Error("prompt", "token id " + std::to_string(plain) + " is outside the vocabulary", kExitBadInput);
+  std::vector<int64_t> v;
+  for (int64_t c = 0; c < map_.copies(plain); ++c) v.push_back(map_.id(plain, c));
+  return v;
 }
 
 int64_t TokenMap::from_server(int64_t obf) const {
   if (obf < 0 || obf >= size())
     throw BackendError(502, "backend returned token id " + std::to_string(obf) + ", outside the vocabulary (" +
                                 std::to_string(size()) + ")");
-  return inv_[size_t(obf)];
+  return map_.plain(obf);
 }
 
 std::vector<int64_t> TokenMap::to_server(std::span<const int32_t> plain) const {
@@ -123,6 +132,7 @@ ProxyModel ProxyModel::load(const std::string& key_path, const std::string& toke
   const ObfuscationRecord& rec = key.require_record(key_path);
   m.seed = key.seed;
   m.vocab_size = rec.vocab_size;
+  m.copies = rec.copies;
   m.tokenizer = Tokenizer::load(tokenizer_dir);
   if (int64_t(m.tokenizer.vocab_size()) > m.vocab_size)
     throw Error(key_path, "this key obfuscated a model with a " + std::to_string(m.vocab_size) +
@@ -149,10 +159,12 @@ ProxyModel ProxyModel::load(const std::string& key_path, const std::string& toke
   // The end id the obfuscation published (tau(eos)) must be one of them: else the key and the
   // tokenizer do not belong together.
   if (rec.extra.is_object() && rec.extra.contains("obf_eos_token_id") && !ends.empty()) {
-    TokenMap map(m.seed, m.vocab_size);
+    TokenMap map(m.seed, m.vocab_size, m.copies);
     const int64_t obf_eos = rec.extra["obf_eos_token_id"].get<int64_t>();
     bool found = false;
-    for (auto e : ends) found |= e >= 0 && e < m.vocab_size && map.to_server(e) == obf_eos;
+    for (auto e : ends)
+      if (e >= 0 && e < m.vocab_size)
+        for (int64_t o : map.all_copies(e)) found |= o == obf_eos;
     if (!found)
       throw Error(key_path, "the end-of-sequence id this key published does not map to an end token of the tokenizer in " +
                                 tokenizer_dir + " (wrong key or tokenizer?)",
@@ -301,10 +313,10 @@ struct ProxyServer::Impl {
   int64_t created = 0;
 
   Impl(ProxyModel m, BackendOptions b, ProxyOptions o)
-      : model(std::move(m)), map(model.seed, model.vocab_size), backend(std::move(b)), opt(std::move(o)) {
+      : model(std::move(m)), map(model.seed, model.vocab_size, model.copies), backend(std::move(b)), opt(std::move(o)) {
     for (auto e : model.end_ids) {
       end_set.insert(e);
-      obf_end_ids.push_back(map.to_server(int64_t(e)));
+      for (int64_t o : map.all_copies(int64_t(e))) obf_end_ids.push_back(o);  // the engine may end on any copy
     }
     created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   }

@@ -42,7 +42,7 @@ KeyFile KeyFile::load(const std::string& path) {
   }
   if (!j.is_object() || j.value("format", "") != kFormatTag)
     throw Error(path, "not an aloepri key file (missing format tag)", kExitKeyMismatch);
-  if (!j.contains("version") || !j["version"].is_number_integer() || j["version"] != kKeyFileVersion)
+  if (!j.contains("version") || !j["version"].is_number_integer() || j["version"] < 1 || j["version"] > kKeyFileVersion)
     throw Error(path, "unsupported key file version " + (j.contains("version") ? j["version"].dump() : "(none)") +
                           " (this build reads version " + std::to_string(kKeyFileVersion) + ")",
                 kExitKeyMismatch);
@@ -68,6 +68,8 @@ KeyFile KeyFile::load(const std::string& path) {
       throw Error(path, std::string("bad 'obfuscation' record: ") + e.what(), kExitKeyMismatch);
     }
     if (r.vocab_size <= 0) throw Error(path, "bad 'obfuscation.vocab_size'", kExitKeyMismatch);
+    if (o.contains("homophones") && !o["homophones"].is_null())
+      r.copies = copies_from_json(o["homophones"], r.vocab_size, path + ": obfuscation.homophones");
     k.record = r;
   }
   return k;
@@ -76,7 +78,8 @@ KeyFile KeyFile::load(const std::string& path) {
 void KeyFile::save(const std::string& path, bool overwrite) const {
   char hex[65];
   sodium_bin2hex(hex, sizeof hex, seed.data(), seed.size());
-  nlohmann::json j = {{"format", kFormatTag}, {"version", kKeyFileVersion}, {"created", created},
+  const bool homophonic = record && !record->copies.empty();
+  nlohmann::json j = {{"format", kFormatTag}, {"version", homophonic ? kKeyFileVersion : 1}, {"created", created},
                       {"seed", std::string(hex)}};
   sodium_memzero(hex, sizeof hex);
   if (record)
@@ -85,6 +88,7 @@ void KeyFile::save(const std::string& path, bool overwrite) const {
                         {"vocab_size", record->vocab_size},
                         {"params", record->params},
                         {"extra", record->extra}};
+  if (homophonic) j["obfuscation"]["homophones"] = copies_to_json(record->copies);
   std::string text = j.dump(2) + "\n";
   write_file_atomic(path, text, overwrite, 0600);
   sodium_memzero(text.data(), text.size());
@@ -96,6 +100,14 @@ const ObfuscationRecord& KeyFile::require_record(const std::string& path) const 
                 kExitKeyMismatch);
   return *record;
 }
+
+int64_t ObfuscationRecord::obf_vocab_size() const {
+  int64_t np = 0;
+  for (int64_t k : copies) np += k;
+  return copies.empty() ? vocab_size : np;
+}
+
+VocabMap ObfuscationRecord::vocab_map(const Seed& seed) const { return VocabMap(seed, vocab_size, copies); }
 
 std::vector<int64_t> derive_tau(const Seed& seed, int64_t n) { return RngStream(seed, "tau").permutation(n); }
 

@@ -16,6 +16,12 @@ static void ensure_sodium() {
   if (!ok) throw std::runtime_error("libsodium initialisation failed");
 }
 
+uint32_t random_below(uint32_t n) {
+  if (n <= 1) return 0;
+  ensure_sodium();
+  return randombytes_uniform(n);
+}
+
 Seed random_seed() {
   ensure_sodium();
   Seed s;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <fstream>
 
 #include "aloepri/error.h"
@@ -74,6 +75,51 @@ std::vector<std::vector<int32_t>> split_documents(const std::vector<uint16_t>& i
   }
   if (!cur.empty()) docs.push_back(std::move(cur));
   return docs;
+}
+
+std::vector<double> read_unigram_counts(const std::string& path, int64_t n) {
+  require(n > 0, path, "empty vocabulary");
+  std::vector<double> c(static_cast<size_t>(n), 0.0);
+  if (path.size() >= 4 && path.compare(path.size() - 4, 4, ".bin") == 0) {
+    const auto ids = read_token_file(path);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (int64_t(ids[i]) >= n)
+        throw Error(path, "token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
+                              " is outside the model's vocabulary of " + std::to_string(n) +
+                              " (a token file of another tokenizer?)");
+      c[ids[i]] += 1;
+    }
+    return c;
+  }
+  std::ifstream f(path);
+  if (!f) throw Error(path, "cannot open counts file");
+  std::string tok;
+  int64_t i = 0;
+  char ch;
+  auto flush = [&]() {
+    if (tok.empty()) return;
+    size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(tok, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != tok.size() || !(v >= 0) || !std::isfinite(v))
+      throw Error(path, "entry " + std::to_string(i) + " ('" + tok + "') is not a non-negative number");
+    if (i >= n) throw Error(path, "more than " + std::to_string(n) + " counts (the model's vocab_size)");
+    c[size_t(i++)] = v;
+    tok.clear();
+  };
+  while (f.get(ch)) {
+    if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t' || ch == ',') flush();
+    else tok.push_back(ch);
+  }
+  flush();
+  if (i != n)
+    throw Error(path, "holds " + std::to_string(i) + " counts, the model's vocab_size is " + std::to_string(n) +
+                          " (one count per token id, or a *.bin token file)");
+  return c;
 }
 
 }  // namespace aloepri

@@ -326,6 +326,36 @@ std::string dtype_torch_name(DType t) {
 
 }  // namespace
 
+std::vector<int64_t> published_token_ids(const ModelConfig& c, const std::string& model_dir) {
+  std::vector<int64_t> ids;
+  auto collect = [&](const nlohmann::json& j) {
+    for (const char* k : {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"}) {
+      auto it = j.find(k);
+      if (it == j.end() || it->is_null()) continue;
+      if (it->is_number_integer()) ids.push_back(it->get<int64_t>());
+      else if (it->is_array())
+        for (const auto& v : *it)
+          if (v.is_number_integer()) ids.push_back(v.get<int64_t>());
+    }
+  };
+  if (c.raw.is_object()) collect(c.raw);
+  if (c.bos_token_id) ids.push_back(*c.bos_token_id);
+  if (c.eos_token_id) ids.push_back(*c.eos_token_id);
+  const fs::path gen = fs::path(model_dir) / "generation_config.json";
+  std::error_code ec;
+  if (fs::is_regular_file(gen, ec)) {
+    try {
+      collect(nlohmann::json::parse(read_file(gen.string())));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(gen.string(), std::string("invalid JSON: ") + e.what());
+    }
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  ids.erase(std::remove_if(ids.begin(), ids.end(), [&](int64_t t) { return t < 0 || t >= c.vocab_size; }), ids.end());
+  return ids;
+}
+
 nlohmann::json obfuscated_config(const ModelConfig& plain, int64_t obf_hidden, double obf_eps,
                                  const std::vector<int64_t>& tau, const std::string& torch_dtype) {
   ModelConfig c = plain;
@@ -356,8 +386,9 @@ struct OutTensor {
   int64_t step;
 };
 
-std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType dt) {
-  const int64_t n = c.vocab_size, L = c.num_hidden_layers, dh = c.head_dim;
+// np: the obfuscated vocabulary n' (n plus the homophone copies).
+std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType dt, int64_t np) {
+  const int64_t n = np, L = c.num_hidden_layers, dh = c.head_dim;
   const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, ff = c.intermediate_size;
   using tensor_names::layer;
   std::vector<OutTensor> v;
@@ -471,9 +502,11 @@ class PartWriter {
 };
 
 // What every part records of the run it belongs to; the merge requires all parts to agree.
-nlohmann::json part_identity(const ModelConfig& c, const Seed& seed, const ObfuscationParams& P, int64_t dp,
+nlohmann::json part_identity(const ModelConfig& c, const Seed& seed, const ObfuscateOptions& opt, int64_t dp,
                              DType dt) {
+  const ObfuscationParams& P = opt.params;
   return {{"format", "aloepri-obfuscate-part-v1"},
+          {"homophones", opt.copies.empty() ? nlohmann::json() : copies_to_json(opt.copies)},
           {"key_id", adaptation_key_id(seed)},
           {"params", P.to_json()},
           {"dtype", dtype_name(dt)},
@@ -481,6 +514,19 @@ nlohmann::json part_identity(const ModelConfig& c, const Seed& seed, const Obfus
           {"model", {{"layers", c.num_hidden_layers}, {"hidden", c.hidden_size}, {"vocab", c.vocab_size},
                      {"ffn", c.intermediate_size}, {"heads", c.num_attention_heads},
                      {"kv_heads", c.num_key_value_heads}, {"head_dim", c.head_dim}}}};
+}
+
+// The copy table of --homophones: one entry per plaintext id, >= 1 each, and the published ids
+// (bos, eos, pad) with exactly one copy, so config.json and the engine's stop id name the only one.
+void check_copies(const ModelConfig& c, const ObfuscateOptions& opt, const std::string& model_dir) {
+  if (opt.copies.empty()) return;
+  require(int64_t(opt.copies.size()) == c.vocab_size, "--homophones",
+          "copy table has " + std::to_string(opt.copies.size()) + " entries, the model's vocab_size is " +
+              std::to_string(c.vocab_size), kExitUsage);
+  for (int64_t k : opt.copies) require(k >= 1, "--homophones", "every id needs at least one copy", kExitUsage);
+  for (int64_t t : published_token_ids(c, model_dir))
+    require(opt.copies[size_t(t)] == 1, "--homophones",
+            "published special id " + std::to_string(t) + " must keep one copy", kExitUsage);
 }
 
 void check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateOptions& opt,
@@ -528,16 +574,19 @@ DType output_dtype(const HFModel& plain, const ObfuscateOptions& opt) {
 
 // Everything after the tensors (config with eps' and the published ids, tokenizer files,
 // generation config), the commit, and the fingerprints of both models.
-void finish_checkpoint(const std::string& model_dir, const HFModel& plain, const std::vector<int64_t>& tau,
+void finish_checkpoint(const std::string& model_dir, const HFModel& plain, const VocabMap& vm,
                        int64_t dp, const std::string& torch_dtype, AtomicDir& out, const std::string& out_dir,
                        const ObfuscateOptions& opt, std::chrono::steady_clock::time_point t0, ObfuscateResult& res) {
   const ModelConfig& c = plain.config();
+  // Published ids (eos, bos, pad) have one copy (allocate_copies' `single`): copy 0 is tau.
+  const std::vector<int64_t> tau = vm.first_copies();
   // RMSNorm eps: exact when eps' = eps kappa^2 (see obf_keymat.h); one eps per config, so the
   // mean kappa^2 (all kappas are equal for the exact-norm variant and the exact setting).
   double k2 = 0;
   for (double k : res.kappas) k2 += k * k;
   res.obf_eps = c.rms_norm_eps * k2 / double(res.kappas.size());
   nlohmann::json cfg = obfuscated_config(c, dp, res.obf_eps, tau, torch_dtype);
+  cfg["vocab_size"] = vm.size();  // n' = n + the homophone copies
   write_file_atomic(out.file("config.json"), cfg.dump(2) + "\n");
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                         "vocab.json", "merges.txt", "added_tokens.json"})
@@ -580,6 +629,12 @@ void finish_checkpoint(const std::string& model_dir, const HFModel& plain, const
                 {"obf_hidden_size", dp},
                 {"eos_policy", "published"},  // method.md section 7: tau(eos) is in config.json
                 {"calib_tokens", int64_t(opt.calib_ids.size())}};
+  if (vm.homophonic()) {
+    res.copies = vm.copy_counts();
+    res.record["homophones"] = opt.homophone_info;
+    res.record["homophones"]["extra"] = vm.size() - vm.plain_size();
+    res.record["obf_vocab_size"] = vm.size();
+  }
 }
 
 }  // namespace
@@ -601,11 +656,13 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
 
   const int64_t n = c.vocab_size, d = c.hidden_size, L = c.num_hidden_layers, dh = c.head_dim;
   const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, ff = c.intermediate_size;
-  const auto tau = derive_tau(seed, n);
+  check_copies(c, opt, model_dir);
+  const VocabMap vm(seed, n, opt.copies);
+  const int64_t np = vm.size();
   const auto inv_freq = obf::rope_inv_freq(c);
   obf::KeyMatrices K(seed, d, P.expansion, P.lambda, P.keymat);
   const int64_t dp = K.dprime();
-  const std::vector<OutTensor> outs = declare_outputs(c, dp, out_dtype);
+  const std::vector<OutTensor> outs = declare_outputs(c, dp, out_dtype, np);
   // Steps this run computes; a shard only keeps the kappa bookkeeping of the others.
   const auto [first, last] = sharded ? shard_steps(outs, L + 2, opt.shard_index, opt.shard_count)
                                      : std::pair<int64_t, int64_t>{0, L + 2};
@@ -668,8 +725,9 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     const TensorView& ev = plain.weights().get(tensor_names::embed());
     if (P.kappa == KappaMode::Calibrated) calib = std::make_unique<Calibrator>(c, opt.calib_ids, ev, Pemb);
     RngStream noise(seed, "noise/embed");
-    put(tensor_names::embed(), obf::transform_vocab_matrix(n, d, mapped_rows(ev), tau, P.alpha_e, P.noise_scale,
-                                                           noise, {}, Pemb, false));
+    auto copy_noise = [&seed](int64_t copy) { return RngStream(seed, "noise/embed/copy/" + std::to_string(copy)); };
+    put(tensor_names::embed(), obf::transform_vocab_matrix(n, d, mapped_rows(ev), vm, P.alpha_e, P.noise_scale,
+                                                           noise, copy_noise, {}, Pemb, false));
     prog.advance();
   }
 
@@ -772,14 +830,15 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
         plain.weights().get(c.tie_word_embeddings ? tensor_names::embed() : tensor_names::lm_head());
     const auto wf = as_vec(plain.tensor_f32(tensor_names::final_norm()));
     RngStream noise(seed, "noise/head");
-    put(tensor_names::lm_head(), obf::transform_vocab_matrix(n, d, mapped_rows(hv), tau, P.alpha_h, P.noise_scale,
-                                                             noise, wf, mat_f32(K.Q("head")), true));
+    auto copy_noise = [&seed](int64_t copy) { return RngStream(seed, "noise/head/copy/" + std::to_string(copy)); };
+    put(tensor_names::lm_head(), obf::transform_vocab_matrix(n, d, mapped_rows(hv), vm, P.alpha_h, P.noise_scale,
+                                                             noise, copy_noise, wf, mat_f32(K.Q("head")), true));
     prog.advance();
   }
   prog.finish();
 
   if (sharded) {
-    nlohmann::json info = part_identity(c, seed, P, dp, out_dtype);
+    nlohmann::json info = part_identity(c, seed, opt, dp, out_dtype);
     info["shard"] = opt.shard_index;
     info["of"] = opt.shard_count;
     info["steps"] = {first, last};
@@ -793,7 +852,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     return res;
   }
   w->finish();
-  finish_checkpoint(model_dir, plain, tau, dp, torch_dtype, *out, out_dir, opt, t0, res);
+  finish_checkpoint(model_dir, plain, vm, dp, torch_dtype, *out, out_dir, opt, t0, res);
   return res;
 }
 
@@ -847,8 +906,10 @@ ObfuscateResult merge_obfuscation_parts(const std::string& model_dir, const Seed
     }
   }
   const int64_t dp = infos[0].value("obf_hidden_size", int64_t(0));
-  const nlohmann::json ident = part_identity(c, seed, opt.params, dp, out_dtype);
-  const std::vector<OutTensor> outs = declare_outputs(c, dp, out_dtype);
+  check_copies(c, opt, model_dir);
+  const VocabMap vm(seed, c.vocab_size, opt.copies);
+  const nlohmann::json ident = part_identity(c, seed, opt, dp, out_dtype);
+  const std::vector<OutTensor> outs = declare_outputs(c, dp, out_dtype, vm.size());
   const int64_t L = c.num_hidden_layers;
   std::map<std::string, std::pair<int, nlohmann::json>> where;  // tensor -> (part, entry)
   std::vector<double> kappas;
@@ -897,8 +958,7 @@ ObfuscateResult merge_obfuscation_parts(const std::string& model_dir, const Seed
 
   ObfuscateResult res;
   res.kappas = kappas;
-  const auto tau = derive_tau(seed, c.vocab_size);
-  finish_checkpoint(model_dir, plain, tau, dp, dtype_torch_name(out_dtype), out, out_dir, opt, t0, res);
+  finish_checkpoint(model_dir, plain, vm, dp, dtype_torch_name(out_dtype), out, out_dir, opt, t0, res);
   // The parts are intermediates of this output, which now exists in full.
   for (int i = 0; i < count; ++i)
     for (const char* ext : {"bin", "json"}) fs::remove(pdir + "/" + part_name(i, count, ext));
@@ -917,6 +977,7 @@ ObfuscationRecord ObfuscateResult::key_record() const {
   if (obf_eos) rec.extra["obf_eos_token_id"] = *obf_eos;
   if (obf_bos) rec.extra["obf_bos_token_id"] = *obf_bos;
   rec.extra["eos_policy"] = "published";
+  rec.copies = copies;
   return rec;
 }
 

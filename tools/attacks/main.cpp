@@ -130,6 +130,10 @@ Victim make_victim(Common& c) {
     if (c.key.empty()) throw Error("--obf", "needs --key to play the client", kExitUsage);
     const auto key = KeyFile::load(c.key);
     const auto& rec = key.require_record(c.key);
+    // The learned attacks play a client through a plain tau (n ids); a homophonic key maps to n' ids.
+    if (!rec.copies.empty())
+      throw Error(c.key, "has a homophonic vocabulary (obfuscate --homophones): not supported by aloe-attack yet",
+                  kExitUsage);
     v.params = params_from_json(rec.params, c.key);
     v.model = TorchLlama::load(c.obf);
     check_key_matches_model(key, c.key, HFModel(c.obf).fingerprint(), c.obf);
