@@ -139,6 +139,7 @@ int run(const Opts& o) {
   // learned attacks (an external `aloe-attack` printing JSON) are appended the same way.
   std::vector<AttackEntry> entries = weight_attacks();
   entries.push_back(oracle_entry(o.oracle));
+  entries.push_back(oracle_nn_entry(o.oracle));
   std::string learned = o.learned_exe;
   if (learned.empty()) {
     std::error_code ec;
@@ -210,7 +211,7 @@ auto setup(CLI::App& sub) {
   sub.add_option("--traffic", o->traffic, "Observed obfuscated token ids (.bin uint16, or text ids)");
   sub.add_option("--victim-tokens", o->victim_tokens, "Use at most this many tokens (default 50000; 0 = all)");
   sub.add_option("--vocab-sample", o->vocab_sample, "Ids sampled for vocabulary-level recovery (default 2000)");
-  sub.add_option("--attacks", o->attacks, "Comma-separated attacks to run (default: all; vma,gate-ia,attn-ia,nn,oracle,stream,isa,ima)");
+  sub.add_option("--attacks", o->attacks, "Comma-separated attacks to run (default: all; vma,gate-ia,attn-ia,nn,oracle,oracle-nn,stream,isa,ima)");
   sub.add_option("--budget-seconds", o->budget, "Time budget for the whole suite (default 900)");
   sub.add_option("--alpha-e", o->alpha_e, "Attacker's knowledge of alpha_e (default: the key record's, else 1.0)");
   sub.add_option("--alpha-h", o->alpha_h, "Attacker's knowledge of alpha_h (default: the key record's, else 0.2)");

@@ -6,14 +6,14 @@
 # `aloepri eval-frontier` (worst attack per point, Pareto front, JSON + HTML).
 # usage: tools/eval/frontier_points.sh OUT_DIR "name alpha_e alpha_h rule [extra obfuscate flags]" ...
 # env: EXE (aloepri), MODEL, VICTIM (uint16 ids), VICTIM_TOKENS (20000), TOKENS (eval, 1024),
-#      ATTACKS (vma,gate-ia,attn-ia,nn,oracle), SOURCE (an adapted checkpoint to obfuscate instead
+#      ATTACKS (vma,gate-ia,attn-ia,nn,oracle,oracle-nn), SOURCE (an adapted checkpoint to obfuscate instead
 #      of MODEL; eval then gets --obf-source), KEY (default OUT_DIR/frontier.key)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT=${1:?usage: frontier_points.sh OUT_DIR "name alpha_e alpha_h rule" ...}; shift
 EXE=${EXE:-$ROOT/build/aloepri}; MODEL=${MODEL:-$ROOT/models/aloe-mini}
 VICTIM=${VICTIM:-$ROOT/build/corpus/heldout.bin}; VT=${VICTIM_TOKENS:-20000}; TOKENS=${TOKENS:-1024}
-ATTACKS=${ATTACKS:-vma,gate-ia,attn-ia,nn,oracle}; SOURCE=${SOURCE:-}
+ATTACKS=${ATTACKS:-vma,gate-ia,attn-ia,nn,oracle,oracle-nn}; SOURCE=${SOURCE:-}
 mkdir -p "$OUT/eval" "$OUT/audit"
 KEY=${KEY:-$OUT/frontier.key}
 [ -f "$KEY" ] || "$EXE" -q keygen --out "$KEY"
