@@ -218,9 +218,10 @@ TEST(OracleAttack, ExternalSeedsStartTheGrowth) {
             << " true seeds " << r1.ttrsr << "\n";
   EXPECT_EQ(r1.details["external_seeds"].get<int64_t>(), int64_t(seeded.seeds.size()));
   EXPECT_EQ(r0.details["external_seeds"].get<int64_t>(), 0);
-  EXPECT_GE(r1.ttrsr, r0.ttrsr);
-  // The seeds themselves (a quarter of the vocabulary) are matched: their own rows agree.
-  EXPECT_GT(r1.ttrsr, 0.2);
+  // Seeded with a quarter of the vocabulary, the growth recovers well beyond the seeds (measured
+  // 0.85 against 0.01 unseeded on this model), i.e. the seeds start it rather than being copied.
+  EXPECT_GT(r1.ttrsr, 0.5);
+  EXPECT_GT(r1.ttrsr, r0.ttrsr + 0.3);
   OracleOptions bad;
   bad.seeds = {{int32_t(kVocab), 0}};
   EXPECT_THROW(run(o.dir, o.tau, bad), Error);

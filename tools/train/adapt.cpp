@@ -185,7 +185,7 @@ int main(int argc, char** argv) {
     HFModel hf(model);
     const ModelConfig& c = hf.config();
     ModelWeights W = ModelWeights::load(hf);
-    const int64_t n = c.vocab_size, d = c.hidden_size, L = c.num_hidden_layers, dh = c.head_dim;
+    const int64_t n = c.vocab_size, L = c.num_hidden_layers, dh = c.head_dim;
     const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, g = m / mkv;
     const double eps = c.rms_norm_eps;
 
@@ -325,7 +325,7 @@ int main(int argc, char** argv) {
         const std::string at = std::to_string(step) + (steps > 0 ? "/" + std::to_string(steps) : std::string());
         const std::string eta_s = eta < 0 ? "?" : std::to_string(int64_t(eta)) + " s";
         std::fprintf(stderr, "step %s  loss %.4f  (ema %.4f)  %.0f s  %.0f tok/s  eta %s\n", at.c_str(), lv, ema, el,
-                     el > 0 ? double(tokens) / el : 0.0, eta_s.c_str());
+                     el > 1 ? double(tokens) / el : 0.0, eta_s.c_str());
       }
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
