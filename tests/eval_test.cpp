@@ -5,13 +5,16 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 
 #include "aloepri/error.h"
 #include "aloepri/eval.h"
 #include "aloepri/keyfile.h"
 #include "aloepri/model.h"
+#include "aloepri/obf_transform.h"
 #include "aloepri/obfuscate.h"
 #include "aloepri/output.h"
+#include "aloepri/safetensors.h"
 #include "aloepri/synth.h"
 #include "support/paths.h"
 
@@ -302,4 +305,158 @@ TEST(Eval, AdaptedModelNeedsItsKeyAndNoiseAndTheRecordIsNotServed) {
   }
   opt.params.alpha_e = 0.75;
   EXPECT_THROW(obfuscate_model(plain, test_seed(), dir + "/wrong_noise", opt), Error);
+}
+
+// ---- Private whole-model adaptation (issue 14): a checkpoint whose embedding/head already carry
+// the key's noise draw (aloe-adapt --train-vocab). The obfuscator must add that noise once, never
+// twice, and refuse records it cannot honour.
+
+namespace {
+
+// A copy of `plain` whose embedding and head carry `seed`'s noise draw at (ae, ah) — exactly the
+// draw obfuscate_model adds (identity tau and key matrix through transform_vocab_matrix, as
+// aloe-adapt does) — with an "aloepri_adapted" record; where == "" leaves emb_head_noise out.
+std::string noised_copy(const std::string& plain, const std::string& dir, const Seed& seed, double ae, double ah,
+                        const std::string& where, bool add_noise = true) {
+  HFModel m(plain);
+  const ModelConfig& c = m.config();
+  const int64_t n = c.vocab_size, d = c.hidden_size;
+  std::vector<int64_t> id(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) id[size_t(i)] = i;
+  Tensor I({d, d});
+  for (int64_t i = 0; i < d; ++i) I.at(i, i) = 1.0f;
+  auto draw = [&](const Tensor& W, double alpha, const std::string& stream) {
+    if (!add_noise) return W;
+    RngStream rng(seed, stream);
+    auto fetch = [&W](int64_t r0, int64_t k, float* dst) {
+      std::copy(W.ptr() + r0 * W.cols(), W.ptr() + (r0 + k) * W.cols(), dst);
+    };
+    return obf::transform_vocab_matrix(n, d, fetch, id, alpha, obf::NoiseScale::Global, rng, {}, I, false);
+  };
+  fs::create_directories(dir);
+  {
+    SafetensorsWriter w(dir);
+    const auto names = m.weights().names();
+    std::vector<std::pair<std::string, Tensor>> ts;
+    for (const auto& name : names) {
+      Tensor t = m.tensor_f32(name);
+      if (name == tensor_names::embed()) t = draw(t, ae, "noise/embed");
+      if (name == tensor_names::lm_head()) t = draw(t, ah, "noise/head");
+      ts.push_back({name, std::move(t)});
+    }
+    for (auto& [name, t] : ts) w.add({name, DType::F32, t.shape});
+    for (auto& [name, t] : ts) w.write_f32(name, t.ptr(), size_t(t.numel()));
+    w.finish();
+  }
+  nlohmann::json cfg = nlohmann::json::parse(read_file(plain + "/config.json"));
+  cfg["aloepri_adapted"] = {{"key_id", adaptation_key_id(seed)}, {"alpha_e", ae}, {"alpha_h", ah},
+                            {"noise_scale", "global"}};
+  if (!where.empty()) cfg["aloepri_adapted"]["emb_head_noise"] = where;
+  write_file_atomic(dir + "/config.json", cfg.dump(2), true);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+    if (fs::is_regular_file(plain + "/" + f)) fs::copy_file(plain + "/" + f, dir + "/" + f);
+  return dir;
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape, b.shape);
+  double m = 0;
+  for (size_t i = 0; i < a.data.size() && i < b.data.size(); ++i) m = std::max(m, double(std::fabs(a.data[i] - b.data[i])));
+  return m;
+}
+
+ObfuscateOptions noisy_opts(double ae, double ah) {
+  ObfuscateOptions opt;
+  opt.params = ObfuscationParams::profile("noise");
+  opt.params.alpha_e = ae;
+  opt.params.alpha_h = ah;
+  opt.dtype = DType::F32;
+  opt.force = true;
+  return opt;
+}
+
+}  // namespace
+
+TEST(Eval, NoiseInCheckpointIsAddedOnceNotTwice) {
+  const std::string plain = tiny_model("adapt_vocab_plain");
+  ASSERT_FALSE(HFModel(plain).config().tie_word_embeddings);
+  const std::string dir = aloepri::testing::scratch_dir("adapt_vocab_run");
+  const double ae = 1.5, ah = 0.7;
+  const ObfuscateOptions opt = noisy_opts(ae, ah);
+  // Reference: the public model obfuscated with the key's noise.
+  obfuscate_model(plain, test_seed(), dir + "/ref", opt);
+  // The same draw already in the checkpoint, declared: only the exact transforms are applied.
+  const std::string in_ck = noised_copy(plain, dir + "/in_ck", test_seed(), ae, ah, "in_checkpoint");
+  ObfuscateResult r = obfuscate_model(in_ck, test_seed(), dir + "/obf_in_ck", opt);
+  EXPECT_EQ(r.record.value("emb_head_noise", std::string()), "in_checkpoint");
+  HFModel ref(dir + "/ref"), got(dir + "/obf_in_ck");
+  for (const auto& name : {tensor_names::embed(), tensor_names::lm_head(), tensor_names::layer(0, "mlp.gate_proj.weight")})
+    EXPECT_LE(max_abs_diff(ref.tensor_f32(name), got.tensor_f32(name)), 1e-6) << name;
+  EXPECT_FALSE(nlohmann::json::parse(read_file(dir + "/obf_in_ck/config.json")).contains("aloepri_adapted"));
+  // The same checkpoint declared the old way (the obfuscator adds the noise): doubled noise, so
+  // the embedding differs from the reference by about one draw (this is what the field prevents).
+  const std::string twice = noised_copy(plain, dir + "/twice", test_seed(), ae, ah, "obfuscate");
+  obfuscate_model(twice, test_seed(), dir + "/obf_twice", opt);
+  HFModel tw(dir + "/obf_twice");
+  const Tensor e_ref = ref.tensor_f32(tensor_names::embed());
+  const double scale = std::sqrt(std::inner_product(e_ref.data.begin(), e_ref.data.end(), e_ref.data.begin(), 0.0) /
+                                 double(e_ref.numel()));
+  EXPECT_GT(max_abs_diff(e_ref, tw.tensor_f32(tensor_names::embed())), 0.5 * scale);
+  EXPECT_GT(max_abs_diff(ref.tensor_f32(tensor_names::lm_head()), tw.tensor_f32(tensor_names::lm_head())), 1e-3);
+  // No record, no "emb_head_noise" (older records): the obfuscator adds the noise, as before.
+  const std::string old = noised_copy(plain, dir + "/old", test_seed(), ae, ah, "", /*add_noise=*/false);
+  ObfuscateResult ro = obfuscate_model(old, test_seed(), dir + "/obf_old", opt);
+  EXPECT_FALSE(ro.record.contains("emb_head_noise"));
+  EXPECT_LE(max_abs_diff(e_ref, HFModel(dir + "/obf_old").tensor_f32(tensor_names::embed())), 1e-6);
+}
+
+TEST(Eval, NoiseInCheckpointRecordMismatchesAreRefused) {
+  const std::string plain = tiny_model("adapt_vocab_bad");
+  const std::string dir = aloepri::testing::scratch_dir("adapt_vocab_bad_run");
+  const std::string ck = noised_copy(plain, dir + "/ck", test_seed(), 1.0, 0.5, "in_checkpoint");
+  auto code_of = [&](const std::string& model, const Seed& seed, const ObfuscateOptions& o, std::string* msg) {
+    try {
+      obfuscate_model(model, seed, dir + "/out", o);
+    } catch (const Error& e) {
+      if (msg) *msg = e.what();
+      return int(e.code());
+    }
+    return 0;
+  };
+  std::string msg;
+  // Other noise parameters than the draw in the checkpoint: the published parameters would lie.
+  EXPECT_EQ(code_of(ck, test_seed(), noisy_opts(2.0, 0.5), &msg), kExitUsage);
+  EXPECT_NE(msg.find("alpha_e"), std::string::npos) << msg;
+  // Another key: its tau/key matrices do not belong to this draw.
+  Seed other = test_seed();
+  other[3] ^= 4;
+  EXPECT_EQ(code_of(ck, other, noisy_opts(1.0, 0.5), &msg), kExitKeyMismatch);
+  // An unknown value of the field.
+  const std::string bogus = noised_copy(plain, dir + "/bogus", test_seed(), 1.0, 0.5, "trained-twice");
+  EXPECT_EQ(code_of(bogus, test_seed(), noisy_opts(1.0, 0.5), &msg), kExitBadInput);
+  EXPECT_NE(msg.find("emb_head_noise"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+  // A tied model cannot carry a separately noised head.
+  const std::string tied = dir + "/tied";
+  {
+    fs::create_directories(tied);
+    HFModel m(ck);
+    SafetensorsWriter w(tied);
+    std::vector<std::string> names;
+    for (const auto& name : m.weights().names())
+      if (name != tensor_names::lm_head()) names.push_back(name);
+    std::vector<Tensor> ts;
+    for (const auto& name : names) ts.push_back(m.tensor_f32(name));
+    for (size_t i = 0; i < names.size(); ++i) w.add({names[i], DType::F32, ts[i].shape});
+    for (size_t i = 0; i < names.size(); ++i) w.write_f32(names[i], ts[i].ptr(), size_t(ts[i].numel()));
+    w.finish();
+    nlohmann::json cfg = nlohmann::json::parse(read_file(ck + "/config.json"));
+    cfg["tie_word_embeddings"] = true;
+    write_file_atomic(tied + "/config.json", cfg.dump(2), true);
+    fs::copy_file(ck + "/tokenizer.json", tied + "/tokenizer.json");
+  }
+  EXPECT_EQ(code_of(tied, test_seed(), noisy_opts(1.0, 0.5), &msg), kExitBadInput);
+  EXPECT_NE(msg.find("lm_head"), std::string::npos) << msg;
+  // The matching key and parameters are accepted.
+  EXPECT_EQ(code_of(ck, test_seed(), noisy_opts(1.0, 0.5), nullptr), 0);
 }

@@ -38,10 +38,20 @@ struct OracleOptions {
   int rounds = 6;            // anchor-growth rounds (128, 512, then `anchors` anchors each)
   int topk = 10;             // candidates kept per obfuscated id
   double budget_seconds = 0;  // 0 = unlimited; later rounds are skipped past the budget (noted)
+  // Seeds from elsewhere, (obfuscated id, plaintext id): e.g. another attack's matches. Where
+  // the noise blurs the sorted signatures the growth never starts from them alone; a few hundred
+  // partly right pairs from the weights (the drift-robust NN) start it. They join the published
+  // bos/eos pair as the first anchors of every round (at most `anchors` are used).
+  std::vector<std::pair<int32_t, int32_t>> seeds;
 };
 
 // Runs both models on [bos, x] for their rows and matches the vocabularies. `plain_bos` /
 // `obf_bos` and the eos pair are the ids each model's config publishes (-1 = unknown).
+// The oracle seeded by the weight attack NN (audit entry "oracle-nn"): NN's top-1 guesses that
+// no other queried id shares, the ids most frequent in the traffic first, at most opt.anchors.
+std::vector<std::pair<int32_t, int32_t>> seeds_from_guesses(const Guesses& g, const std::vector<int32_t>& traffic,
+                                                            int64_t max_seeds);
+
 VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t plain_bos, int64_t obf_bos,
                           int64_t plain_eos, int64_t obf_eos, const Query& q, const OracleOptions& opt);
 

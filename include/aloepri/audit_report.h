@@ -60,6 +60,9 @@ struct AttackEntry {
 std::vector<AttackEntry> weight_attacks();
 // The oracle attack (audit_oracle.h) with the given budget options; it runs both models.
 AttackEntry oracle_entry(const OracleOptions& opt);
+// "oracle-nn": NN on the weights first, then the oracle with NN's unambiguous matches as seeds
+// (the strongest model attacker: each covers where the other fails to start).
+AttackEntry oracle_nn_entry(const OracleOptions& opt);
 // An attack run by an external program (e.g. `aloe-attack isa --json`) that prints a JSON
 // AttackResult object or array (the fields of AttackResult::to_json) on stdout. The command line
 // is exe + args + --plain P --obf O (+ --key K when the audit has one: such programs play the

@@ -110,6 +110,12 @@ std::vector<int64_t> published_token_ids(const ModelConfig& c, const std::string
 // config.json as "aloepri_adapted": {key_id, alpha_e, alpha_h, noise_scale, ...};
 // obfuscate_model refuses such a model with another key or other noise parameters (the
 // adaptation would be wasted) and never copies the record into the served config.
+// "emb_head_noise" says where the key's embedding/head noise is: "obfuscate" (absent in older
+// records) = the checkpoint holds the public embedding/head and obfuscate_model adds the draw;
+// "in_checkpoint" = the checkpoint's own (untied) embedding and head already carry the draw and
+// were trained from it (aloe-adapt --train-vocab), so obfuscate_model applies only the exact
+// transforms to them (tau, key matrices, final-norm scaling). Any other value is refused
+// (kExitBadInput), as is "in_checkpoint" on a tied model.
 std::string adaptation_key_id(const Seed& seed);
 
 // The output config.json for a plaintext config (exposed for tests): hidden_size d', explicit

@@ -395,6 +395,26 @@ Groups cluster_copies(const aloepri::ModelWeights& w, int64_t n, nlohmann::json&
 
 }  // namespace
 
+std::vector<std::pair<int32_t, int32_t>> seeds_from_guesses(const Guesses& g, const std::vector<int32_t>& traffic,
+                                                            int64_t max_seeds) {
+  std::unordered_map<int32_t, int64_t> freq;
+  for (int32_t t : traffic) ++freq[t];
+  std::unordered_map<int32_t, int> claims;  // plaintext id -> obfuscated ids whose top-1 it is
+  std::vector<int32_t> ids;
+  for (size_t o = 0; o < g.size(); ++o)
+    if (!g[o].empty() && g[o][0] >= 0) ++claims[g[o][0]], ids.push_back(int32_t(o));
+  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+    auto fa = freq.find(a), fb = freq.find(b);
+    return (fa == freq.end() ? 0 : fa->second) > (fb == freq.end() ? 0 : fb->second);
+  });
+  std::vector<std::pair<int32_t, int32_t>> out;
+  for (int32_t o : ids) {
+    if (int64_t(out.size()) >= max_seeds) break;
+    if (claims[g[size_t(o)][0]] == 1) out.emplace_back(o, g[size_t(o)][0]);
+  }
+  return out;
+}
+
 VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t plain_bos, int64_t obf_bos,
                           int64_t plain_eos, int64_t obf_eos, const Query& q_in, const OracleOptions& opt) {
   const auto t0 = Clock::now();
@@ -429,6 +449,17 @@ VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t pl
   if (obf_bos >= 0 && plain_bos >= 0) seeds_o.push_back(int32_t(obf_bos)), seeds_p.push_back(int32_t(plain_bos));
   if (obf_eos >= 0 && plain_eos >= 0 && obf_eos != obf_bos)
     seeds_o.push_back(int32_t(obf_eos)), seeds_p.push_back(int32_t(plain_eos));
+  int64_t used = 0;  // external seeds taken
+  {
+    std::unordered_set<int32_t> have_o(seeds_o.begin(), seeds_o.end()), have_p(seeds_p.begin(), seeds_p.end());
+    for (auto [a, b] : opt.seeds) {
+      require(a >= 0 && a < n && b >= 0 && b < n, "oracle attack", "seed id out of range");
+      if (used >= opt.anchors || have_o.count(a) || have_p.count(b)) continue;
+      have_o.insert(a), have_p.insert(b);
+      seeds_o.push_back(a), seeds_p.push_back(b);
+      ++used;
+    }
+  }
   std::vector<int32_t> must_o = q.obf_ids;
   must_o.insert(must_o.end(), seeds_o.begin(), seeds_o.end());
   Side o = G ? run_side(obf, obf_bos, group_rows(obf, *G, obf_bos, opt.rows, must_o), opt.signature_k, G)
@@ -511,6 +542,7 @@ VocabAttack oracle_attack(ReferenceModel& plain, ReferenceModel& obf, int64_t pl
                  {"rows_plain", int64_t(p.rows.size())},
                  {"signature_k", opt.signature_k},
                  {"seeds", int64_t(seeds.size())},
+                 {"external_seeds", used},
                  {"forward_seconds", t_forward},
                  {"rounds", rounds},
                  {"budget_cut", cut}};

@@ -166,6 +166,39 @@ AttackEntry oracle_entry(const OracleOptions& base) {
                      }};
 }
 
+AttackEntry oracle_nn_entry(const OracleOptions& base) {
+  return AttackEntry{
+      "oracle-nn", "oracle",
+      "the oracle attack seeded with the drift-robust NN's matches (weights + behaviour combined)",
+      [base](const AuditContext& ctx) {
+        const auto t0 = std::chrono::steady_clock::now();
+        WeightAttackOptions w = ctx.weight_opt;
+        w.mech = ctx.mech;
+        const VocabAttack nn = nn_attack(ctx.plain(), ctx.obf(), ctx.query(), w);
+        OracleOptions o = base;
+        o.topk = ctx.weight_opt.topk;
+        o.seeds = seeds_from_guesses(nn.guesses, ctx.traffic, base.anchors);
+        const double left = ctx.seconds_left();
+        if (left < 1e299) o.budget_seconds = std::max(1.0, left);
+        ReferenceModel plain = ReferenceModel::load(ctx.plain_dir);
+        ReferenceModel obf = ReferenceModel::load(ctx.obf_dir);
+        auto id = [](const std::optional<int64_t>& v) { return v ? *v : int64_t(-1); };
+        VocabAttack a = oracle_attack(plain, obf, id(plain.config().bos_token_id), id(obf.config().bos_token_id),
+                                      id(plain.config().eos_token_id), id(obf.config().eos_token_id), ctx.query(), o);
+        a.attack = "Oracle+NN";
+        a.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        a.details["nn_seconds"] = nn.seconds;
+        // How good the seeds were (scored with the truth, like every figure of the audit).
+        if (ctx.truth) {
+          int64_t right = 0;
+          for (auto [ob, pl] : o.seeds) right += (*ctx.truth)[size_t(pl)] == ob;
+          a.details["seeds_correct"] = right;
+        }
+        a.details["seeds_offered"] = int64_t(o.seeds.size());
+        return std::vector<AttackResult>{score_in_context(a, ctx, setting_of(ctx))};
+      }};
+}
+
 AttackEntry external_attack(const std::string& name, const std::string& exe, const std::vector<std::string>& args) {
   return AttackEntry{name, "learned", "external: " + exe, [exe, args](const AuditContext& ctx) {
     auto q = [](const std::string& a) {

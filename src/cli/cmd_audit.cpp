@@ -12,6 +12,7 @@
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <unordered_map>
 
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -38,6 +39,7 @@ struct Opts {
   size_t victim_tokens = 50000;
   int64_t vocab_sample = 2000;
   double budget = 900;
+  int64_t oracle_known = 0;
   double alpha_e = -1, alpha_h = -1;
   int quantiles = 32;
   bool no_emb_head = false, no_parts = false, force = false, quiet = false;
@@ -132,7 +134,21 @@ int run(const Opts& o) {
   // The registry: weight attacks here; the token-stream attacks (audit_stream.h) and the
   // learned attacks (an external `aloe-attack` printing JSON) are appended the same way.
   std::vector<AttackEntry> entries = weight_attacks();
-  entries.push_back(oracle_entry(o.oracle));
+  aloepri::audit::OracleOptions oracle = o.oracle;
+  if (o.oracle_known > 0) {
+    // An attacker holding known plaintexts: the pairs (tau(t), t) of the victim's most frequent
+    // tokens, from the key. An upper bound for the seeds any attack could hand the oracle.
+    require(bool(ctx.truth), "--oracle-known", "needs --key (the pairs come from it)", kExitUsage);
+    std::unordered_map<int32_t, int64_t> freq;
+    for (int32_t t : ctx.victim) ++freq[t];
+    std::vector<std::pair<int64_t, int32_t>> by;
+    for (auto [t, c] : freq) by.emplace_back(-c, t);
+    std::sort(by.begin(), by.end());
+    for (size_t i = 0; i < by.size() && int64_t(i) < o.oracle_known; ++i)
+      oracle.seeds.emplace_back(int32_t((*ctx.truth)[size_t(by[i].second)]), by[i].second);
+  }
+  entries.push_back(oracle_entry(oracle));
+  entries.push_back(oracle_nn_entry(o.oracle));
   std::string learned = o.learned_exe;
   if (learned.empty()) {
     std::error_code ec;
@@ -207,7 +223,7 @@ auto setup(CLI::App& sub) {
   sub.add_option("--traffic", o->traffic, "Observed obfuscated token ids (.bin uint16, or text ids)");
   sub.add_option("--victim-tokens", o->victim_tokens, "Use at most this many tokens (default 50000; 0 = all)");
   sub.add_option("--vocab-sample", o->vocab_sample, "Ids sampled for vocabulary-level recovery (default 2000)");
-  sub.add_option("--attacks", o->attacks, "Comma-separated attacks to run (default: all; vma,gate-ia,attn-ia,nn,oracle,stream,isa,ima)");
+  sub.add_option("--attacks", o->attacks, "Comma-separated attacks to run (default: all; vma,gate-ia,attn-ia,nn,oracle,oracle-nn,stream,isa,ima)");
   sub.add_option("--budget-seconds", o->budget, "Time budget for the whole suite (default 900)");
   sub.add_option("--alpha-e", o->alpha_e, "Attacker's knowledge of alpha_e (default: the key record's, else 1.0)");
   sub.add_option("--alpha-h", o->alpha_h, "Attacker's knowledge of alpha_h (default: the key record's, else 0.2)");
@@ -220,6 +236,9 @@ auto setup(CLI::App& sub) {
   sub.add_option("--oracle-match", o->oracle.match_rows,
                  "Oracle attack: obfuscated rows matched besides the observed ids (default 4096)");
   sub.add_option("--oracle-anchors", o->oracle.anchors, "Oracle attack: anchors for graph matching, at most (default 1024)");
+  sub.add_option("--oracle-known", o->oracle_known,
+                 "Oracle attack: seed it with the N most frequent victim tokens' true pairs (known plaintexts; "
+                 "needs --key; an upper bound, default 0)");
   sub.add_option("--oracle-rounds", o->oracle.rounds, "Oracle attack: anchor-growth rounds (default 6; 0 = signatures only; on noisy models recovery grows until round 4-5)");
   sub.add_flag("--nn-classic", o->nn_classic,
                "NN: the single-layer trimmed alignment instead of the drift-robust one (for comparison)");

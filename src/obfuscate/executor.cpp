@@ -529,7 +529,10 @@ void check_copies(const ModelConfig& c, const ObfuscateOptions& opt, const std::
             "published special id " + std::to_string(t) + " must keep one copy", kExitUsage);
 }
 
-void check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateOptions& opt,
+// Returns true when the checkpoint already carries the key's embedding/head noise
+// (aloepri_adapted.emb_head_noise = "in_checkpoint"): the obfuscation then applies only the
+// exact transforms to the embedding and head.
+bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateOptions& opt,
                         const std::string& model_dir) {
   const ObfuscationParams& P = opt.params;
   const ModelConfig& c = plain.config();
@@ -560,7 +563,23 @@ void check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
                 a.value("alpha_h", nlohmann::json()).dump() + ", noise " + a.value("noise_scale", std::string("global")) +
                 "; obfuscate it with the same noise parameters",
             kExitUsage);
+    // Where the noise lives. "obfuscate" (or absent, older records): the checkpoint has the
+    // public embedding/head and the obfuscation adds the key's draw, which the body was trained
+    // against. "in_checkpoint": the draw was added before training and the embedding/head were
+    // trained from it (aloe-adapt --train-vocab); adding it again would double it.
+    const nlohmann::json where = a.contains("emb_head_noise") ? a["emb_head_noise"] : nlohmann::json("obfuscate");
+    require(where.is_string() && (where == "obfuscate" || where == "in_checkpoint"), cfg_where,
+            "aloepri_adapted.emb_head_noise must be \"obfuscate\" or \"in_checkpoint\", not " + where.dump());
+    if (where == "in_checkpoint") {
+      // The record's key and noise were checked above: the published parameters stay the ones
+      // the draw was made with.
+      require(!c.tie_word_embeddings && plain.weights().has(tensor_names::lm_head()), cfg_where,
+              "aloepri_adapted.emb_head_noise is \"in_checkpoint\" but the model has no separate " +
+                  tensor_names::lm_head() + " (tie_word_embeddings): the noisy head must be its own tensor");
+      return true;
+    }
   }
+  return false;
   if (P.kappa == KappaMode::Calibrated) {
     require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
     // The calibration forward runs through every layer in order; a shard would need all of them.
@@ -635,6 +654,9 @@ void finish_checkpoint(const std::string& model_dir, const HFModel& plain, const
     res.record["homophones"]["extra"] = vm.size() - vm.plain_size();
     res.record["obf_vocab_size"] = vm.size();
   }
+  if (c.raw.is_object() && c.raw.contains("aloepri_adapted") &&
+      c.raw["aloepri_adapted"].value("emb_head_noise", std::string("obfuscate")) == "in_checkpoint")
+    res.record["emb_head_noise"] = "in_checkpoint";  // alpha_e/alpha_h were drawn by aloe-adapt, not here
 }
 
 }  // namespace
@@ -649,7 +671,8 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
   const bool sharded = opt.shard_count > 0;
   require(!sharded || (opt.shard_index >= 0 && opt.shard_index < opt.shard_count), "--shard",
           "index must be in [0, N)", kExitUsage);
-  check_obfuscatable(plain, seed, opt, model_dir);
+  const bool noise_in_checkpoint = check_obfuscatable(plain, seed, opt, model_dir);
+  const double emb_alpha = noise_in_checkpoint ? 0.0 : P.alpha_e, head_alpha = noise_in_checkpoint ? 0.0 : P.alpha_h;
   const DType out_dtype = output_dtype(plain, opt);
   const std::string torch_dtype = dtype_torch_name(out_dtype);
   if (!sharded) refuse_existing(out_dir, opt.force);
@@ -726,7 +749,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     if (P.kappa == KappaMode::Calibrated) calib = std::make_unique<Calibrator>(c, opt.calib_ids, ev, Pemb);
     RngStream noise(seed, "noise/embed");
     auto copy_noise = [&seed](int64_t copy) { return RngStream(seed, "noise/embed/copy/" + std::to_string(copy)); };
-    put(tensor_names::embed(), obf::transform_vocab_matrix(n, d, mapped_rows(ev), vm, P.alpha_e, P.noise_scale,
+    put(tensor_names::embed(), obf::transform_vocab_matrix(n, d, mapped_rows(ev), vm, emb_alpha, P.noise_scale,
                                                            noise, copy_noise, {}, Pemb, false));
     prog.advance();
   }
@@ -831,7 +854,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     const auto wf = as_vec(plain.tensor_f32(tensor_names::final_norm()));
     RngStream noise(seed, "noise/head");
     auto copy_noise = [&seed](int64_t copy) { return RngStream(seed, "noise/head/copy/" + std::to_string(copy)); };
-    put(tensor_names::lm_head(), obf::transform_vocab_matrix(n, d, mapped_rows(hv), vm, P.alpha_h, P.noise_scale,
+    put(tensor_names::lm_head(), obf::transform_vocab_matrix(n, d, mapped_rows(hv), vm, head_alpha, P.noise_scale,
                                                              noise, copy_noise, wf, mat_f32(K.Q("head")), true));
     prog.advance();
   }

@@ -6,15 +6,16 @@
 # `aloepri eval-frontier` (worst attack per point, Pareto front, JSON + HTML).
 # usage: tools/eval/frontier_points.sh OUT_DIR "name alpha_e alpha_h rule [extra obfuscate flags]" ...
 # env: EXE (aloepri), MODEL, VICTIM (uint16 ids), VICTIM_TOKENS (20000), TOKENS (eval, 1024),
-#      ATTACKS (vma,gate-ia,attn-ia,nn,oracle), SOURCE (an adapted checkpoint to obfuscate instead
-#      of MODEL; eval then gets --obf-source), KEY (default OUT_DIR/frontier.key), BUDGET (audit
-#      --budget-seconds, 900: attacks left when it is spent are skipped and listed in the JSON)
+#      ATTACKS (vma,gate-ia,attn-ia,nn,oracle,oracle-nn), SOURCE (an adapted checkpoint to obfuscate instead
+#      of MODEL; eval then gets --obf-source), KEY (default OUT_DIR/frontier.key), BUDGET (the
+#      audit's --budget-seconds, default 900: on a contended machine the oracle's later rounds
+#      and oracle-nn need more; a skipped or cut attack is listed in the audit JSON)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT=${1:?usage: frontier_points.sh OUT_DIR "name alpha_e alpha_h rule" ...}; shift
 EXE=${EXE:-$ROOT/build/aloepri}; MODEL=${MODEL:-$ROOT/models/aloe-mini}
 VICTIM=${VICTIM:-$ROOT/build/corpus/heldout.bin}; VT=${VICTIM_TOKENS:-20000}; TOKENS=${TOKENS:-1024}
-ATTACKS=${ATTACKS:-vma,gate-ia,attn-ia,nn,oracle}; SOURCE=${SOURCE:-}
+ATTACKS=${ATTACKS:-vma,gate-ia,attn-ia,nn,oracle,oracle-nn}; SOURCE=${SOURCE:-}; BUDGET=${BUDGET:-900}
 mkdir -p "$OUT/eval" "$OUT/audit"
 KEY=${KEY:-$OUT/frontier.key}
 [ -f "$KEY" ] || "$EXE" -q keygen --out "$KEY"
@@ -31,7 +32,7 @@ for spec in "$@"; do
     --text-file "$VICTIM" --tokens "$TOKENS" --greedy 16 --prompts 2 --no-attribution --json "$ev" --force \
     --tag name="$name" | head -2 | tail -1
   [ -f "$au" ] || "$EXE" -q audit --plain "$MODEL" --obf "$OUT/obf" --key "$KEY" --victim "$VICTIM" \
-    --victim-tokens "$VT" --attacks "$ATTACKS" --no-emb-head --budget-seconds "${BUDGET:-900}" --json "$au" --force
+    --victim-tokens "$VT" --attacks "$ATTACKS" --no-emb-head --budget-seconds "$BUDGET" --json "$au" --force
 done
 rm -rf "$OUT/obf"
 "$EXE" -q eval-frontier "$OUT/eval" --attacks "$OUT/audit" --json "$OUT/frontier.json" --html "$OUT/frontier.html" --force

@@ -12,10 +12,19 @@
 // and parameters (a different key or noise would make the adaptation useless) and strips it
 // from the served config.
 //
+// --train-vocab (issue 14, private whole-model adaptation): the embedding and head are trained
+// too, starting from the same noisy draws. The checkpoint then holds those trained noisy
+// matrices (untied, each its own tensor) and records "emb_head_noise": "in_checkpoint", so
+// `aloepri obfuscate` applies only the exact transforms to them and does not add the noise a
+// second time. The record also carries the relative drift of every trained tensor from the
+// public one ("drift"), the figure the privacy side is measured against.
+//
 // usage: aloe-adapt --model models/aloe-mini --key K --alpha-e 0.75 --alpha-h 0.2 --data build/corpus
 //                   --out DIR [--minutes 3] [--steps N] [--lr 1e-3] [--batch 4] [--seq 256]
 //                   [--noise-scale global|per-row] [--threads 2] [--seed 1] [--force]
-// --alpha-e 0 --alpha-h 0 is the control: the same fine-tuning without noise.
+//                   [--train-vocab [--vocab-lr 1e-3]]
+// --alpha-e 0 --alpha-h 0 is the control: the same fine-tuning without noise (with the same
+// --train-vocab, so the same tensors are trained on the same batches).
 // GPU runs (tools/train/cuda_build.sh style, -DALOEPRI_ADAPT_STANDALONE: no obfuscate module):
 // --device cuda --body-out F writes only the trained body; `--body-in F --steps 0` on the CPU
 // build assembles the checkpoint (and checks the noise replica against the obfuscator's).
@@ -26,6 +35,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <random>
 
 #include "aloepri/error.h"
@@ -130,9 +140,9 @@ torch::Tensor lin(const torch::Tensor& x, const torch::Tensor& W, const torch::T
 int main(int argc, char** argv) {
   CLI::App app{"aloe-adapt: noise-aware adaptation of a plaintext model before obfuscation"};
   std::string model, key_path, data, out, noise_scale = "global", device = "cpu", body_in, body_out;
-  double alpha_e = 0.75, alpha_h = 0.2, lr = 1e-3, minutes = 3, wd = 0.0;
+  double alpha_e = 0.75, alpha_h = 0.2, lr = 1e-3, minutes = 3, wd = 0.0, vocab_lr = -1;
   int64_t steps = 0, batch = 4, seq = 256, threads = 2, seed_opt = 1, warmup = 10;
-  bool force = false;
+  bool force = false, train_vocab = false;
   app.add_option("--model", model, "Plaintext HF model directory")->required();
   app.add_option("--key", key_path, "Client key file (the seed the obfuscation will use)")->required();
   app.add_option("--data", data, "Corpus directory with train.bin (uint16 ids)");
@@ -153,6 +163,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Torch threads (default 2)");
   app.add_option("--seed", seed_opt, "Data sampling seed (default 1)");
   app.add_flag("--force", force, "Replace an existing --out");
+  app.add_flag("--train-vocab", train_vocab,
+               "Also train the embedding and head from their noisy draws; the checkpoint then carries them "
+               "(aloepri_adapted.emb_head_noise = in_checkpoint) and obfuscate adds no noise to them");
+  app.add_option("--vocab-lr", vocab_lr, "Learning rate of the embedding/head with --train-vocab (default: --lr)");
   CLI11_PARSE(app, argc, argv);
   try {
     torch::set_num_threads(int(threads));
@@ -160,6 +174,8 @@ int main(int argc, char** argv) {
     const obf::NoiseScale ns = noise_scale == "per-row" ? obf::NoiseScale::PerRow : obf::NoiseScale::Global;
     require(noise_scale == "global" || noise_scale == "per-row", "--noise-scale", "global or per-row", kExitUsage);
     require(!out.empty() || !body_out.empty(), "--out", "give --out or --body-out", kExitUsage);
+    require(train_vocab || vocab_lr < 0, "--vocab-lr", "only with --train-vocab", kExitUsage);
+    if (vocab_lr < 0) vocab_lr = lr;
     if (!out.empty()) refuse_existing(out, force);
     if (!body_out.empty()) refuse_existing(body_out, force);
     const torch::Device dev(device == "cuda" ? torch::kCUDA : torch::kCPU);
@@ -169,14 +185,22 @@ int main(int argc, char** argv) {
     HFModel hf(model);
     const ModelConfig& c = hf.config();
     ModelWeights W = ModelWeights::load(hf);
-    const int64_t n = c.vocab_size, d = c.hidden_size, L = c.num_hidden_layers, dh = c.head_dim;
+    const int64_t n = c.vocab_size, L = c.num_hidden_layers, dh = c.head_dim;
     const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, g = m / mkv;
     const double eps = c.rms_norm_eps;
 
-    // Frozen noisy embedding / head (HF layout [n, d]).
-    const Tensor head_hf = hf.lm_head_f32();
-    torch::Tensor E = to_torch(noisy(hf.tensor_f32(tensor_names::embed()), alpha_e, ns, key.seed, "noise/embed")).to(dev);
-    torch::Tensor H = to_torch(noisy(head_hf, alpha_h, ns, key.seed, "noise/head")).to(dev);
+    // The noisy embedding / head (HF layout [n, d]): frozen, or with --train-vocab trained from
+    // the draw. --body-in with --train-vocab resumes from the trained ones it holds.
+    const Tensor emb_pub = hf.tensor_f32(tensor_names::embed()), head_pub = hf.lm_head_f32();
+    const Tensor emb_noisy = noisy(emb_pub, alpha_e, ns, key.seed, "noise/embed");
+    const Tensor head_noisy = noisy(head_pub, alpha_h, ns, key.seed, "noise/head");
+    auto vocab_start = [&](const std::string& name, const Tensor& draw) {
+      if (!train_vocab || !bin_body) return to_torch(draw);
+      require(bin_body->has(name), body_in, "has no tensor '" + name + "' (written without --train-vocab?)");
+      return to_torch(bin_body->get(name).to_f32());
+    };
+    torch::Tensor E = vocab_start(tensor_names::embed(), emb_noisy).to(dev);
+    torch::Tensor H = vocab_start(tensor_names::lm_head(), head_noisy).to(dev);
 
     // Trainable body, HF layout (nn.Linear weight = out x in).
     std::vector<Layer> layers;
@@ -248,7 +272,22 @@ int main(int argc, char** argv) {
     std::mt19937_64 rng{static_cast<uint64_t>(seed_opt)};
     std::uniform_int_distribution<int64_t> start(0, N - seq - 2);
 
-    torch::optim::AdamW opt(params, torch::optim::AdamWOptions(lr).betas({0.9, 0.95}).weight_decay(wd));
+    const size_t body_params = params.size();
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(params, std::make_unique<torch::optim::AdamWOptions>(
+                                    torch::optim::AdamWOptions(lr).betas({0.9, 0.95}).weight_decay(wd)));
+    std::vector<double> base_lr = {lr};
+    if (train_vocab) {
+      E.set_requires_grad(true);
+      H.set_requires_grad(true);
+      groups.emplace_back(std::vector<torch::Tensor>{E, H},
+                          std::make_unique<torch::optim::AdamWOptions>(
+                              torch::optim::AdamWOptions(vocab_lr).betas({0.9, 0.95}).weight_decay(wd)));
+      base_lr.push_back(vocab_lr);
+      params.push_back(E);
+      params.push_back(H);
+    }
+    torch::optim::AdamW opt(groups);
     const auto t0 = std::chrono::steady_clock::now();
     double ema = 0;
     int64_t step = 0, tokens = 0;
@@ -266,9 +305,10 @@ int main(int argc, char** argv) {
       double prog = 0;
       if (steps > 0) prog = std::max(prog, double(step) / double(steps));
       if (minutes > 0) prog = std::max(prog, el / (minutes * 60));
-      const double cur = lr * std::min(1.0, double(step + 1) / double(std::max<int64_t>(warmup, 1))) *
-                         (1.0 - 0.9 * std::min(1.0, prog));
-      for (auto& gr : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(gr.options()).lr(cur);
+      const double sched = std::min(1.0, double(step + 1) / double(std::max<int64_t>(warmup, 1))) *
+                           (1.0 - 0.9 * std::min(1.0, prog));
+      for (size_t gi = 0; gi < opt.param_groups().size(); ++gi)
+        static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[gi].options()).lr(base_lr[gi] * sched);
       opt.zero_grad();
       auto loss = torch::nn::functional::cross_entropy(forward(xi).view({batch * seq, n}), ti);
       loss.backward();
@@ -277,18 +317,28 @@ int main(int argc, char** argv) {
       tokens += batch * seq;
       const double lv = loss.item<double>();
       ema = step == 0 ? lv : 0.9 * ema + 0.1 * lv;
-      if (step % 10 == 0)
-        std::fprintf(stderr, "step %lld  loss %.4f  (ema %.4f)  %.0f s  %.0f tok/s\n", (long long)step, lv, ema, el,
-                     el > 0 ? double(tokens) / el : 0.0);
+      if (step % 10 == 0) {
+        // ETA from the binding budget: steps at the mean step time so far, or the minutes left.
+        double eta = -1;
+        if (step > 0 && steps > 0) eta = el / double(step) * double(steps - step);
+        if (minutes > 0) eta = eta < 0 ? minutes * 60 - el : std::min(eta, minutes * 60 - el);
+        const std::string at = std::to_string(step) + (steps > 0 ? "/" + std::to_string(steps) : std::string());
+        const std::string eta_s = eta < 0 ? "?" : std::to_string(int64_t(eta)) + " s";
+        std::fprintf(stderr, "step %s  loss %.4f  (ema %.4f)  %.0f s  %.0f tok/s  eta %s\n", at.c_str(), lv, ema, el,
+                     el > 1 ? double(tokens) / el : 0.0, eta_s.c_str());
+      }
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-    // Export: original embedding (and head when untied), adapted body, f32.
-    std::vector<std::pair<std::string, torch::Tensor>> outs;
-    auto keep = [&](const std::string& name) { outs.push_back({name, to_torch(hf.tensor_f32(name))}); };
-    if (body_out.empty()) {
-      keep(tensor_names::embed());
-      if (!c.tie_word_embeddings) keep(tensor_names::lm_head());
+    // Export: the vocabulary matrices (the public ones, or with --train-vocab the trained noisy
+    // ones, untied), the adapted body, f32.
+    auto cpu = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU).contiguous(); };
+    std::vector<std::pair<std::string, torch::Tensor>> vocab, outs;
+    if (train_vocab) {
+      vocab = {{tensor_names::embed(), cpu(E)}, {tensor_names::lm_head(), cpu(H)}};
+    } else {
+      vocab = {{tensor_names::embed(), to_torch(emb_pub)}};
+      if (!c.tie_word_embeddings) vocab.push_back({tensor_names::lm_head(), to_torch(head_pub)});
     }
     size_t pi = 0;
     for (int64_t l = 0; l < L; ++l) {
@@ -300,16 +350,63 @@ int main(int argc, char** argv) {
         for (const char* b : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) names.push_back(b);
       if (layers[size_t(l)].bo.defined()) names.push_back("self_attn.o_proj.bias");
       for (const char* s : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}) names.push_back(s);
-      for (const auto& s : names) outs.push_back({layer(l, s), params[pi++].detach().to(torch::kCPU).contiguous()});
+      for (const auto& s : names) outs.push_back({layer(l, s), cpu(params[pi++])});
     }
-    outs.push_back({tensor_names::final_norm(), params[pi++].detach().to(torch::kCPU).contiguous()});
+    outs.push_back({tensor_names::final_norm(), cpu(params[pi++])});
+    require(pi == body_params, "aloe-adapt", "internal: body tensor count", kExitError);
+
+    // Relative Frobenius drift of the weights that will be served (before the exact transforms)
+    // from the public ones: per vocabulary matrix (also of the bare draw, which is what is served
+    // without --train-vocab, and of training alone), per body tensor kind over all layers, and the body's matrices
+    // together (the set the audit's NN drift report calls "body").
+    auto fro2 = [](const torch::Tensor& t) { return t.to(torch::kDouble).pow(2).sum().item<double>(); };
+    nlohmann::json drift;
+    {
+      auto rel = [&](const torch::Tensor& a, const torch::Tensor& b) { return std::sqrt(fro2(a - b) / fro2(b)); };
+      const torch::Tensor ep = to_torch(emb_pub), hp = to_torch(head_pub);
+      const torch::Tensor& ef = vocab[0].second;
+      const torch::Tensor hf_ = train_vocab ? vocab[1].second : hp;
+      drift["embedding"] = rel(train_vocab ? ef : to_torch(emb_noisy), ep);
+      drift["embedding_draw"] = rel(to_torch(emb_noisy), ep);
+      drift["embedding_by_training"] = rel(train_vocab ? ef : to_torch(emb_noisy), to_torch(emb_noisy));
+      drift["head"] = rel(train_vocab ? hf_ : to_torch(head_noisy), hp);
+      drift["head_draw"] = rel(to_torch(head_noisy), hp);
+      drift["head_by_training"] = rel(train_vocab ? hf_ : to_torch(head_noisy), to_torch(head_noisy));
+      std::map<std::string, std::pair<double, double>> kinds;  // kind -> (|delta|^2, |W|^2)
+      for (const auto& [name, t] : outs) {
+        const torch::Tensor pub = to_torch(hf.tensor_f32(name));
+        std::string kind = "other";
+        for (const auto& [part, k] : std::vector<std::pair<std::string, std::string>>{
+                 {"input_layernorm", "attn_norm"}, {"post_attention_layernorm", "ffn_norm"}, {".bias", "bias"},
+                 {"q_proj", "q"}, {"k_proj", "k"}, {"v_proj", "v"}, {"o_proj", "o"}, {"gate_proj", "gate"},
+                 {"up_proj", "up"}, {"down_proj", "down"}})
+          if (kind == "other" && name.find(part) != std::string::npos) kind = k;
+        if (name == tensor_names::final_norm()) kind = "final_norm";
+        auto& k = kinds[kind];
+        k.first += fro2(t - pub), k.second += fro2(pub);
+      }
+      double bd = 0, bw = 0;
+      for (const auto& [kind, v] : kinds) {
+        drift[kind] = std::sqrt(v.first / v.second);
+        if (kind == "q" || kind == "k" || kind == "v" || kind == "o" || kind == "gate" || kind == "up" || kind == "down")
+          bd += v.first, bw += v.second;
+      }
+      drift["body"] = std::sqrt(bd / bw);
+    }
+    std::fprintf(stderr, "drift from the public weights (relative Frobenius): embedding %.4f (draw %.4f), head %.4f "
+                 "(draw %.4f), body %.4f\n", drift["embedding"].get<double>(), drift["embedding_draw"].get<double>(),
+                 drift["head"].get<double>(), drift["head_draw"].get<double>(), drift["body"].get<double>());
+
     if (!body_out.empty()) {
+      // With --train-vocab the trained vocabulary matrices travel with the body (--body-in reads them).
+      std::vector<std::pair<std::string, torch::Tensor>> file = outs;
+      if (train_vocab) file.insert(file.end(), vocab.begin(), vocab.end());
       const std::string tmp = body_out + ".d";
       fs::create_directories(tmp);
       {
         SafetensorsWriter bw(tmp);
-        for (auto& [name, t] : outs) bw.add({name, DType::F32, std::vector<int64_t>(t.sizes().begin(), t.sizes().end())});
-        for (auto& [name, t] : outs) bw.write_f32(name, t.data_ptr<float>(), size_t(t.numel()));
+        for (auto& [name, t] : file) bw.add({name, DType::F32, std::vector<int64_t>(t.sizes().begin(), t.sizes().end())});
+        for (auto& [name, t] : file) bw.write_f32(name, t.data_ptr<float>(), size_t(t.numel()));
         bw.finish();
       }
       fs::rename(fs::path(tmp) / "model.safetensors", body_out);
@@ -317,9 +414,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "wrote body %s: %lld steps, %lld tokens, %.0f s, final loss (ema) %.4f\n", body_out.c_str(),
                    (long long)step, (long long)tokens, secs, ema);
       if (out.empty()) return 0;
-      keep(tensor_names::embed());
-      if (!c.tie_word_embeddings) keep(tensor_names::lm_head());
     }
+    outs.insert(outs.begin(), vocab.begin(), vocab.end());
     AtomicDir od(out, force);
     SafetensorsWriter w(od.temp_path());
     for (auto& [name, t] : outs) w.add({name, DType::F32, std::vector<int64_t>(t.sizes().begin(), t.sizes().end())});
@@ -339,7 +435,17 @@ int main(int argc, char** argv) {
                               {"tokens", tokens},
                               {"seconds", secs},
                               {"lr", lr},
-                              {"final_loss_ema", ema}};
+                              {"final_loss_ema", ema},
+                              {"batch", batch},
+                              {"seq", seq},
+                              {"data_seed", seed_opt},
+                              {"trained", train_vocab ? "body, embedding, head" : "body"},
+                              {"emb_head_noise", train_vocab ? "in_checkpoint" : "obfuscate"},
+                              {"drift", drift}};
+    if (train_vocab) {
+      cfg["aloepri_adapted"]["vocab_lr"] = vocab_lr;
+      cfg["tie_word_embeddings"] = false;  // the head is its own trained tensor
+    }
     write_file_atomic(od.file("config.json"), cfg.dump(2) + "\n");
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                           "generation_config.json"}) {
