@@ -36,7 +36,7 @@ for spec in "$@"; do
   score)
     [ "$name" = ctrl ] && continue
     SOURCE="$ck" KEY="$KEY" VICTIM="$TEXT" "$ROOT/tools/eval/frontier_points.sh" "$OUT/frontier" "$name $ae $ah $rule"
-    "$EXE" -q obfuscate "$ck" --key "$KEY" --out "$OUT/obf_$name" --force --profile default --alpha-e "$ae" \
+    "$EXE" -q obfuscate "$ck" --key "$KEY" --out "$OUT/obf_$name" --force --profile noise --alpha-e "$ae" \
       --alpha-h "$ah" --noise-scale "$rule" >/dev/null
     "$EXE" -q eval --plain "$OUT/ckpt_ctrl" --obf "$OUT/obf_$name" --obf-source "$ck" --key "$KEY" --text-file "$TEXT" \
       --tokens "$TOKENS" --greedy 16 --prompts 2 --no-attribution --json "$OUT/vs_ctrl_$name.json" --force \
