@@ -65,7 +65,7 @@ TEST(AuditCli, ScoresTheWeightAttacksAndWritesReports) {
                       js + " --html " + html, &out), 0) << out;
   EXPECT_NE(out.find("TTRSR"), std::string::npos) << out;
   const json j = json::parse(read_file(js));
-  ASSERT_EQ(j["results"].size(), 5u) << j.dump(1);  // VMA, Gate-IA, Attn-IA, NN, Oracle
+  ASSERT_EQ(j["results"].size(), 6u) << j.dump(1);  // VMA, Gate-IA, Attn-IA, NN, Oracle, Oracle+NN
   std::map<std::string, json> by;
   for (const auto& r : j["results"]) by[r["attack"]] = r;
   EXPECT_GT(by["VMA"]["ttrsr"].get<double>(), 0.95);
@@ -75,6 +75,9 @@ TEST(AuditCli, ScoresTheWeightAttacksAndWritesReports) {
   EXPECT_FALSE(by["NN"]["goal_met"].get<bool>());  // permutation only: nothing is hidden
   EXPECT_GT(by["Oracle"]["ttrsr"].get<double>(), 0.95);  // an exact model is its own key
   EXPECT_FALSE(by["Oracle"]["goal_met"].get<bool>());
+  // Seeded by NN's matches (all right on a permutation-only model), the oracle recovers as much.
+  EXPECT_GT(by["Oracle+NN"]["ttrsr"].get<double>(), 0.95);
+  EXPECT_GT(by["Oracle+NN"]["details"]["seeds_offered"].get<int64_t>(), 0);
   // The setting names the key record's parameters, value-map conditioning included (--exact: 4).
   EXPECT_NE(by["VMA"]["setting"].get<std::string>().find("value_cond 4"), std::string::npos) << by["VMA"].dump();
   EXPECT_EQ(by["VMA"]["victim_tokens"].get<int64_t>(), 3000);
