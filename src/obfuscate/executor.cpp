@@ -548,6 +548,11 @@ bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
       throw Error("tensor '" + name + "' in " + t.file, "dtype " + dtype_name(t.dtype) + " cannot be obfuscated "
                   "(supported: F32, F16, BF16, F64)");
   }
+  if (P.kappa == KappaMode::Calibrated) {
+    require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
+    // The calibration forward runs through every layer in order; a shard would need all of them.
+    require(opt.shard_count == 0, "--shard", "is not supported with --kappa calibrated", kExitUsage);
+  }
   if (c.raw.is_object() && c.raw.contains("aloepri_adapted")) {
     // A body fine-tuned for one key's embedding/head noise (tools/train/adapt.cpp): only that key
     // and those noise parameters reproduce the noise it expects.
@@ -580,11 +585,6 @@ bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
     }
   }
   return false;
-  if (P.kappa == KappaMode::Calibrated) {
-    require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
-    // The calibration forward runs through every layer in order; a shard would need all of them.
-    require(opt.shard_count == 0, "--shard", "is not supported with --kappa calibrated", kExitUsage);
-  }
 }
 
 DType output_dtype(const HFModel& plain, const ObfuscateOptions& opt) {
