@@ -37,6 +37,20 @@ struct Side {
   int64_t d() const { return head.rows(); }
 };
 
+// The `count` ids of highest score, plus `must`, sorted ascending (0 < count < score.size()).
+std::vector<int32_t> top_plus(const std::vector<double>& score, int64_t count, const std::vector<int32_t>& must) {
+  std::vector<int32_t> order(score.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + count, order.end(),
+                    [&](int32_t a, int32_t b) { return score[size_t(a)] > score[size_t(b)]; });
+  std::unordered_set<int32_t> seen(order.begin(), order.begin() + count);
+  std::vector<int32_t> rows(order.begin(), order.begin() + count);
+  for (int32_t t : must)
+    if (seen.insert(t).second) rows.push_back(t);
+  std::sort(rows.begin(), rows.end());
+  return rows;
+}
+
 // The `count` most likely tokens after [bos] (the model's own unigram-like prior), plus `must`.
 std::vector<int32_t> pick_rows(ReferenceModel& m, int64_t bos, int64_t count, const std::vector<int32_t>& must) {
   const int64_t n = m.vocab_size();
@@ -49,16 +63,7 @@ std::vector<int32_t> pick_rows(ReferenceModel& m, int64_t bos, int64_t count, co
   m.reset();
   const std::vector<double> lg = m.step(bos);
   m.reset();
-  std::vector<int32_t> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + count, order.end(),
-                    [&](int32_t a, int32_t b) { return lg[size_t(a)] > lg[size_t(b)]; });
-  std::unordered_set<int32_t> seen(order.begin(), order.begin() + count);
-  rows.assign(order.begin(), order.begin() + count);
-  for (int32_t t : must)
-    if (seen.insert(t).second) rows.push_back(t);
-  std::sort(rows.begin(), rows.end());
-  return rows;
+  return top_plus(lg, count, must);
 }
 
 // Runs [bos, x] for every row, then one pass over the R x n log-probabilities (in row blocks)
@@ -153,16 +158,7 @@ std::vector<int32_t> group_rows(ReferenceModel& m, const Groups& G, int64_t bos,
   m.reset();
   std::vector<double> lik(static_cast<size_t>(n));
   for (int64_t g = 0; g < n; ++g) lik[size_t(g)] = lg[size_t(G.rep[size_t(g)])];
-  std::vector<int32_t> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + count, order.end(),
-                    [&](int32_t a, int32_t b) { return lik[size_t(a)] > lik[size_t(b)]; });
-  std::unordered_set<int32_t> seen(order.begin(), order.begin() + count);
-  rows.assign(order.begin(), order.begin() + count);
-  for (int32_t t : must)
-    if (seen.insert(t).second) rows.push_back(t);
-  std::sort(rows.begin(), rows.end());
-  return rows;
+  return top_plus(lik, count, must);
 }
 
 // Standardizes every column of F (per side: noise shifts and scales the obfuscated side's
