@@ -1,9 +1,11 @@
 // Obfuscation throughput and memory.
 //   obfuscate_bench [--work DIR] [--hidden 2048] [--ffn 5632] [--layers 2,20] [--vocab-from DIR]
-//                   [--keep]
+//                   [--keep] [--reuse] [--profile paper|noise|exact] [--peak-only]
 // 1. sgemm peak on this machine (square 2048 f32 GEMM, best of 5) and the BLAS kernel in use.
-// 2. For each layer count: synthesizes a llama checkpoint (f32) under DIR, obfuscates it with the
-//    default parameters in a child process, and reports wall time, GFLOP/s of the weight GEMMs
+// 2. For each layer count: synthesizes a llama checkpoint (f32) under DIR (--reuse: keep one
+//    already there), obfuscates it with a named parameter set (--profile; default "paper", the
+//    report's parameters with h = 128, the heaviest, and the set earlier figures used) in a
+//    child process, and reports wall time, GFLOP/s of the weight GEMMs
 //    (readers 2 out d d', writers 2 d' d in, embedding and head 2 n d d') against the sgemm peak,
 //    seconds per billion parameters, and the child's peak RSS (getrusage) next to the model size:
 //    the executor streams layer by layer, so peak RSS must not grow with the layer count. Two
@@ -65,7 +67,9 @@ int main(int argc, char** argv) {
   std::string work = "/tmp/aloepri-obf-bench", vocab = std::string(ALOEPRI_SOURCE_DIR) + "/vocab/llama2";
   int64_t hidden = 2048, ffn = 5632;
   std::vector<int64_t> layer_counts = {2, 20};
-  bool keep = false;
+  bool keep = false, reuse = false;
+  std::string profile = "paper";
+  bool peak_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -80,6 +84,9 @@ int main(int argc, char** argv) {
     else if (a == "--ffn") ffn = std::stoll(next());
     else if (a == "--vocab-from") vocab = next();
     else if (a == "--keep") keep = true;
+    else if (a == "--reuse") reuse = keep = true;
+    else if (a == "--profile") profile = next();
+    else if (a == "--peak-only") peak_only = true;  // the sgemm peak alone, to bracket another run
     else if (a == "--layers") {
       layer_counts.clear();
       std::string s = next();
@@ -91,7 +98,7 @@ int main(int argc, char** argv) {
         p = q + 1;
       }
     } else {
-      std::fprintf(stderr, "usage: %s [--work DIR] [--hidden N] [--ffn N] [--layers 2,20] [--vocab-from DIR] [--keep]\n",
+      std::fprintf(stderr, "usage: %s [--work DIR] [--hidden N] [--ffn N] [--layers 2,20] [--vocab-from DIR] [--keep] [--reuse] [--profile paper|noise|exact] [--peak-only]\n",
                    argv[0]);
       return 2;
     }
@@ -100,7 +107,8 @@ int main(int argc, char** argv) {
   std::printf("OpenBLAS kernel: %s (OPENBLAS_CORETYPE=%s), threads %d\n", linalg::blas_kernel().c_str(), ct ? ct : "unset",
               linalg::blas_threads());
   const double peak = sgemm_peak_gflops(2048);
-  std::printf("sgemm peak (2048^3, best of 5): %.1f GFLOP/s\n\n", peak);
+  std::printf("sgemm peak (2048^3, best of 5): %.1f GFLOP/s; profile %s\n\n", peak, profile.c_str());
+  if (peak_only) return 0;
   std::printf("| layers | model size | params | wall (incl. fingerprints) | transform | weight GEMM GFLOP | GFLOP/s (transform) | %% of sgemm peak | s / 1B params (wall) | peak RSS transform | peak RSS incl. fingerprints |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
@@ -108,7 +116,8 @@ int main(int argc, char** argv) {
   fs::create_directories(work);
   for (int64_t L : layer_counts) {
     const std::string model = work + "/plain-L" + std::to_string(L), out = work + "/obf-L" + std::to_string(L);
-    fs::remove_all(model);
+    const bool have = reuse && fs::exists(fs::path(model) / "config.json");
+    if (!have) fs::remove_all(model);
     fs::remove_all(out);
     SynthOptions so;
     so.family = Family::Llama;
@@ -121,7 +130,7 @@ int main(int argc, char** argv) {
     so.ffn = ffn;
     so.vocab_dir = vocab;
     so.seed = 1;
-    synthesize(so, model);
+    if (!have) synthesize(so, model);
     const ModelConfig c = synth_config(so);
     const uint64_t bytes = dir_bytes(model);
 
@@ -132,7 +141,9 @@ int main(int argc, char** argv) {
       Seed seed{};
       for (size_t i = 0; i < seed.size(); ++i) seed[i] = uint8_t(i);
       try {
-        ObfuscateResult r = obfuscate_model(model, seed, out, ObfuscateOptions{});
+        ObfuscateOptions opt;
+        opt.params = ObfuscationParams::profile(profile);
+        ObfuscateResult r = obfuscate_model(model, seed, out, opt);
         if (FILE* f = std::fopen((work + "/rss").c_str(), "w")) {
           std::fprintf(f, "%llu %.3f\n", (unsigned long long)r.peak_rss_transform, r.seconds_transform);
           std::fclose(f);
@@ -157,7 +168,7 @@ int main(int argc, char** argv) {
       if (std::fscanf(f, "%llu %lf", &rss_transform, &t_transform) != 2) rss_transform = 0;
       std::fclose(f);
     }
-    const double gf = weight_gflop(c, 128);
+    const double gf = weight_gflop(c, ObfuscationParams::profile(profile).expansion);
     const double params = double(c.parameter_count());
     std::printf("| %ld | %.2f GB | %.2fB | %.1f s | %.1f s | %.0f | %.1f | %.0f%% | %.1f | %.2f GB | %.2f GB |\n",
                 long(L), bytes / 1e9, params / 1e9, wall, t_transform, gf, gf / t_transform,

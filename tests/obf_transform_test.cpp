@@ -333,6 +333,35 @@ TEST(ObfFfn, ChannelPermutationAndScalingAreExact) {
   EXPECT_NE(s1.up.data, W.up.data);
 }
 
+TEST(ObfFfn, InPlaceChannelTransformIsTheElementwiseDefinition) {
+  // The in-place transform (rows moved cycle by cycle) gives, bit for bit, gate'[slot c] =
+  // gate[c], up'[slot c] = up[c] * float(scale c), down'[:, slot c] = float(down[:, c] / scale c).
+  const int64_t ff = 97, d = 13;  // odd sizes: cycles of many lengths
+  RngStream r(seed_of(23), "w");
+  auto rnd = [&](int64_t a, int64_t b) {
+    Tensor t({a, b});
+    for (auto& x : t.data) x = float(r.normal());
+    return t;
+  };
+  const FfnHF W{rnd(ff, d), rnd(ff, d), rnd(d, ff)};
+  const FfnKeys K = draw_ffn_keys(seed_of(23), 1, ff, 2.0);
+  const FfnHF S = transform_ffn_channels(W, K);
+  int moved = 0;
+  for (int64_t c = 0; c < ff; ++c) {
+    const int64_t s = K.slot[size_t(c)];
+    moved += s != c;
+    for (int64_t k = 0; k < d; ++k) {
+      ASSERT_EQ(S.gate.at(s, k), W.gate.at(c, k));
+      ASSERT_EQ(S.up.at(s, k), W.up.at(c, k) * float(K.scale[size_t(c)]));
+    }
+    for (int64_t k = 0; k < d; ++k) ASSERT_EQ(S.down.at(k, s), float(double(W.down.at(k, c)) / K.scale[size_t(c)]));
+  }
+  EXPECT_GT(moved, ff / 2);  // the permutation is not (nearly) the identity
+  FfnKeys bad = K;
+  bad.slot[1] = bad.slot[0];  // two channels to one slot
+  EXPECT_THROW(transform_ffn_channels(W, bad), Error);
+}
+
 TEST(ObfNorm, ExactNormFoldingAndPaperApproximation) {
   // RMSNorm_obf(x P) with weight kappa and eps' = eps kappa^2, read by Q Diag(w), equals
   // RMSNorm(x) Diag(w) exactly for the exact-norm key matrices (kappa = 1), and approximately for

@@ -87,7 +87,8 @@ FfnKeys draw_ffn_keys(const Seed& seed, int64_t layer, int64_t ff, double scale_
 struct FfnHF {
   Tensor gate, up, down;  // [ff, d], [ff, d], [d, ff]
 };
-FfnHF transform_ffn_channels(const FfnHF& in, const FfnKeys& keys);
+// By value and in place: a caller that moves its layer in never holds the FFN twice.
+FfnHF transform_ffn_channels(FfnHF in, const FfnKeys& keys);
 
 // Stage 2. Reader: W [out, d] -> W Diag(norm_w) Q^T  [out, d'] (norm_w empty = ones).
 // W by value: the norm scaling is applied to it in place, so a caller that moves its last use

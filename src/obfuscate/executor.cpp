@@ -23,6 +23,7 @@
 #include "aloepri/output.h"
 #include "aloepri/progress.h"
 #include "aloepri/safetensors.h"
+#include "aloepri/write_behind.h"
 
 namespace fs = std::filesystem;
 
@@ -423,6 +424,19 @@ std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType d
   return v;
 }
 
+// Asks the kernel to read a step's plaintext tensors ahead (MADV_WILLNEED starts the reads and
+// returns), so a checkpoint that is not in the page cache arrives while the previous step
+// computes instead of one page fault at a time.
+void prefetch_step(const HFModel& m, const std::vector<OutTensor>& outs, int64_t step) {
+  const uintptr_t pg = uintptr_t(::sysconf(_SC_PAGESIZE));
+  for (const auto& o : outs) {
+    if (o.step != step || !m.weights().has(o.spec.name)) continue;
+    const TensorView& v = m.weights().get(o.spec.name);
+    const uintptr_t b = uintptr_t(v.data) & ~(pg - 1), e = uintptr_t(v.data) + v.nbytes;
+    if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_WILLNEED);
+  }
+}
+
 // Steps [first, last) of shard `index` of `count`: contiguous, balanced by output bytes (a step
 // goes to the shard its byte midpoint falls in). A shard may be empty when count > steps.
 std::pair<int64_t, int64_t> shard_steps(const std::vector<OutTensor>& outs, int64_t steps, int index, int count) {
@@ -450,6 +464,10 @@ std::pair<int64_t, int64_t> shard_steps(const std::vector<OutTensor>& outs, int6
 // the same sizes again, and a fresh mmap'd block costs a page fault and a kernel zero-fill per
 // page (the largest non-GEMM cost in a profile of this executor). Process-wide; the peak stays
 // one layer's working set because the same sizes recur.
+// What the write-behind queue may hold back: one large tensor of a 7B layer is about 0.2 GB, so
+// this keeps the computation one tensor ahead of the disk without growing the peak by a layer.
+constexpr size_t kWriteBehindBytes = size_t(256) << 20;
+
 void keep_freed_memory() {
   ::mallopt(M_MMAP_MAX, 0);
   ::mallopt(M_TRIM_THRESHOLD, INT_MAX);
@@ -706,12 +724,15 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
   }
   using tensor_names::layer;
 
-  auto put_ptr = [&](const std::string& name, const float* p, size_t numel) {
-    if (part) part->put(name, out_dtype, p, numel);
-    else w->write_f32(name, p, numel);
-  };
-  auto put = [&](const std::string& name, const Tensor& t) { put_ptr(name, t.ptr(), size_t(t.numel())); };
-  auto put_vec = [&](const std::string& name, const std::vector<float>& v) { put_ptr(name, v.data(), v.size()); };
+  // Tensors are written behind the computation, in the order they are put (see write_behind.h).
+  WriteBehind wb(
+      [&](const std::string& name, const float* p, size_t numel) {
+        if (part) part->put(name, out_dtype, p, numel);
+        else w->write_f32(name, p, numel);
+      },
+      kWriteBehindBytes);
+  auto put = [&](const std::string& name, Tensor t) { wb.push(name, std::move(t.data)); };
+  auto put_vec = [&](const std::string& name, std::vector<float> v) { wb.push(name, std::move(v)); };
 
   ObfuscateResult res;
   std::vector<double> all_kappas;  // every norm's kappa up to here; res.kappas: this run's steps
@@ -770,6 +791,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       count_writer(ls + "/down");
       continue;
     }
+    if (runs(2 + l)) prefetch_step(plain, outs, 2 + l);  // the next layer, read while this one computes
     auto T = [&](const std::string& suffix) { return load_and_release(plain, layer(l, suffix)); };
     // Attention.
     const double k_in = kappa_now();
@@ -833,7 +855,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     writer_fro += fro2(Pd);
     ++writers;
     {
-      obf::FfnHF S = obf::transform_ffn_channels(F, obf::draw_ffn_keys(seed, l, ff, P.ffn_scale_range));
+      obf::FfnHF S = obf::transform_ffn_channels(std::move(F), obf::draw_ffn_keys(seed, l, ff, P.ffn_scale_range));
       F = obf::FfnHF();
       const auto wn = as_vec(ffn_norm);
       put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(std::move(S.gate), wn, mat_f32(K.Q(ls + "/gate"))));
@@ -858,6 +880,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
                                                              noise, copy_noise, wf, mat_f32(K.Q("head")), true));
     prog.advance();
   }
+  wb.drain();
   prog.finish();
 
   if (sharded) {

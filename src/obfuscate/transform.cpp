@@ -214,24 +214,53 @@ FfnKeys draw_ffn_keys(const Seed& seed, int64_t layer, int64_t ff, double scale_
   return K;
 }
 
-FfnHF transform_ffn_channels(const FfnHF& in, const FfnKeys& K) {
-  const int64_t ff = in.gate.rows(), d = in.gate.cols();
-  require(in.up.rows() == ff && in.up.cols() == d && in.down.rows() == d && in.down.cols() == ff &&
+// Moves row c of a [rows, d] matrix to row slot[c], in place (cycle by cycle, one spare row),
+// so a layer's FFN is never held twice.
+static void permute_rows_in_place(Tensor& t, const std::vector<int64_t>& slot) {
+  const int64_t rows = t.rows(), d = t.cols();
+  std::vector<char> done(static_cast<size_t>(rows), 0);
+  std::vector<float> carry(static_cast<size_t>(d)), next(static_cast<size_t>(d));
+  for (int64_t start = 0; start < rows; ++start) {
+    if (done[size_t(start)]) continue;
+    // Follow start -> slot[start] -> ...: each row goes where slot sends it.
+    std::copy(t.ptr() + start * d, t.ptr() + (start + 1) * d, carry.begin());
+    int64_t c = start;
+    while (!done[size_t(c)]) {
+      done[size_t(c)] = 1;
+      const int64_t s = slot[size_t(c)];
+      std::copy(t.ptr() + s * d, t.ptr() + (s + 1) * d, next.begin());
+      std::copy(carry.begin(), carry.end(), t.ptr() + s * d);
+      std::swap(carry, next);
+      c = s;
+    }
+  }
+}
+
+FfnHF transform_ffn_channels(FfnHF f, const FfnKeys& K) {
+  const int64_t ff = f.gate.rows(), d = f.gate.cols();
+  require(f.up.rows() == ff && f.up.cols() == d && f.down.rows() == d && f.down.cols() == ff &&
               int64_t(K.slot.size()) == ff,
           "ffn", "projection shapes do not match");
-  FfnHF out{Tensor(in.gate.shape), Tensor(in.up.shape), Tensor(in.down.shape)};
+  std::vector<char> seen(static_cast<size_t>(ff), 0);
   for (int64_t c = 0; c < ff; ++c) {
-    const int64_t s = K.slot[c];
-    const float sc = float(K.scale[c]);
-    std::copy(in.gate.ptr() + c * d, in.gate.ptr() + (c + 1) * d, out.gate.ptr() + s * d);
-    for (int64_t k = 0; k < d; ++k) out.up.ptr()[s * d + k] = in.up.ptr()[c * d + k] * sc;
+    const int64_t s = K.slot[size_t(c)];
+    require(s >= 0 && s < ff && !seen[size_t(s)], "ffn", "channel keys are not a permutation", kExitError);
+    seen[size_t(s)] = 1;
   }
+  for (int64_t c = 0; c < ff; ++c) {
+    const float sc = float(K.scale[size_t(c)]);
+    float* row = f.up.ptr() + c * d;
+    for (int64_t k = 0; k < d; ++k) row[k] = row[k] * sc;
+  }
+  permute_rows_in_place(f.gate, K.slot);
+  permute_rows_in_place(f.up, K.slot);
+  std::vector<float> tmp(static_cast<size_t>(ff));
   for (int64_t r = 0; r < d; ++r) {
-    const float* src = in.down.ptr() + r * ff;
-    float* dst = out.down.ptr() + r * ff;
-    for (int64_t c = 0; c < ff; ++c) dst[K.slot[c]] = float(double(src[c]) / K.scale[c]);
+    float* row = f.down.ptr() + r * ff;
+    for (int64_t c = 0; c < ff; ++c) tmp[size_t(K.slot[size_t(c)])] = float(double(row[c]) / K.scale[size_t(c)]);
+    std::copy(tmp.begin(), tmp.end(), row);
   }
-  return out;
+  return f;
 }
 
 Tensor read_residual(Tensor w, const std::vector<float>& norm_w, const Tensor& Qf) {
