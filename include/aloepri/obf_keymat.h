@@ -45,15 +45,13 @@ class KeyMatrices {
   // A fresh reader instance Q (d' x d) for `role` (stream "keymat/Q/<role>").
   Mat Q(const std::string& role) const;
 
-  // The base matrices (tests and measurements).
-  const Mat& Z() const { return Z_; }
 
  private:
   Seed seed_;
   int64_t d_, h_;
   double lambda_;
   KeymatVariant variant_;
-  Mat Z_;        // d' x d'
+  Mat Z_low_;    // 2h x d': rows d .. d' of the Haar Z (Z_mid; Z_bot)
   Mat P_base_;   // d x d'
   Mat Q_base_;   // d' x d
   Mat NF_;       // h/2 x h: orthonormal rows r with r F = 0 (paper)

@@ -793,6 +793,8 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     }
     if (runs(2 + l)) prefetch_step(plain, outs, 2 + l);  // the next layer, read while this one computes
     auto T = [&](const std::string& suffix) { return load_and_release(plain, layer(l, suffix)); };
+    // A reader's Q in f32; the double instance dies inside, before the GEMM that uses it.
+    auto reader_key = [&](const char* role) { return mat_f32(K.Q(ls + role)); };
     // Attention.
     const double k_in = kappa_now();
     note_kappa(1 + l, k_in);
@@ -822,9 +824,9 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       obf::AttnHF S = obf::transform_attention_heads(A, AK, dh);
       A = obf::AttnHF();  // release the plaintext copies early
       const auto wn = as_vec(attn_norm);
-      put(layer(l, "self_attn.q_proj.weight"), obf::read_residual(std::move(S.q), wn, mat_f32(K.Q(ls + "/q"))));
-      put(layer(l, "self_attn.k_proj.weight"), obf::read_residual(std::move(S.k), wn, mat_f32(K.Q(ls + "/k"))));
-      put(layer(l, "self_attn.v_proj.weight"), obf::read_residual(std::move(S.v), wn, mat_f32(K.Q(ls + "/v"))));
+      put(layer(l, "self_attn.q_proj.weight"), obf::read_residual(std::move(S.q), wn, reader_key("/q")));
+      put(layer(l, "self_attn.k_proj.weight"), obf::read_residual(std::move(S.k), wn, reader_key("/k")));
+      put(layer(l, "self_attn.v_proj.weight"), obf::read_residual(std::move(S.v), wn, reader_key("/v")));
       if (c.attention_bias) {
         put(layer(l, "self_attn.q_proj.bias"), S.bq);
         put(layer(l, "self_attn.k_proj.bias"), S.bk);
@@ -858,8 +860,8 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       obf::FfnHF S = obf::transform_ffn_channels(std::move(F), obf::draw_ffn_keys(seed, l, ff, P.ffn_scale_range));
       F = obf::FfnHF();
       const auto wn = as_vec(ffn_norm);
-      put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(std::move(S.gate), wn, mat_f32(K.Q(ls + "/gate"))));
-      put(layer(l, "mlp.up_proj.weight"), obf::read_residual(std::move(S.up), wn, mat_f32(K.Q(ls + "/up"))));
+      put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(std::move(S.gate), wn, reader_key("/gate")));
+      put(layer(l, "mlp.up_proj.weight"), obf::read_residual(std::move(S.up), wn, reader_key("/up")));
       put(layer(l, "mlp.down_proj.weight"), obf::write_residual(S.down, Pd));
     }
     prog.advance();

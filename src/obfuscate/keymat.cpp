@@ -16,9 +16,17 @@ KeyMatrices::KeyMatrices(const Seed& seed, int64_t d, int64_t h, double lambda, 
   const int64_t dp = dprime();
   const double s = 1.0 / std::sqrt(double(d));
   RngStream rng(seed, "keymat/base");
+  // Each intermediate is released as soon as it is used (same draws, same products): at 7B the
+  // base matrices are d x d doubles of ~0.13 GB each, and this constructor is the peak of a
+  // sharded part.
   Mat U = haar_orthogonal(d, rng);
-  Z_ = haar_orthogonal(dp, rng);
-  Mat Ztop = row_block(Z_, 0, d);
+  Mat Ztop;
+  {
+    const Mat Z = haar_orthogonal(dp, rng);
+    Ztop = row_block(Z, 0, d);
+    // Only the rows past d are needed after the base (instances add terms on them).
+    Z_low_ = row_block(Z, d, dp);
+  }
 
   if (variant == KeymatVariant::ExactNorm) {
     const double c = double(dp) / double(d);
@@ -29,16 +37,22 @@ KeyMatrices::KeyMatrices(const Seed& seed, int64_t d, int64_t h, double lambda, 
     return;
   }
 
-  Mat V = gaussian(d, d, s, rng);
   Mat B = U;
-  for (size_t i = 0; i < B.a.size(); ++i) B.a[i] += lambda * V.a[i];
+  {
+    const Mat V = gaussian(d, d, s, rng);
+    for (size_t i = 0; i < B.a.size(); ++i) B.a[i] += lambda * V.a[i];
+  }
   Mat Binv = lambda == 0 ? transpose(U) : inverse(B);
+  U = Mat();
   P_base_ = matmul(B, Ztop);
+  B = Mat();
   Q_base_ = matmul(Ztop, Binv, true, false);
+  Binv = Mat();
+  Ztop = Mat();
   if (h == 0) return;
   Mat E = matmul(gaussian(d, h / 2, s, rng), gaussian(h / 2, h, s, rng));  // d x h, rank h/2
   Mat F = matmul(gaussian(h, h / 2, s, rng), gaussian(h / 2, d, s, rng));  // h x d, rank h/2
-  Mat Zmid = row_block(Z_, d, d + h), Zbot = row_block(Z_, d + h, dp);
+  Mat Zmid = row_block(Z_low_, 0, h), Zbot = row_block(Z_low_, h, 2 * h);
   matmul_acc(P_base_, E, Zbot);
   matmul_acc(Q_base_, Zmid, F, true, false);
   NF_ = left_null_space(F, h / 2);
@@ -50,7 +64,7 @@ Mat KeyMatrices::P(const std::string& role) const {
   if (variant_ == KeymatVariant::ExactNorm || h_ == 0) return P;
   RngStream rng(seed_, "keymat/P/" + role);
   Mat C = matmul(gaussian(d_, h_ / 2, 1.0 / std::sqrt(double(d_)), rng), NF_);  // d x h, C F = 0
-  matmul_acc(P, C, row_block(Z_, d_, d_ + h_));
+  matmul_acc(P, C, row_block(Z_low_, 0, h_));
   return P;
 }
 
@@ -61,11 +75,11 @@ Mat KeyMatrices::Q(const std::string& role) const {
   const double s = 1.0 / std::sqrt(double(d_));
   if (variant_ == KeymatVariant::ExactNorm) {
     Mat D = gaussian(2 * h_, d_, s, rng);  // anything: P is zero on these coordinates
-    matmul_acc(Q, row_block(Z_, d_, dprime()), D, true, false);
+    matmul_acc(Q, Z_low_, D, true, false);
     return Q;
   }
   Mat D = matmul(NE_, gaussian(h_ / 2, d_, s, rng));  // h x d, E D = 0
-  matmul_acc(Q, row_block(Z_, d_ + h_, dprime()), D, true, false);
+  matmul_acc(Q, row_block(Z_low_, h_, 2 * h_), D, true, false);
   return Q;
 }
 
