@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <random>
 
@@ -163,12 +164,21 @@ TEST(CopyGrouping, ContextsGroupCopiesOfStructuredTrafficNotOfIidTraffic) {
   const CopyGrouping g = group_copies_by_context(encode(structured, to_plain, 10), S, copies, freq);
   const GroupingScore s = score_copy_grouping(g, to_plain);
   EXPECT_GT(s.precision, 0.8) << s.to_json().dump() << g.info.dump();
+  std::printf("structured traffic: %s\n", s.to_json().dump().c_str());
   EXPECT_GT(s.recall, 0.3) << s.to_json().dump();
-  // The same copy table on traffic whose tokens are independent draws: contexts say nothing.
+  // The same copy table on traffic whose tokens are independent draws: contexts say nothing, so
+  // (almost) nothing is grouped.
   const auto iid = chain_text(n, 200, 500, true, 11);
   const CopyGrouping c = group_copies_by_context(encode(iid, to_plain, 12), S, copies, freq);
   const GroupingScore cs = score_copy_grouping(c, to_plain);
-  EXPECT_LT(cs.precision, s.precision - 0.4) << cs.to_json().dump();
+  EXPECT_LT(cs.recall, 0.05) << cs.to_json().dump() << c.info.dump();
+  EXPECT_LT(cs.pairs_grouped * 10, s.pairs_grouped) << cs.to_json().dump();
+  // Single linkage (no centroid check) chains the iid symbols into groups as likely as chance.
+  ContextGroupingOptions single;
+  single.linkage_cosine = 0;
+  const GroupingScore ss = score_copy_grouping(group_copies_by_context(encode(iid, to_plain, 12), S, copies, freq, single), to_plain);
+  EXPECT_GT(ss.pairs_grouped, cs.pairs_grouped) << ss.to_json().dump();
+  EXPECT_LT(ss.precision, s.precision - 0.4) << ss.to_json().dump();
 }
 
 TEST(CopyGrouping, MergedStreamWithTheTrueGroupsIsAttackedLikeThePlainStream) {

@@ -408,25 +408,25 @@ TEST(Homophones, AuditStreamGroupsTheCopiesFromTheServedWeightsAndFromTheTraffic
   const Models& m = exact_models();
   const std::string dir = aloepri::testing::scratch_dir("homophones_stream_groups");
   const std::string exe = aloepri::testing::aloepri_exe();
-  // Victim and prior: llama2 .bin documents (BOS 1 ... EOS 2) of a skewed chain over ids 3..802.
+  // Victim and prior: llama2 .bin documents (BOS 1 ... EOS 2) of skewed draws over ids 3..599,
+  // where frequency matching through a plain tau recovers a good share.
   uint64_t lcg = 99;
-  auto next = [&lcg](int32_t prev) {
+  auto draw = [&lcg] {
     lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
     const double u = double(lcg >> 11) / double(1ull << 53);
-    return uint16_t(u < 0.5 ? 3 + (prev * 7 + 11) % 800 : 3 + int(800 * u * u * u * u) % 800);
+    return uint16_t(3 + int(597 * u * u * u));
   };
   auto write_docs = [&](const std::string& path, int docs) {
     std::ofstream f(path, std::ios::binary);
     for (int d = 0; d < docs; ++d) {
       std::vector<uint16_t> doc = {1};
-      int32_t prev = 3;
-      for (int i = 0; i < 100; ++i) doc.push_back(uint16_t(prev = next(prev)));
+      for (int i = 0; i < 100; ++i) doc.push_back(draw());
       doc.push_back(2);
       f.write(reinterpret_cast<const char*>(doc.data()), std::streamsize(doc.size() * 2));
     }
   };
   write_docs(dir + "/prior.bin", 400);
-  write_docs(dir + "/victim.bin", 60);
+  write_docs(dir + "/victim.bin", 200);
   std::string out;
   ASSERT_EQ(aloepri::testing::run_command(exe + " keygen --out " + dir + "/k.key", &out, true), 0) << out;
   ASSERT_EQ(aloepri::testing::run_command(exe + " obfuscate " + m.dir + "/plain --key " + dir + "/k.key --out " + dir +
@@ -452,6 +452,7 @@ TEST(Homophones, AuditStreamGroupsTheCopiesFromTheServedWeightsAndFromTheTraffic
   EXPECT_EQ(ws["recall"].get<double>(), 1.0) << ws.dump();
   EXPECT_EQ(w["details"]["copy_grouping"]["grouping"]["identical_groups"].get<int64_t>(), 32000);
   const double plain = tfma["prior: p"]["ttrsr"].get<double>(), split = tfma["prior: p +homophones"]["ttrsr"].get<double>();
+  EXPECT_GT(plain, 0.15);
   EXPECT_NEAR(w["ttrsr"].get<double>(), plain, 0.02);
   EXPECT_GT(w["ttrsr"].get<double>(), split + 0.1) << "plain " << plain << ", copies alone " << split;
   const auto& cs = tfma["prior: p +homophones, context-grouped"]["details"]["copy_grouping"];
