@@ -127,7 +127,9 @@ TEST(CopyGrouping, NoisyCopiesAreGroupedByDistanceAndIndependentRowsAreNot) {
   const int64_t np = int64_t(to_plain.size());
   {  // each copy with its own noise, 0.3 of the rows' spread: grouped exactly by distance
     const auto [e, h] = served_rows(to_plain, n, 128, 0.3, false, 6);
-    const CopyGrouping g = group_copies_by_weights(e, h, n);
+    WeightGroupingOptions capped;
+    capped.max_group = 21;
+    const CopyGrouping g = group_copies_by_weights(e, h, n, capped);
     EXPECT_EQ(g.info["identical_groups"].get<int64_t>(), np);  // nothing bitwise equal
     EXPECT_EQ(g.groups, n);
     const GroupingScore s = score_copy_grouping(g, to_plain);
@@ -148,6 +150,13 @@ TEST(CopyGrouping, NoisyCopiesAreGroupedByDistanceAndIndependentRowsAreNot) {
     const GroupingScore s = score_copy_grouping(g, to_plain);
     EXPECT_LT(s.precision, 0.2) << s.to_json().dump();
     EXPECT_LT(s.recall, 0.05) << s.to_json().dump();
+    // The public table's largest copy count bounds every group.
+    forced.max_group = 21;
+    const CopyGrouping capped = group_copies_by_weights(e, h, n, forced);
+    std::vector<int> members(size_t(capped.groups), 0);
+    for (int32_t gr : capped.group) ++members[size_t(gr)];
+    EXPECT_LE(*std::max_element(members.begin(), members.end()), 21);
+    EXPECT_GT(*std::max_element(members.begin(), members.end()), 1);
   }
   EXPECT_THROW(group_copies_by_weights(Tensor({4, 3}), Tensor({4, 2}), 2), Error);
 }

@@ -42,6 +42,8 @@ struct WeightGroupingOptions {
   // random rows (0 = no gate: merge until n groups).
   double gate = 0.8;
   int neighbours = 8;  // nearest rows per row whose pairs are candidates
+  // no group larger than this (0 = no limit): the most copies the public table gives a token
+  int64_t max_group = 0;
 };
 // embed, head: [n', d] (the head in HF layout: one row per id). n: the public vocabulary.
 CopyGrouping group_copies_by_weights(const Tensor& embed, const Tensor& head, int64_t n,

@@ -111,9 +111,11 @@ CopyGrouping group_copies_by_weights(const Tensor& embed, const Tensor& head, in
   CopyGrouping out;
   out.info = {{"method", "weights: identical rows, then closest standardized (embedding, head) rows"},
               {"served_ids", np}, {"public_ids", n}, {"identical_groups", identical}, {"gate", opt.gate},
-              {"neighbours", opt.neighbours}};
+              {"neighbours", opt.neighbours}, {"max_group", opt.max_group}};
   // Stage 2: the closest groups, closest first.
   UnionFind uf(rep.size());
+  std::fill(uf.size.begin(), uf.size.end(), 0);  // ids per group, for max_group
+  for (int32_t g : of) ++uf.size[size_t(g)];
   int64_t groups = identical, merged = 0;
   std::string stop = groups <= n ? "identical rows already give at most n groups" : "";
   if (groups > n) {
@@ -157,6 +159,7 @@ CopyGrouping group_copies_by_weights(const Tensor& embed, const Tensor& head, in
       }
       const int32_t ra = uf.find(a), rb = uf.find(b);
       if (ra == rb) continue;
+      if (opt.max_group > 0 && int64_t(uf.size[size_t(ra)]) + uf.size[size_t(rb)] > opt.max_group) continue;
       uf.join(ra, rb);
       --groups;
       ++merged;
