@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -399,6 +400,72 @@ TEST(Homophones, NoisyCopiesHaveTheirOwnDrawAndCopyZeroIsTheUsualRow) {
     EXPECT_GT(diff, 1e-3) << "copy 1 of " << t << " has its own noise draw";
   }
   EXPECT_EQ(checked, 50);
+}
+
+TEST(Homophones, AuditStreamGroupsTheCopiesFromTheServedWeightsAndFromTheTraffic) {
+  // The server of an exact homophonic model groups the copies from its own weights (identical
+  // rows) and is back at the plain tau stream; the traffic-only attacker gets a grouping row too.
+  const Models& m = exact_models();
+  const std::string dir = aloepri::testing::scratch_dir("homophones_stream_groups");
+  const std::string exe = aloepri::testing::aloepri_exe();
+  // Victim and prior: llama2 .bin documents (BOS 1 ... EOS 2) of skewed draws over ids 3..599,
+  // where frequency matching through a plain tau recovers a good share.
+  uint64_t lcg = 99;
+  auto draw = [&lcg] {
+    lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+    const double u = double(lcg >> 11) / double(1ull << 53);
+    return uint16_t(3 + int(597 * u * u * u));
+  };
+  auto write_docs = [&](const std::string& path, int docs) {
+    std::ofstream f(path, std::ios::binary);
+    for (int d = 0; d < docs; ++d) {
+      std::vector<uint16_t> doc = {1};
+      for (int i = 0; i < 100; ++i) doc.push_back(draw());
+      doc.push_back(2);
+      f.write(reinterpret_cast<const char*>(doc.data()), std::streamsize(doc.size() * 2));
+    }
+  };
+  write_docs(dir + "/prior.bin", 400);
+  write_docs(dir + "/victim.bin", 200);
+  std::string out;
+  ASSERT_EQ(aloepri::testing::run_command(exe + " keygen --out " + dir + "/k.key", &out, true), 0) << out;
+  ASSERT_EQ(aloepri::testing::run_command(exe + " obfuscate " + m.dir + "/plain --key " + dir + "/k.key --out " + dir +
+                                              "/obf --exact --homophones 600 --homophone-counts " + dir + "/prior.bin",
+                                          &out, true),
+            0)
+      << out;
+  const std::string base = exe + " audit-stream --tokenizer " + m.dir + "/plain --key " + dir + "/k.key --victim " +
+                           dir + "/victim.bin --prior p=" + dir + "/prior.bin --no-sda";
+  ASSERT_EQ(aloepri::testing::run_command(base + " --obf-model " + dir + "/obf --json-out " + dir + "/s.json", &out, true), 0)
+      << out;
+  EXPECT_NE(out.find("copy grouping from the weights"), std::string::npos) << out;
+  const auto rows = nlohmann::json::parse(read_file(dir + "/s.json"));
+  std::map<std::string, nlohmann::json> tfma;
+  for (const auto& r : rows)
+    if (r["attack"] == "TFMA") tfma[r["setting"].get<std::string>()] = r;
+  ASSERT_TRUE(tfma.count("prior: p") && tfma.count("prior: p +homophones") &&
+              tfma.count("prior: p +homophones, weight-grouped") && tfma.count("prior: p +homophones, context-grouped"))
+      << rows.dump(1);
+  const auto& w = tfma["prior: p +homophones, weight-grouped"];
+  const auto& ws = w["details"]["copy_grouping"]["score"];
+  EXPECT_EQ(ws["precision"].get<double>(), 1.0) << ws.dump();
+  EXPECT_EQ(ws["recall"].get<double>(), 1.0) << ws.dump();
+  EXPECT_EQ(w["details"]["copy_grouping"]["grouping"]["identical_groups"].get<int64_t>(), 32000);
+  const double plain = tfma["prior: p"]["ttrsr"].get<double>(), split = tfma["prior: p +homophones"]["ttrsr"].get<double>();
+  EXPECT_GT(plain, 0.15);
+  EXPECT_NEAR(w["ttrsr"].get<double>(), plain, 0.02);
+  EXPECT_GT(w["ttrsr"].get<double>(), split + 0.1) << "plain " << plain << ", copies alone " << split;
+  const auto& cs = tfma["prior: p +homophones, context-grouped"]["details"]["copy_grouping"];
+  EXPECT_GT(cs["score"]["ids"].get<int64_t>(), 0) << cs.dump();
+  EXPECT_GT(cs["grouping"]["merges_predicted"].get<int64_t>(), 0) << cs.dump();
+  // A key without copies cannot be grouped against a model.
+  ASSERT_EQ(aloepri::testing::run_command(exe + " keygen --out " + dir + "/plain.key", &out, true), 0) << out;
+  const int rc = aloepri::testing::run_command(
+      exe + " audit-stream --tokenizer " + m.dir + "/plain --key " + dir + "/plain.key --victim " + dir +
+          "/victim.bin --prior p=" + dir + "/prior.bin --no-sda --obf-model " + dir + "/obf",
+      &out, true);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("--obf-model"), std::string::npos) << out;
 }
 
 TEST(Homophones, ExactCopiesServedByLlamaCpp) {

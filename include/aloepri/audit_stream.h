@@ -121,6 +121,12 @@ struct StreamAttackInputs {
   // simulation below: priors and traffic over copies), symbol -> plaintext id applied to every
   // candidate list (duplicates dropped) before scoring. Empty: candidates are plaintext ids.
   std::vector<int32_t> symbol_to_plain;
+  // The attacker's grouping of the traffic's symbols (audit_copies.h: ids it believes are copies
+  // of one token), symbol -> group, -1 = alone. When given, TFMA and SDA run over the merged
+  // stream (each group one symbol, the priors' plaintext alphabet, so at most the priors'
+  // vocabulary of groups may occur) and every symbol is answered with its group's candidates,
+  // which are plaintext ids (symbol_to_plain must then be empty).
+  std::vector<int32_t> symbol_group;
 };
 
 // TFMA and SDA against every prior. When truth is given each result is scored: ttrsr (top-1

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "aloepri/audit_copies.h"
 #include "aloepri/error.h"
 #include "aloepri/linalg.h"
 #include "aloepri/forward.h"
@@ -298,94 +299,29 @@ Guesses guesses_of(const Matching& m, const std::vector<int32_t>& mo, const Side
 
 // Copies of a homophonic vocabulary (homophones.h) are the same embedding row and head column,
 // each with its own noise when the obfuscation adds noise. The attacker knows n (the public
-// model's vocabulary) and sees n' ids: it groups identical (embedding row, head column) pairs
-// first, then, while more than n groups remain, joins the closest groups (standardized rows and
-// columns, each group's 4 nearest neighbours, closest pairs first).
+// model's vocabulary) and sees n' ids: group_copies_by_weights (audit_copies.h) groups identical
+// rows, then the closest, down to n groups (no gate: the matching needs n tokens a side).
 Groups cluster_copies(const aloepri::ModelWeights& w, int64_t n, nlohmann::json& info) {
   const int64_t np = w.embed.rows(), d = w.embed.cols();
   require(w.head.rows() == d && w.head.cols() == np, "oracle attack", "the served head is not [d', n']");
-  std::vector<int32_t> of(size_t(np), -1), rep;
-  std::unordered_map<uint64_t, std::vector<int32_t>> by_hash;  // hash -> groups with that hash
-  std::vector<float> col(static_cast<size_t>(d));
-  auto column = [&](int64_t id, float* out) {
-    for (int64_t i = 0; i < d; ++i) out[i] = w.head.data[size_t(i * np + id)];
-  };
-  std::vector<float> col2(static_cast<size_t>(d));
-  for (int64_t id = 0; id < np; ++id) {
-    column(id, col.data());
-    uint64_t hsh = 1469598103934665603ull;
-    auto mix = [&](const float* p, int64_t len) {
-      const auto* b = reinterpret_cast<const unsigned char*>(p);
-      for (int64_t i = 0; i < len * int64_t(sizeof(float)); ++i) hsh = (hsh ^ b[i]) * 1099511628211ull;
-    };
-    mix(w.embed.ptr() + id * d, d);
-    mix(col.data(), d);
-    int32_t found = -1;
-    for (int32_t g : by_hash[hsh]) {
-      const int64_t r = rep[size_t(g)];
-      column(r, col2.data());
-      if (std::equal(col.begin(), col.end(), col2.begin()) &&
-          std::equal(w.embed.ptr() + id * d, w.embed.ptr() + (id + 1) * d, w.embed.ptr() + r * d)) {
-        found = g;
-        break;
-      }
-    }
-    if (found < 0) {
-      found = int32_t(rep.size());
-      rep.push_back(int32_t(id));
-      by_hash[hsh].push_back(found);
-    }
-    of[size_t(id)] = found;
-  }
-  const int64_t exact_groups = int64_t(rep.size());
-  // Union-find over the exact groups for the approximate merges.
-  std::vector<int32_t> parent(rep.size());
-  std::iota(parent.begin(), parent.end(), 0);
-  std::function<int32_t(int32_t)> find = [&](int32_t x) { return parent[size_t(x)] == x ? x : parent[size_t(x)] = find(parent[size_t(x)]); };
-  int64_t groups = exact_groups, merged = 0;
-  if (groups > n) {
-    const int64_t G = groups;
-    Tensor F({G, 2 * d});
-    for (int64_t g = 0; g < G; ++g) {
-      std::copy_n(w.embed.ptr() + int64_t(rep[size_t(g)]) * d, d, F.ptr() + g * 2 * d);
-      column(rep[size_t(g)], F.ptr() + g * 2 * d + d);
-    }
-    standardize_columns(F);
-    const int K = 5;  // self + 4 neighbours
-    const auto nn = detail::nearest_rows(F, F, K);
-    std::vector<std::tuple<double, int32_t, int32_t>> edges;
-    for (int64_t g = 0; g < G; ++g)
-      for (int32_t h : nn[size_t(g)])
-        if (h != g) edges.emplace_back(sq_dist(F.ptr() + g * 2 * d, F.ptr() + int64_t(h) * 2 * d, 2 * d), int32_t(g), h);
-    std::sort(edges.begin(), edges.end());
-    for (const auto& [dist, a, b] : edges) {
-      if (groups <= n) break;
-      const int32_t ra = find(a), rb = find(b);
-      if (ra == rb) continue;
-      parent[size_t(std::max(ra, rb))] = std::min(ra, rb);
-      --groups;
-      ++merged;
-    }
-  }
-  // Renumber the roots 0 .. groups-1.
+  Tensor head({np, d});
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t id = 0; id < np; ++id) head.ptr()[id * d + i] = w.head.data[size_t(i * np + id)];
+  WeightGroupingOptions opt;
+  opt.gate = 0;
+  opt.neighbours = 4;
+  const CopyGrouping cg = group_copies_by_weights(w.embed, head, n, opt);
   Groups out;
-  std::vector<int32_t> idx(rep.size(), -1);
-  for (size_t g = 0; g < rep.size(); ++g) {
-    const int32_t r = find(int32_t(g));
-    if (idx[size_t(r)] < 0) {
-      idx[size_t(r)] = int32_t(out.rep.size());
-      out.rep.push_back(rep[size_t(r)]);
-      out.size.push_back(0);
-    }
-  }
-  out.of.resize(size_t(np));
+  out.of = cg.group;
+  out.rep.assign(size_t(cg.groups), -1);
+  out.size.assign(size_t(cg.groups), 0);
   for (int64_t id = 0; id < np; ++id) {
-    const int32_t g = idx[size_t(find(of[size_t(id)]))];
-    out.of[size_t(id)] = g;
+    const int32_t g = out.of[size_t(id)];
+    if (out.rep[size_t(g)] < 0) out.rep[size_t(g)] = int32_t(id);
     ++out.size[size_t(g)];
   }
-  info = {{"obf_vocab", np}, {"plain_vocab", n}, {"identical_groups", exact_groups},
-          {"merged_by_distance", merged}, {"groups", int64_t(out.rep.size())}};
+  info = {{"obf_vocab", np}, {"plain_vocab", n}, {"identical_groups", cg.info["identical_groups"]},
+          {"merged_by_distance", cg.info["merged_by_distance"]}, {"groups", int64_t(out.rep.size())}};
   return out;
 }
 

@@ -466,6 +466,42 @@ void score_stream_guesses(const StreamAttackInputs& in, const Guesses& g_in, Att
   r.cosine = cos_n ? cos_sum / double(cos_n) : 0.0;
 }
 
+namespace {
+
+// The traffic with every symbol replaced by its group, groups numbered densely in order of first
+// occurrence (a symbol without a group is its own); label_of[symbol] = that number, -1 if unseen.
+std::vector<TokenSeq> merge_groups(const StreamAttackInputs& in, std::vector<int32_t>& label_of, int32_t& labels) {
+  if (in.symbol_group.size() != size_t(in.vocab_size))
+    throw Error("stream audit", "the copy grouping covers " + std::to_string(in.symbol_group.size()) +
+                                    " ids, the traffic's vocabulary is " + std::to_string(in.vocab_size), kExitError);
+  if (!in.symbol_to_plain.empty())
+    throw Error("stream audit", "a copy grouping and a symbol map cannot be combined", kExitError);
+  label_of.assign(size_t(in.vocab_size), -1);
+  std::unordered_map<int64_t, int32_t> of_group;  // group (or -1 - symbol when alone) -> label
+  std::vector<TokenSeq> merged = in.traffic;
+  labels = 0;
+  for (auto& d : merged)
+    for (auto& t : d) {
+      const int32_t g = in.symbol_group[size_t(t)];
+      const int64_t key = g >= 0 ? int64_t(g) : -1 - int64_t(t);
+      auto [it, fresh] = of_group.emplace(key, labels);
+      if (fresh) ++labels;
+      label_of[size_t(t)] = it->second;
+      t = it->second;
+    }
+  return merged;
+}
+
+// Candidates of the merged stream's labels -> candidates of every symbol of the traffic.
+Guesses expand_groups(const Guesses& by_label, const std::vector<int32_t>& label_of) {
+  Guesses g(label_of.size());
+  for (size_t s = 0; s < label_of.size(); ++s)
+    if (label_of[s] >= 0 && size_t(label_of[s]) < by_label.size()) g[s] = by_label[size_t(label_of[s])];
+  return g;
+}
+
+}  // namespace
+
 std::vector<AttackResult> run_stream_attacks(const StreamAttackInputs& in) {
   if (in.vocab_size <= 0) throw Error("stream audit", "vocabulary size must be positive", kExitError);
   std::vector<AttackResult> out;
@@ -473,13 +509,25 @@ std::vector<AttackResult> run_stream_attacks(const StreamAttackInputs& in) {
   for (int k : in.ks) kmax = std::max(kmax, k);
   int64_t ntok = 0;
   for (const auto& s : in.traffic) ntok += int64_t(s.size());
+  // With the attacker's copy grouping, the attacks read the merged stream over the priors' ids.
+  const bool grouped = !in.symbol_group.empty();
+  std::vector<int32_t> label_of;
+  int32_t labels = 0;
+  const std::vector<TokenSeq> merged = grouped ? merge_groups(in, label_of, labels) : std::vector<TokenSeq>();
+  const std::vector<TokenSeq>& attacked = grouped ? merged : in.traffic;
   for (const auto& p : in.priors) {
+    const int32_t vocab = grouped ? p.model.vocab() : in.vocab_size;
+    if (grouped && labels > vocab)
+      throw Error("stream audit", "the copy grouping leaves " + std::to_string(labels) +
+                                      " distinct symbols in the traffic, more than the prior's vocabulary (" +
+                                      std::to_string(vocab) + ")", kExitError);
+    auto answer = [&](const Guesses& g) { return grouped ? expand_groups(g, label_of) : g; };
     {
       AttackResult r;
       r.attack = "TFMA";
       r.setting = "prior: " + p.name;
       auto t0 = Clock::now();
-      auto g = tfma(in.traffic, p.model, in.vocab_size, kmax);
+      auto g = answer(tfma(attacked, p.model, vocab, kmax));
       r.seconds = since(t0);
       r.victim_tokens = ntok;
       r.details = {{"victim", in.victim_name}, {"traffic_tokens", ntok}, {"prior_tokens", p.model.tokens()}};
@@ -494,7 +542,7 @@ std::vector<AttackResult> run_stream_attacks(const StreamAttackInputs& in) {
       SdaOptions o = in.sda;
       o.k = kmax;
       SdaStats st;
-      auto g = sda(in.traffic, p.model, in.vocab_size, o, &st);
+      auto g = answer(sda(attacked, p.model, vocab, o, &st));
       r.seconds = since(t0);
       r.victim_tokens = ntok;
       r.details = {{"victim", in.victim_name}, {"traffic_tokens", ntok}, {"prior_tokens", p.model.tokens()},
@@ -506,8 +554,9 @@ std::vector<AttackResult> run_stream_attacks(const StreamAttackInputs& in) {
                                {"sweep_share", o.sweep_share}, {"t_start", o.t_start}, {"t_end", o.t_end},
                                {"seed", o.seed}}}};
       // The same objective at the true mapping: how far the search got (undefined when the
-      // attack runs over symbols, e.g. homophone copies the prior's simulation labels its own way).
-      if (!in.truth.empty() && in.symbol_to_plain.empty()) {
+      // attack runs over symbols, e.g. homophone copies the prior's simulation labels its own way,
+      // or over the attacker's groups, which are another stream than the truth unless exact).
+      if (!in.truth.empty() && in.symbol_to_plain.empty() && !grouped) {
         double llt = 0;
         for (const auto& d : in.truth)
           for (size_t i = 1; i < d.size(); ++i) llt += p.model.logp(d[i - 1], d[i]);

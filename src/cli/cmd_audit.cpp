@@ -167,8 +167,9 @@ int run(const Opts& o) {
         "stream", "stream", "TFMA + SDA on the observed token stream, one run per --prior corpus",
         [&o, n, &pc](const AuditContext& c) {
           if (c.homophonic)
-            throw Error("audit", "the stream attacks over a homophonic vocabulary run in `aloepri audit-stream --key K` "
-                                 "(its '+homophones' rows attack the real client encoding)");
+            throw Error("audit", "the stream attacks over a homophonic vocabulary run in `aloepri audit-stream --key K "
+                                 "--obf-model DIR` (its '+homophones' rows attack the real client encoding, its "
+                                 "'weight-grouped' and 'context-grouped' rows group the copies first)");
           StreamAttackInputs in;
           in.vocab_size = int32_t(n);
           in.traffic = {c.traffic};

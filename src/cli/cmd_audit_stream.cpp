@@ -5,13 +5,16 @@
 #include <iomanip>
 #include <iostream>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <sstream>
 
+#include "aloepri/audit_copies.h"
 #include "aloepri/audit_pii.h"
 #include "aloepri/audit_stream.h"
 #include "aloepri/error.h"
 #include "aloepri/keyfile.h"
+#include "aloepri/model.h"
 #include "aloepri/output.h"
 #include "aloepri/proxy.h"
 #include "aloepri/tokenizer.h"
@@ -24,6 +27,10 @@ using namespace aloepri::audit;
 
 struct Opts {
   std::string tokenizer, key, victim, traffic, pii_names, write_traffic, victim_name, json_out;
+  std::string obf_model;  // served checkpoint of a homophonic key: the weight-grouping attacker
+  bool no_context_grouping = false;
+  aloepri::audit::ContextGroupingOptions context;
+  aloepri::audit::WeightGroupingOptions weights;
   std::vector<std::string> priors, balanced_priors;
   std::string sizes;
   std::string prior_rest;  // NAME: a prior from the victim documents the traffic does not use
@@ -50,6 +57,17 @@ std::string pct(double v) {
   return o.str();
 }
 
+// One line of a copy grouping's score for the human table.
+std::string grouping_line(const nlohmann::json& j) {
+  const auto& s = j["score"];
+  std::ostringstream o;
+  o << "pair precision " << pct(s["precision"].get<double>()) << "%, recall " << pct(s["recall"].get<double>())
+    << "%, tokens whose copies are one group " << pct(s["tokens_exact"].get<double>()) << "% ("
+    << s["ids"].get<int64_t>() << " ids in " << s["groups"].get<int64_t>() << " groups, " << s["tokens"].get<int64_t>()
+    << " tokens; " << std::fixed << std::setprecision(1) << j["grouping"]["seconds"].get<double>() << " s)";
+  return o.str();
+}
+
 int run(const Opts& o) {
   if (o.victim.empty() == o.traffic.empty())
     throw Error("audit-stream", "give exactly one of --victim (plaintext) or --traffic (obfuscated ids)", kExitUsage);
@@ -65,6 +83,9 @@ int run(const Opts& o) {
   // the real client encoding (TokenMap: a copy per occurrence from the OS CSPRNG), next to the
   // rows of a plain tau over the same plaintext.
   const bool real_hom = key.record && !key.record->copies.empty();
+  if (!o.obf_model.empty() && !real_hom)
+    throw Error("--obf-model", "groups the copies of a homophonic model, but " + o.key +
+                                   " has no copy table (obfuscate with --homophones)", kExitUsage);
   if (real_hom && o.homophones > 0)
     throw Error("--homophones", "simulates a homophonic vocabulary, but " + o.key +
                                     " already has a real one (its traffic is attacked without the flag)",
@@ -178,6 +199,8 @@ int run(const Opts& o) {
   // would use); the attacker knows the scheme and the table and simulates it on each prior.
   Homophones hom;
   std::vector<StreamPrior> hpriors;
+  std::vector<int32_t> sym_truth;         // served/simulated symbol -> plaintext id (scoring only)
+  std::vector<int64_t> public_copies;     // c_t as the public table gives it (the attacker's)
   nlohmann::json hom_info;
   if (real_hom) {
     // The copy table is public knowledge (the allocation rule and the counts are), so the attacker
@@ -198,6 +221,9 @@ int run(const Opts& o) {
     prior_docs.clear();
     int64_t maxc = 0;
     for (int64_t k : cp) maxc = std::max(maxc, k);
+    public_copies = cp;
+    sym_truth.resize(size_t(client->size()));
+    for (int64_t s = 0; s < client->size(); ++s) sym_truth[size_t(s)] = int32_t(client->from_server(s));
     nlohmann::json rec_h = key.record->params.value("homophones", nlohmann::json::object());
     hom_info = {{"extra_ids", S - V}, {"symbols", S}, {"max_copies", maxc}, {"real", true},
                 {"table", "the key's copy table (" + rec_h.value("rule", std::string("?")) + " rule, counts from " +
@@ -226,6 +252,9 @@ int run(const Opts& o) {
     for (size_t i = sigma.size(); i > 1; --i) std::swap(sigma[i - 1], sigma[size_t(rng() % i)]);
     for (auto& d : htraffic)
       for (auto& t : d) t = sigma[size_t(t)];
+    sym_truth.resize(size_t(S));
+    for (int32_t x = 0; x < S; ++x) sym_truth[size_t(sigma[size_t(x)])] = hom.base[size_t(x)];
+    for (int32_t t = 0; t < V; ++t) public_copies.push_back(hom.copies(t));
     int32_t maxc = 0;
     for (int32_t t = 0; t < V; ++t) maxc = std::max(maxc, hom.copies(t));
     hom_info = {{"extra_ids", o.homophones}, {"symbols", S}, {"max_copies", maxc},
@@ -233,6 +262,35 @@ int run(const Opts& o) {
                 {"attacker", "knows the scheme and the table, simulates it on its prior, no clustering of copies"},
                 {"seed", o.homophone_seed}};
   }
+  // The attackers who group the copies first (audit_copies.h) and attack the merged stream with
+  // the plaintext priors: from the served weights (--obf-model), once; from the traffic, per size.
+  const bool homophonic = o.homophones > 0 || real_hom;
+  std::optional<CopyGrouping> wgroups;
+  nlohmann::json wgroup_info;
+  if (!o.obf_model.empty()) {
+    HFModel obf(o.obf_model);
+    const Tensor emb = obf.tensor_f32(tensor_names::embed()), head = obf.lm_head_f32();
+    if (emb.rows() != client->size())
+      throw Error(o.obf_model, "serves " + std::to_string(emb.rows()) + " ids, but the copy table of " + o.key +
+                                   " gives " + std::to_string(client->size()), kExitKeyMismatch);
+    wgroups = group_copies_by_weights(emb, head, n, o.weights);
+    wgroup_info = {{"grouping", wgroups->info}, {"score", score_copy_grouping(*wgroups, sym_truth).to_json()},
+                   {"model", o.obf_model}};
+    if (!o.json)
+      std::cout << "copy grouping from the weights of " << o.obf_model << ": " << grouping_line(wgroup_info) << "\n";
+  }
+  std::vector<double> public_unigram;
+  if (homophonic && !priors.empty())
+    for (int32_t t = 0; t < V; ++t) public_unigram.push_back(priors[0].model.unigram_count(t));
+  auto renamed = [&](const std::string& suffix) {
+    std::vector<StreamPrior> r = priors;
+    for (auto& p : r) p.name += suffix;
+    return r;
+  };
+  const std::vector<StreamPrior> cpriors =
+      homophonic && !o.no_context_grouping ? renamed(" +homophones, context-grouped") : std::vector<StreamPrior>();
+  const std::vector<StreamPrior> wpriors = wgroups ? renamed(" +homophones, weight-grouped") : std::vector<StreamPrior>();
+
   std::vector<int32_t> unscored;
   for (int32_t id = 0; id < V; ++id)
     if (tok.is_special(id)) unscored.push_back(id);
@@ -243,7 +301,7 @@ int run(const Opts& o) {
               << traffic.size() << " requests"
               << (pii.empty() ? "" : ", " + std::to_string(pii_items) + " PII items in " + std::to_string(pii_tokens) + " tokens")
               << ")\n";
-    std::cout << std::left << std::setw(9) << "tokens" << std::setw(28) << "prior" << std::setw(6) << "attack"
+    std::cout << std::left << std::setw(9) << "tokens" << std::setw(44) << "prior" << std::setw(6) << "attack"
               << std::right << std::setw(8) << "TTRSR%" << std::setw(8) << "top10%" << std::setw(9) << "top100%"
               << std::setw(10) << "top100v%" << std::setw(7) << "PII%" << std::setw(8) << "PIIit%" << std::setw(7) << "BLEU" << std::setw(6)
               << "cos" << std::setw(8) << "s" << "\n";
@@ -275,6 +333,34 @@ int run(const Opts& o) {
         r.details["homophones"] = hom_info;
         results.push_back(std::move(r));
       }
+      in.symbol_to_plain.clear();
+      if (!cpriors.empty()) {
+        const CopyGrouping cg =
+            group_copies_by_context(in.traffic, hom.symbols(), public_copies, public_unigram, o.context);
+        const nlohmann::json info = {{"grouping", cg.info}, {"score", score_copy_grouping(cg, sym_truth).to_json()}};
+        if (!o.json) std::cout << "copy grouping from " << size << " tokens of traffic: " << grouping_line(info) << "\n";
+        in.priors = cpriors;
+        in.symbol_group = cg.group;
+        for (auto& r : run_stream_attacks(in)) {
+          r.details["homophones"] = hom_info;
+          r.details["homophones"]["attacker"] =
+              "groups the copies by their traffic contexts, then attacks the merged stream with the plaintext prior";
+          r.details["copy_grouping"] = info;
+          results.push_back(std::move(r));
+        }
+      }
+      if (wgroups) {
+        in.priors = wpriors;
+        in.symbol_group = wgroups->group;
+        for (auto& r : run_stream_attacks(in)) {
+          r.details["homophones"] = hom_info;
+          r.details["homophones"]["attacker"] =
+              "groups the copies by the served embedding and head rows, then attacks the merged stream with the "
+              "plaintext prior";
+          r.details["copy_grouping"] = wgroup_info;
+          results.push_back(std::move(r));
+        }
+      }
     }
     for (auto& r : results) {
       auto j = r.to_json();
@@ -295,7 +381,7 @@ int run(const Opts& o) {
         c << std::fixed << std::setprecision(2) << r.cosine;
         s << std::fixed << std::setprecision(1) << r.seconds;
         std::string prior = r.setting.rfind("prior: ", 0) == 0 ? r.setting.substr(7) : r.setting;
-        std::cout << std::left << std::setw(9) << size << std::setw(28) << prior.substr(0, 27) << std::setw(6)
+        std::cout << std::left << std::setw(9) << size << std::setw(44) << prior.substr(0, 43) << std::setw(6)
                   << r.attack << std::right << std::setw(8) << pct(r.ttrsr) << std::setw(8) << tk(10) << std::setw(9)
                   << tk(100) << std::setw(10) << pct(r.details.value("top100_vocab", -1.0)) << std::setw(7)
                   << pct(r.pii_recovery) << std::setw(8) << pct(r.details.value("pii_items_recovered", -1.0)) << std::setw(7) << b.str() << std::setw(6) << c.str() << std::setw(8)
@@ -327,6 +413,23 @@ auto setup(CLI::App& sub) {
                  "Also attack a simulated homophonic vocabulary with this many extra ids: each plaintext id gets "
                  "1 + (share ~ sqrt(its frequency in the first prior)) copies, one drawn at random per occurrence");
   sub.add_option("--homophone-seed", o->homophone_seed, "Seed of the homophonic draws (default 1)");
+  sub.add_option("--obf-model", o->obf_model,
+                 "Served checkpoint of the --key's homophonic model: adds the attacker who groups the copies by\n"
+                 "their embedding and head rows (identical, then closest) and attacks the merged stream");
+  sub.add_option("--group-gate", o->weights.gate,
+                 "Weight grouping: stop merging at this x the median distance between rows (default 0.8; 0 = merge\n"
+                 "down to the public vocabulary)");
+  sub.add_option("--group-max", o->weights.max_group,
+                 "Weight grouping: no group larger than this, e.g. the most copies of the public table (default 0:\n"
+                 "no limit; on aloe-mini at per-row noise 1 the limit helps SDA at 10k tokens and hurts it at 100k)");
+  sub.add_flag("--no-context-grouping", o->no_context_grouping,
+               "Skip the attacker who groups copies by their traffic contexts (rows 'context-grouped', on by\n"
+               "default with homophones)");
+  sub.add_option("--context-min-count", o->context.min_count,
+                 "Context grouping: symbols seen fewer times stay alone (default 2)");
+  sub.add_option("--context-linkage", o->context.linkage_cosine,
+                 "Context grouping: two groups join only when their summed contexts have at least this cosine\n"
+                 "(default 0.3; 0 = single linkage)");
   sub.add_option("--max-prior-tokens", o->max_prior_tokens, "Read at most this many prior tokens per prior (0 = all)");
   sub.add_option("--sizes", o->sizes, "Comma-separated traffic sizes in tokens (prefixes of the traffic); default all");
   sub.add_option("--shuffle-seed", o->shuffle_seed,
@@ -347,8 +450,10 @@ auto setup(CLI::App& sub) {
       "simulated annealing under the prior's bigram model. TTRSR = share of victim tokens recovered;\n"
       "top100v = share of the 100 most frequent obfuscated ids recovered (the report's 'top-100').\n"
       "Traffic file: one JSON array of obfuscated ids per line, e.g. [1,8432,77].\n"
-      "With --homophones the rows marked '+homophones' attack the simulated homophonic traffic; an\n"
-      "attacker who clusters the copies perfectly is back to the plain rows (an upper bound).\n"
+      "With --homophones (or a homophonic --key) the rows marked '+homophones' attack the homophonic\n"
+      "traffic over copies; 'context-grouped' rows first group the copies by their traffic contexts,\n"
+      "'weight-grouped' rows (--obf-model) by the served rows, and attack the merged stream. An attacker\n"
+      "who groups the copies perfectly is back to the plain rows.\n"
       "SDA's search budget (seconds, sweeps, rounds, temperatures) is in each JSON row's details.search.");
   return [o] { return run(*o); };
 }
