@@ -1,5 +1,6 @@
 // The reference forward pass: Hugging Face semantics (rotate_half RoPE with the config's
-// scaling, GQA, RMSNorm with eps, SiLU-gated MLP, q/k/v biases, tied or untied head), weights
+// scaling, GQA, RMSNorm with eps, SiLU-gated MLP or Qwen3-MoE's routed SiLU-gated experts, q/k/v
+// biases, tied or untied head), weights
 // held in f32 and every dot product accumulated in f64. This is the oracle for every accuracy
 // and privacy measurement in the project.
 #pragma once
@@ -17,12 +18,18 @@ namespace aloepri {
 class HFModel;
 
 // Weights in the orientation the forward uses (row vectors: y = x W, W is in x out).
+struct ExpertWeights {
+  Tensor w_gate, w_up, w_down;           // [d, fe], [d, fe], [fe, d]
+};
+
 struct LayerWeights {
   Tensor attn_norm, ffn_norm;            // [d]
   Tensor wq, wk, wv, wo;                 // [d, m*dh], [d, mkv*dh], [d, mkv*dh], [m*dh, d]
   Tensor bq, bk, bv;                     // empty when absent
   Tensor q_norm, k_norm;                 // qwen3 only, [dh]
-  Tensor w_gate, w_up, w_down;           // [d, ff], [d, ff], [ff, d]
+  Tensor w_gate, w_up, w_down;           // [d, ff], [d, ff], [ff, d]; empty in a sparse (MoE) layer
+  Tensor router;                         // [d, E] (router logits = x router); empty in a dense layer
+  std::vector<ExpertWeights> experts;    // E experts of a sparse layer
   Tensor bo;                             // [d], o_proj bias (llama with attention_bias); empty when absent
 };
 
@@ -39,6 +46,11 @@ struct ModelWeights {
 // Sliding-window length per layer (0 = full causal attention): Mistral's `sliding_window`,
 // Qwen2's `use_sliding_window` for layers >= `max_window_layers`, read from config.raw.
 std::vector<int64_t> attention_windows(const ModelConfig& c);
+
+// One token's routing in a sparse layer (transformers' Qwen3MoeSparseMoeBlock): softmax over the
+// E router logits, the k most probable experts (ties to the lower index), their probabilities
+// divided by their sum when norm_topk_prob. Returns (expert, weight), most probable first.
+std::vector<std::pair<int64_t, double>> route_token(const double* logits, int64_t E, int64_t k, bool norm_topk_prob);
 
 // Observation hooks for eval/audit: called with (layer index, residual stream after the layer).
 // `residual` holds the rows of the positions processed by the current call, row-major [t, d]
@@ -91,6 +103,9 @@ class ReferenceModel {
   void branch_attention(const double* Q, const double* K, const double* V, int64_t T,
                         const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
                         double* A) const;
+
+  // Y [T, d]: the routed experts of sparse layer `layer` on the normed rows Xn [T, d].
+  void moe_ffn(size_t layer, const double* Xn, int64_t T, double* Y) const;
 
   ModelWeights w_;
   std::shared_ptr<const DoubleWeights> dw_;  // f64 copies of the matrices (for dgemm)

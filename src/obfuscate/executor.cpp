@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 
@@ -414,6 +415,17 @@ std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType d
     add(layer(l, "self_attn.o_proj.weight"), {dp, m * dh}, 1 + l);
     if (c.o_bias()) add(layer(l, "self_attn.o_proj.bias"), {dp}, 1 + l);
     add(layer(l, "post_attention_layernorm.weight"), {dp}, 1 + l);
+    if (c.is_moe_layer(l)) {  // router, then each expert slot's gate, up, down
+      using tensor_names::ExpertProj;
+      const int64_t fe = c.moe_intermediate_size;
+      add(tensor_names::router(l), {c.num_experts, dp}, 1 + l);
+      for (int64_t e = 0; e < c.num_experts; ++e) {
+        add(tensor_names::expert(l, e, ExpertProj::Gate), {fe, dp}, 1 + l);
+        add(tensor_names::expert(l, e, ExpertProj::Up), {fe, dp}, 1 + l);
+        add(tensor_names::expert(l, e, ExpertProj::Down), {dp, fe}, 1 + l);
+      }
+      continue;
+    }
     add(layer(l, "mlp.gate_proj.weight"), {ff, dp}, 1 + l);
     add(layer(l, "mlp.up_proj.weight"), {ff, dp}, 1 + l);
     add(layer(l, "mlp.down_proj.weight"), {dp, ff}, 1 + l);
@@ -421,6 +433,33 @@ std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType d
   add(tensor_names::final_norm(), {dp}, L + 1);
   add(tensor_names::lm_head(), {n, dp}, L + 1);
   return v;
+}
+
+// A sparse layer's FFN, written in declare_outputs' order: the router (rows permuted by Z_router,
+// then read through Q like any reader), then for each slot s the plaintext expert Z_router^-1(s)
+// with its own channel keys, readers through their own Q instances, down through the shared Pd.
+// One expert in memory at a time.
+void obfuscate_moe_ffn(const HFModel& plain, const Seed& seed, int64_t l, const std::vector<float>& ffn_norm,
+                       const obf::KeyMatrices& K, const Tensor& Pd, double scale_range,
+                       const std::function<void(const std::string&, const Tensor&)>& put) {
+  using tensor_names::ExpertProj;
+  const ModelConfig& c = plain.config();
+  const std::string ls = "layer/" + std::to_string(l);
+  const obf::MoeKeys MK = obf::draw_moe_keys(seed, l, c.num_experts, c.moe_intermediate_size, scale_range);
+  put(tensor_names::router(l),
+      obf::read_residual(obf::permute_router(load_and_release(plain, tensor_names::router(l)), MK.expert_slot),
+                         ffn_norm, mat_f32(K.Q(ls + "/router"))));
+  const std::vector<int64_t> owner = invert_permutation(MK.expert_slot);  // slot -> plaintext expert
+  for (int64_t s = 0; s < c.num_experts; ++s) {
+    const int64_t e = owner[size_t(s)];
+    auto X = [&](ExpertProj p) { return load_and_release(plain, tensor_names::expert(l, e, p)); };
+    obf::FfnHF S = obf::transform_ffn_channels(obf::FfnHF{X(ExpertProj::Gate), X(ExpertProj::Up), X(ExpertProj::Down)},
+                                               MK.experts[size_t(e)]);
+    const std::string es = ls + "/expert/" + std::to_string(e);
+    put(tensor_names::expert(l, s, ExpertProj::Gate), obf::read_residual(std::move(S.gate), ffn_norm, mat_f32(K.Q(es + "/gate"))));
+    put(tensor_names::expert(l, s, ExpertProj::Up), obf::read_residual(std::move(S.up), ffn_norm, mat_f32(K.Q(es + "/up"))));
+    put(tensor_names::expert(l, s, ExpertProj::Down), obf::write_residual(S.down, Pd));
+  }
 }
 
 // Steps [first, last) of shard `index` of `count`: contiguous, balanced by output bytes (a step
@@ -505,7 +544,7 @@ class PartWriter {
 nlohmann::json part_identity(const ModelConfig& c, const Seed& seed, const ObfuscateOptions& opt, int64_t dp,
                              DType dt) {
   const ObfuscationParams& P = opt.params;
-  return {{"format", "aloepri-obfuscate-part-v1"},
+  nlohmann::json j = {{"format", "aloepri-obfuscate-part-v1"},
           {"homophones", opt.copies.empty() ? nlohmann::json() : copies_to_json(opt.copies)},
           {"key_id", adaptation_key_id(seed)},
           {"params", P.to_json()},
@@ -514,6 +553,9 @@ nlohmann::json part_identity(const ModelConfig& c, const Seed& seed, const Obfus
           {"model", {{"layers", c.num_hidden_layers}, {"hidden", c.hidden_size}, {"vocab", c.vocab_size},
                      {"ffn", c.intermediate_size}, {"heads", c.num_attention_heads},
                      {"kv_heads", c.num_key_value_heads}, {"head_dim", c.head_dim}}}};
+  if (c.is_moe())
+    j["model"]["experts"] = {c.num_experts, c.num_experts_per_tok, c.moe_intermediate_size};
+  return j;
 }
 
 // The copy table of --homophones: one entry per plaintext id, >= 1 each, and the published ids
@@ -549,6 +591,9 @@ bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
                   "(supported: F32, F16, BF16, F64)");
   }
   if (P.kappa == KappaMode::Calibrated) {
+    require(!c.is_moe(), "--kappa calibrated", "is not implemented for " + family_name(c.family) +
+                                                   " (its calibration forward has no experts); use the default",
+            kExitUsage);
     require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
     // The calibration forward runs through every layer in order; a shard would need all of them.
     require(opt.shard_count == 0, "--shard", "is not supported with --kappa calibrated", kExitUsage);
@@ -827,6 +872,14 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     note_kappa(1 + l, k_post);
     put_vec(layer(l, "post_attention_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_post)));
     Tensor ffn_norm = T("post_attention_layernorm.weight");
+    if (c.is_moe_layer(l)) {
+      Tensor Pd = mat_f32(K.P(ls + "/down"));  // every expert writes through the layer's one map
+      writer_fro += fro2(Pd);
+      ++writers;
+      obfuscate_moe_ffn(plain, seed, l, as_vec(ffn_norm), K, Pd, P.ffn_scale_range, put);
+      prog.advance();
+      continue;
+    }
     obf::FfnHF F{T("mlp.gate_proj.weight"), T("mlp.up_proj.weight"), T("mlp.down_proj.weight")};
     Tensor Pd = mat_f32(K.P(ls + "/down"));
     if (calib) calib->ffn(F, ffn_norm, Pd);
