@@ -4,7 +4,9 @@
 // keys, the experts' writers sharing the layer's residual map) on the reference forward.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 #include <filesystem>
 #include <fstream>
 
@@ -19,6 +21,7 @@
 #include "aloepri/obf_transform.h"
 #include "aloepri/obfuscate.h"
 #include "aloepri/synth.h"
+#include "support/llamacpp.h"
 #include "support/paths.h"
 
 using namespace aloepri;
@@ -41,14 +44,15 @@ json moe_config_json() {
           {"decoder_sparse_step", 1},    {"mlp_only_layers", {1}}};
 }
 
-std::string synth_moe(const std::string& name, bool norm_topk = true, int64_t layers = 2, uint64_t seed = 11) {
+std::string synth_moe(const std::string& name, bool norm_topk = true, int64_t layers = 2, uint64_t seed = 11,
+                      const std::string& vocab = "qwen3") {
   const std::string dir = aloepri::testing::scratch_dir("qwen3moe_" + name) + "/model";
   SynthOptions o;
   o.family = Family::Qwen3Moe;
   o.layers = layers;
   o.heads = 4;
   o.kv_heads = 2;
-  o.vocab_dir = aloepri::testing::vocab_dir("qwen3");
+  o.vocab_dir = aloepri::testing::vocab_dir(vocab);
   o.seed = seed;
   o.norm_topk_prob = norm_topk;
   synthesize(o, dir);
@@ -291,6 +295,36 @@ TEST(Qwen3MoeGguf, RefusesWhatLlamaCppCannotServe) {
   }
 }
 
+// llama.cpp's qwen3moe graph divides the top-k router weights by their sum whatever the model
+// says (build_moe_ffn with norm_w = true), which is why the exporter refuses norm_topk_prob false.
+// The weights of a norm_topk_prob-false model, exported under a config that says true, are served
+// as the reference computes them with renormalisation and far from how it computes them without.
+TEST(Qwen3MoeLlamaCpp, AlwaysRenormalisesTheTopKWeights) {
+  std::string why;
+  if (!aloepri::testing::harness_installed(&why)) GTEST_SKIP() << "llama.cpp harness not installed: " << why;
+  const std::string as_false = synth_moe("renorm_false", false, 2, 9, "llama2");  // 32k ids: all logits cheap
+  const std::string as_true = fs::path(as_false).parent_path().string() + "/as_true";
+  fs::copy(as_false, as_true, fs::copy_options::recursive);
+  json cfg = json::parse(std::ifstream(as_true + "/config.json"));
+  ASSERT_EQ(cfg.at("norm_topk_prob"), false);
+  cfg["norm_topk_prob"] = true;
+  std::ofstream(as_true + "/config.json") << cfg.dump(2);
+  const std::string gguf = fs::path(as_false).parent_path().string() + "/served.gguf";
+  GGUFExportOptions go;
+  go.progress = false;
+  export_gguf(HFModel(as_true), gguf, DType::F32, go);
+  const std::vector<int64_t> ids = {1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203, 29889};
+  const auto cpp = aloepri::testing::run_harness_eval(gguf, ids, 16, true);
+  const auto ref_true = aloepri::testing::run_reference_forward(as_true, ids, 16, true);
+  const auto ref_false = aloepri::testing::run_reference_forward(as_false, ids, 16, true);
+  const double rel_true = aloepri::testing::compare_logits(cpp.logits, ref_true.logits).rel;
+  const double rel_false = aloepri::testing::compare_logits(cpp.logits, ref_false.logits).rel;
+  std::printf("llama.cpp qwen3moe vs reference: renormalised %.3e, not renormalised %.3e\n", rel_true, rel_false);
+  EXPECT_LE(rel_true, 1e-4);
+  EXPECT_EQ(cpp.greedy, ref_true.greedy);
+  EXPECT_GT(rel_false, 1e-2);
+}
+
 // Exact obfuscation on the reference forward: logits at tau(y) equal the plaintext logits of y
 // within 1e-5 relative; greedy decodes to the same tokens; the router's rows are really permuted.
 TEST(Qwen3MoeObfuscate, ExactOnTheReferenceForward) {
@@ -357,5 +391,77 @@ TEST(Qwen3MoeObfuscate, NoiseProfileRunsAndCalibratedKappaIsRefused) {
     ADD_FAILURE() << "calibrated kappa accepted for qwen3_moe";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("--kappa calibrated"), std::string::npos) << e.what();
+  }
+}
+
+// Routing agreement: the share of (layer, position) whose set of chosen experts in the obfuscated
+// model, mapped back through Z_router, is the plaintext model's set.
+namespace {
+double routing_agreement(const std::string& plain_dir, const std::string& obf_dir, const Seed& seed,
+                         const std::vector<int64_t>& ids, double* logit_err) {
+  ReferenceModel plain = ReferenceModel::load(plain_dir), obf = ReferenceModel::load(obf_dir);
+  const ModelConfig& c = plain.config();
+  const auto tau = derive_tau(seed, plain.vocab_size());
+  std::vector<std::vector<int64_t>> owner;  // layer -> slot -> plaintext expert
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    owner.push_back(invert_permutation(obf::draw_moe_keys(seed, l, c.num_experts, c.moe_intermediate_size, 2.0).expert_slot));
+  using Routes = std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>>;  // (layer, position) -> experts
+  Routes rp, ro;
+  auto hook = [](ReferenceModel& m, Routes& out, const std::vector<std::vector<int64_t>>* relabel) {
+    m.set_router_hook([&m, &out, relabel](int64_t l, int64_t t, const std::vector<std::pair<int64_t, double>>& r) {
+      std::vector<int64_t> s;
+      for (const auto& [e, w] : r) s.push_back(relabel ? (*relabel)[size_t(l)][size_t(e)] : e);
+      std::sort(s.begin(), s.end());
+      out[{l, m.position() + t}] = s;
+    });
+  };
+  hook(plain, rp, nullptr);
+  hook(obf, ro, &owner);
+  *logit_err = logit_error(plain, obf, ids, tau);
+  EXPECT_EQ(rp.size(), ro.size());
+  int64_t same = 0;
+  for (const auto& [k, s] : rp) same += ro.count(k) && ro.at(k) == s;
+  return double(same) / double(rp.size());
+}
+}  // namespace
+
+// --router-norm (the report's per-expert router normalisation) is an option, in no profile: it
+// divides expert e's logit by its router row's norm. Measured against the exact transform, whose
+// routing agrees everywhere.
+TEST(Qwen3MoeObfuscate, RouterNormIsAnOptionThatMovesRouting) {
+  for (const std::string& name : ObfuscationParams::profile_names())
+    EXPECT_FALSE(ObfuscationParams::profile(name).router_norm) << name;
+  const std::string plain_dir = synth_moe("rnorm_plain", true, 2, 5);
+  const Seed seed = key_seed();
+  const auto ids = prompt(ReferenceModel::load(plain_dir).vocab_size(), 64, "rnorm");
+  for (bool norm : {false, true}) {
+    ObfuscateOptions opt;
+    opt.params = ObfuscationParams::exact();
+    opt.params.router_norm = norm;
+    EXPECT_EQ(opt.params.is_exact_setting(), !norm);
+    const std::string out = aloepri::testing::scratch_dir(std::string("qwen3moe_rnorm_") + (norm ? "on" : "off")) + "/obf";
+    obfuscate_model(plain_dir, seed, out, opt);
+    if (norm) {
+      HFModel om(out);
+      for (int64_t l = 0; l < om.config().num_hidden_layers; ++l) {
+        const Tensor r = om.tensor_f32(tensor_names::router(l));
+        for (int64_t e = 0; e < r.rows(); ++e) {
+          double ss = 0;
+          for (int64_t k = 0; k < r.cols(); ++k) ss += double(r.ptr()[e * r.cols() + k]) * r.ptr()[e * r.cols() + k];
+          EXPECT_NEAR(std::sqrt(ss), 1.0, 1e-5) << "layer " << l << " expert slot " << e;
+        }
+      }
+    }
+    double err = 0;
+    const double agree = routing_agreement(plain_dir, out, seed, ids, &err);
+    std::printf("qwen3moe router_norm=%d: routing agreement %.4f over 2 layers x 64 positions, rel. logit error %.3e\n",
+                int(norm), agree, err);
+    if (!norm) {
+      EXPECT_EQ(agree, 1.0);
+      EXPECT_LT(err, 1e-5);
+    } else {
+      EXPECT_LT(agree, 1.0);
+      EXPECT_GT(err, 1e-3);
+    }
   }
 }

@@ -58,6 +58,12 @@ std::vector<std::pair<int64_t, double>> route_token(const double* logits, int64_
 // layer). While the hook runs, ReferenceModel::position() is the position of the first row.
 using ResidualHook = std::function<void(int64_t layer, const std::vector<double>& residual)>;
 
+// Called for every row of a sparse layer with the route it took: (layer, row of the current call,
+// (expert, weight) pairs as route_token returns them). As for ResidualHook, position() is the
+// position of the call's first row while the hook runs. For measurements (routing agreement).
+using RouterHook =
+    std::function<void(int64_t layer, int64_t row, const std::vector<std::pair<int64_t, double>>& route)>;
+
 class ReferenceModel {
  public:
   explicit ReferenceModel(ModelWeights w);  // checks every shape; throws Error naming the tensor
@@ -89,6 +95,7 @@ class ReferenceModel {
   // Greedy continuation of n tokens after prompt (resets first). Ties go to the lowest id.
   std::vector<int64_t> greedy(const std::vector<int64_t>& prompt, int64_t n);
   void set_residual_hook(ResidualHook h) { hook_ = std::move(h); }
+  void set_router_hook(RouterHook h) { router_hook_ = std::move(h); }
 
   // Index of the largest value, the lowest index on ties.
   static int64_t argmax(const double* logits, int64_t n);
@@ -114,6 +121,7 @@ class ReferenceModel {
   std::vector<int64_t> window_;  // per layer, 0 = none
   int64_t pos_ = 0;
   ResidualHook hook_;
+  RouterHook router_hook_;
 };
 
 }  // namespace aloepri

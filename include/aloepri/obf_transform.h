@@ -102,6 +102,8 @@ struct MoeKeys {
 MoeKeys draw_moe_keys(const Seed& seed, int64_t layer, int64_t n_experts, int64_t expert_ff, double scale_range);
 // Router [E, d] HF rows -> row expert_slot[e] holds plaintext row e.
 Tensor permute_router(const Tensor& router, const std::vector<int64_t>& expert_slot);
+// Every row of w [rows, cols] divided by its Euclidean norm (--router-norm; not exact).
+void normalise_rows(Tensor& w);
 
 // Stage 2. Reader: W [out, d] -> W Diag(norm_w) Q^T  [out, d'] (norm_w empty = ones).
 // W by value: the norm scaling is applied to it in place, so a caller that moves its last use

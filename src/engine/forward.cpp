@@ -328,9 +328,11 @@ void ReferenceModel::moe_ffn(size_t layer, const double* Xn, int64_t T, double* 
   std::vector<double> logits(size_t(T * E));
   matmul(Xn, T, d, D.router.data(), E, logits.data());  // [T, E]
   std::vector<std::vector<std::pair<int64_t, double>>> rows(static_cast<size_t>(E));  // expert -> (row, weight)
-  for (int64_t t = 0; t < T; ++t)
-    for (const auto& [e, w] : route_token(logits.data() + t * E, E, c.num_experts_per_tok, c.norm_topk_prob))
-      rows[size_t(e)].push_back({t, w});
+  for (int64_t t = 0; t < T; ++t) {
+    const auto route = route_token(logits.data() + t * E, E, c.num_experts_per_tok, c.norm_topk_prob);
+    if (router_hook_) router_hook_(int64_t(layer), t, route);
+    for (const auto& [e, w] : route) rows[size_t(e)].push_back({t, w});
+  }
   std::fill(Y, Y + T * d, 0.0);
   std::vector<double> Xs, G, U, O;
   for (int64_t e = 0; e < E; ++e) {

@@ -85,12 +85,12 @@ std::string adaptation_key_id(const Seed& seed) {
 }
 
 bool ObfuscationParams::is_exact_setting() const {
-  return lambda == 0 && alpha_e == 0 && alpha_h == 0 && beta == 1 &&
+  return lambda == 0 && alpha_e == 0 && alpha_h == 0 && beta == 1 && !router_norm &&
          (expansion == 0 || keymat == KeymatVariant::ExactNorm);
 }
 
 nlohmann::json ObfuscationParams::to_json() const {
-  return {{"lambda", lambda},
+  nlohmann::json j = {{"lambda", lambda},
           {"expansion", expansion},
           {"alpha_e", alpha_e},
           {"alpha_h", alpha_h},
@@ -103,6 +103,8 @@ nlohmann::json ObfuscationParams::to_json() const {
           {"ffn_scale_range", ffn_scale_range},
           {"per_group_perm", per_group_perm},
           {"value_cond", value_cond}};
+  if (router_norm) j["router_norm"] = true;  // absent when off: records of earlier runs stay as they were
+  return j;
 }
 
 namespace {
@@ -440,15 +442,17 @@ std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType d
 // with its own channel keys, readers through their own Q instances, down through the shared Pd.
 // One expert in memory at a time.
 void obfuscate_moe_ffn(const HFModel& plain, const Seed& seed, int64_t l, const std::vector<float>& ffn_norm,
-                       const obf::KeyMatrices& K, const Tensor& Pd, double scale_range,
+                       const obf::KeyMatrices& K, const Tensor& Pd, double scale_range, bool router_norm,
                        const std::function<void(const std::string&, const Tensor&)>& put) {
   using tensor_names::ExpertProj;
   const ModelConfig& c = plain.config();
   const std::string ls = "layer/" + std::to_string(l);
   const obf::MoeKeys MK = obf::draw_moe_keys(seed, l, c.num_experts, c.moe_intermediate_size, scale_range);
-  put(tensor_names::router(l),
-      obf::read_residual(obf::permute_router(load_and_release(plain, tensor_names::router(l)), MK.expert_slot),
-                         ffn_norm, mat_f32(K.Q(ls + "/router"))));
+  Tensor router = obf::read_residual(
+      obf::permute_router(load_and_release(plain, tensor_names::router(l)), MK.expert_slot), ffn_norm,
+      mat_f32(K.Q(ls + "/router")));
+  if (router_norm) obf::normalise_rows(router);
+  put(tensor_names::router(l), router);
   const std::vector<int64_t> owner = invert_permutation(MK.expert_slot);  // slot -> plaintext expert
   for (int64_t s = 0; s < c.num_experts; ++s) {
     const int64_t e = owner[size_t(s)];
@@ -876,7 +880,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       Tensor Pd = mat_f32(K.P(ls + "/down"));  // every expert writes through the layer's one map
       writer_fro += fro2(Pd);
       ++writers;
-      obfuscate_moe_ffn(plain, seed, l, as_vec(ffn_norm), K, Pd, P.ffn_scale_range, put);
+      obfuscate_moe_ffn(plain, seed, l, as_vec(ffn_norm), K, Pd, P.ffn_scale_range, P.router_norm, put);
       prog.advance();
       continue;
     }

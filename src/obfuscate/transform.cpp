@@ -229,6 +229,18 @@ MoeKeys draw_moe_keys(const Seed& seed, int64_t layer, int64_t n_experts, int64_
   return K;
 }
 
+void normalise_rows(Tensor& w) {
+  const int64_t rows = w.rows(), cols = w.cols();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* x = w.ptr() + r * cols;
+    double ss = 0;
+    for (int64_t k = 0; k < cols; ++k) ss += double(x[k]) * x[k];
+    require(ss > 0, "router", "row " + std::to_string(r) + " is zero and cannot be normalised");
+    const double inv = 1.0 / std::sqrt(ss);
+    for (int64_t k = 0; k < cols; ++k) x[k] = float(x[k] * inv);
+  }
+}
+
 Tensor permute_router(const Tensor& router, const std::vector<int64_t>& slot) {
   const int64_t E = router.rows(), d = router.cols();
   require(int64_t(slot.size()) == E, "router", "has " + std::to_string(E) + " expert rows, the permutation " +
