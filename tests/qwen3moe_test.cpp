@@ -431,6 +431,23 @@ double routing_agreement(const std::string& plain_dir, const std::string& obf_di
 TEST(Qwen3MoeObfuscate, RouterNormIsAnOptionThatMovesRouting) {
   for (const std::string& name : ObfuscationParams::profile_names())
     EXPECT_FALSE(ObfuscationParams::profile(name).router_norm) << name;
+  {  // a dense model has no router: the flag is refused, not ignored
+    const std::string dense = aloepri::testing::scratch_dir("qwen3moe_rnorm_dense") + "/model";
+    SynthOptions so;
+    so.family = Family::Qwen3;
+    so.vocab_dir = aloepri::testing::vocab_dir("llama2");
+    so.seed = 1;
+    synthesize(so, dense);
+    ObfuscateOptions opt;
+    opt.params = ObfuscationParams::exact();
+    opt.params.router_norm = true;
+    try {
+      obfuscate_model(dense, key_seed(), fs::path(dense).parent_path().string() + "/obf", opt);
+      ADD_FAILURE() << "--router-norm accepted for a dense model";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--router-norm"), std::string::npos) << e.what();
+    }
+  }
   const std::string plain_dir = synth_moe("rnorm_plain", true, 2, 5);
   const Seed seed = key_seed();
   const auto ids = prompt(ReferenceModel::load(plain_dir).vocab_size(), 64, "rnorm");

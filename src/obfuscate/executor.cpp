@@ -594,6 +594,8 @@ bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
       throw Error("tensor '" + name + "' in " + t.file, "dtype " + dtype_name(t.dtype) + " cannot be obfuscated "
                   "(supported: F32, F16, BF16, F64)");
   }
+  require(!P.router_norm || c.is_moe(), "--router-norm",
+          "the " + family_name(c.family) + " model has no router (only qwen3_moe has one)", kExitUsage);
   if (P.kappa == KappaMode::Calibrated) {
     require(!c.is_moe(), "--kappa calibrated", "is not implemented for " + family_name(c.family) +
                                                    " (its calibration forward has no experts); use the default",
