@@ -482,3 +482,32 @@ TEST(Qwen3MoeObfuscate, RouterNormIsAnOptionThatMovesRouting) {
     }
   }
 }
+
+// A MoE model with a dense layer (mlp_only_layers: [1]): the reference forward and the exact
+// obfuscation take the dense path there and the sparse one elsewhere (the GGUF export refuses it:
+// llama.cpp's qwen3moe has only sparse layers).
+TEST(Qwen3MoeObfuscate, MixedDenseAndSparseLayersStayExact) {
+  const std::string dir = aloepri::testing::scratch_dir("qwen3moe_mixed");
+  const ModelConfig c = ModelConfig::from_json(moe_config_json());
+  write_synthetic_model(dir + "/plain", c, 17);
+  HFModel m(dir + "/plain");
+  EXPECT_TRUE(m.weights().has(tensor_names::layer(1, "mlp.gate_proj.weight")));
+  EXPECT_FALSE(m.weights().has(tensor_names::router(1)));
+  EXPECT_TRUE(m.weights().has(tensor_names::router(2)));
+  ObfuscateOptions opt;
+  opt.params = ObfuscationParams::exact();
+  obfuscate_model(dir + "/plain", key_seed(), dir + "/obf", opt);
+  ReferenceModel plain = ReferenceModel::load(dir + "/plain"), obf = ReferenceModel::load(dir + "/obf");
+  const double err = logit_error(plain, obf, prompt(c.vocab_size, 10, "mixed"), derive_tau(key_seed(), c.vocab_size));
+  std::printf("qwen3moe with a dense layer, exact: rel. logit error %.2e\n", err);
+  EXPECT_LT(err, 1e-5);
+  GGUFExportOptions go;
+  go.progress = false;
+  go.opaque_vocab = true;
+  try {
+    export_gguf(HFModel(dir + "/obf"), dir + "/x.gguf", DType::F32, go);
+    ADD_FAILURE() << "exported a qwen3moe model with a dense layer";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mlp_only_layers"), std::string::npos) << e.what();
+  }
+}
