@@ -25,7 +25,8 @@ struct Shape {
 
 // Small dims keep each case to seconds; every shape-defining feature of the exporter is hit:
 // GQA + untied head + Q/K row permutation (llama, mistral), q/k/v biases + tied head + NEOX rope
-// (qwen2), q_norm/k_norm with head_dim != hidden/heads (qwen3), llama3 rope scaling.
+// (qwen2), q_norm/k_norm with head_dim != hidden/heads (qwen3), llama3 rope scaling, routed
+// experts (qwen3moe).
 const Shape kShapes[] = {
     {"llama_gqa_untied", {"llama", "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
                           "--no-tie", "--rope-scaling", "llama3"}},
@@ -33,6 +34,9 @@ const Shape kShapes[] = {
     {"mistral", {"mistral", "--hidden", "96", "--layers", "2", "--heads", "6", "--kv-heads", "2"}},
     {"qwen3_headdim", {"qwen3", "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
                        "--head-dim", "32"}},
+    // Qwen3-MoE (llama.cpp arch qwen3moe): router, 8 stacked experts, top 2, untied head.
+    {"qwen3moe", {"qwen3moe", "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+                  "--head-dim", "32", "--experts", "8", "--experts-per-tok", "2", "--moe-ffn", "32"}},
 };
 const char* kVocabs[] = {"qwen3", "llama3", "llama2"};
 
@@ -149,7 +153,7 @@ TEST(LlamaCppParityCompare, WorstPositionAndNaN) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ShapesByVocab, LlamaCppParity,
-                         ::testing::Combine(::testing::Range(0, 4), ::testing::Range(0, 3)),
+                         ::testing::Combine(::testing::Range(0, 5), ::testing::Range(0, 3)),
                          [](const ::testing::TestParamInfo<Param>& info) {
                            return std::string(kShapes[std::get<0>(info.param)].name) + "_" +
                                   kVocabs[std::get<1>(info.param)];

@@ -45,6 +45,8 @@ const std::vector<Shape>& shapes() {
       // q/k norms with one gain vector for all heads (issue 16): shared signed pair permutation,
       // scale folded into the gains.
       {"qwen3_qk_norm", Family::Qwen3, "qwen3", 4, 2},
+      // routed experts: router rows permuted by Z_router, per-expert channel keys (issue 16)
+      {"qwen3moe", Family::Qwen3Moe, "qwen3", 4, 2},
   };
   return s;
 }

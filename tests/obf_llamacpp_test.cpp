@@ -137,5 +137,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ObfLlamaCpp,
                                            Case{"qwen2_exact_norm_h16", Family::Qwen2, "qwen3", 4, 2, 16},
                                            // q/k norms (llama.cpp arch qwen3), with and without expansion
                                            Case{"qwen3_qk_norm", Family::Qwen3, "qwen3", 4, 2, 0},
-                                           Case{"qwen3_exact_norm_h16", Family::Qwen3, "qwen3", 4, 2, 16}),
+                                           Case{"qwen3_exact_norm_h16", Family::Qwen3, "qwen3", 4, 2, 16},
+                                           // routed experts (llama.cpp arch qwen3moe): Z_router, per-expert keys
+                                           Case{"qwen3moe", Family::Qwen3Moe, "qwen3", 4, 2, 0},
+                                           Case{"qwen3moe_exact_norm_h16", Family::Qwen3Moe, "qwen3", 4, 2, 16}),
                          [](const auto& info) { return std::string(info.param.name); });

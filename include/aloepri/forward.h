@@ -1,5 +1,6 @@
 // The reference forward pass: Hugging Face semantics (rotate_half RoPE with the config's
-// scaling, GQA, RMSNorm with eps, SiLU-gated MLP, q/k/v biases, tied or untied head), weights
+// scaling, GQA, RMSNorm with eps, SiLU-gated MLP or Qwen3-MoE's routed SiLU-gated experts, q/k/v
+// biases, tied or untied head), weights
 // held in f32 and every dot product accumulated in f64. This is the oracle for every accuracy
 // and privacy measurement in the project.
 #pragma once
@@ -17,12 +18,18 @@ namespace aloepri {
 class HFModel;
 
 // Weights in the orientation the forward uses (row vectors: y = x W, W is in x out).
+struct ExpertWeights {
+  Tensor w_gate, w_up, w_down;           // [d, fe], [d, fe], [fe, d]
+};
+
 struct LayerWeights {
   Tensor attn_norm, ffn_norm;            // [d]
   Tensor wq, wk, wv, wo;                 // [d, m*dh], [d, mkv*dh], [d, mkv*dh], [m*dh, d]
   Tensor bq, bk, bv;                     // empty when absent
   Tensor q_norm, k_norm;                 // qwen3 only, [dh]
-  Tensor w_gate, w_up, w_down;           // [d, ff], [d, ff], [ff, d]
+  Tensor w_gate, w_up, w_down;           // [d, ff], [d, ff], [ff, d]; empty in a sparse (MoE) layer
+  Tensor router;                         // [d, E] (router logits = x router); empty in a dense layer
+  std::vector<ExpertWeights> experts;    // E experts of a sparse layer
   Tensor bo;                             // [d], o_proj bias (llama with attention_bias); empty when absent
 };
 
@@ -40,11 +47,22 @@ struct ModelWeights {
 // Qwen2's `use_sliding_window` for layers >= `max_window_layers`, read from config.raw.
 std::vector<int64_t> attention_windows(const ModelConfig& c);
 
+// One token's routing in a sparse layer (transformers' Qwen3MoeSparseMoeBlock): softmax over the
+// E router logits, the k most probable experts (ties to the lower index), their probabilities
+// divided by their sum when norm_topk_prob. Returns (expert, weight), most probable first.
+std::vector<std::pair<int64_t, double>> route_token(const double* logits, int64_t E, int64_t k, bool norm_topk_prob);
+
 // Observation hooks for eval/audit: called with (layer index, residual stream after the layer).
 // `residual` holds the rows of the positions processed by the current call, row-major [t, d]
 // (t = 1 for step(); long forward() calls are processed in chunks, one call per chunk and
 // layer). While the hook runs, ReferenceModel::position() is the position of the first row.
 using ResidualHook = std::function<void(int64_t layer, const std::vector<double>& residual)>;
+
+// Called for every row of a sparse layer with the route it took: (layer, row of the current call,
+// (expert, weight) pairs as route_token returns them). As for ResidualHook, position() is the
+// position of the call's first row while the hook runs. For measurements (routing agreement).
+using RouterHook =
+    std::function<void(int64_t layer, int64_t row, const std::vector<std::pair<int64_t, double>>& route)>;
 
 class ReferenceModel {
  public:
@@ -77,6 +95,7 @@ class ReferenceModel {
   // Greedy continuation of n tokens after prompt (resets first). Ties go to the lowest id.
   std::vector<int64_t> greedy(const std::vector<int64_t>& prompt, int64_t n);
   void set_residual_hook(ResidualHook h) { hook_ = std::move(h); }
+  void set_router_hook(RouterHook h) { router_hook_ = std::move(h); }
 
   // Index of the largest value, the lowest index on ties.
   static int64_t argmax(const double* logits, int64_t n);
@@ -92,6 +111,9 @@ class ReferenceModel {
                         const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
                         double* A) const;
 
+  // Y [T, d]: the routed experts of sparse layer `layer` on the normed rows Xn [T, d].
+  void moe_ffn(size_t layer, const double* Xn, int64_t T, double* Y) const;
+
   ModelWeights w_;
   std::shared_ptr<const DoubleWeights> dw_;  // f64 copies of the matrices (for dgemm)
   std::vector<std::vector<double>> k_cache_, v_cache_;  // per layer: [pos][kv_dim]
@@ -99,6 +121,7 @@ class ReferenceModel {
   std::vector<int64_t> window_;  // per layer, 0 = none
   int64_t pos_ = 0;
   ResidualHook hook_;
+  RouterHook router_hook_;
 };
 
 }  // namespace aloepri

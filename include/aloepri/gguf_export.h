@@ -4,7 +4,9 @@
 // llama.cpp's interleaved pairs); qwen2 -> arch "qwen2" (NEOX rope, no permutation) unless
 // hidden_size != heads * head_dim, which llama.cpp's qwen2 graph cannot express, in which case it
 // goes out as arch "llama" (permuted Q/K, with q/k/v biases, identical maths); qwen3 -> arch
-// "qwen3" (q_norm / k_norm, no permutation).
+// "qwen3" (q_norm / k_norm, no permutation); qwen3_moe -> arch "qwen3moe" (the router as
+// ffn_gate_inp, the experts stacked into 3-D ffn_{gate,up,down}_exps; every layer sparse and
+// norm_topk_prob true, as llama.cpp's graph assumes, or the export is refused).
 // Every shape-defining key is written explicitly (key_length/value_length included), output.weight
 // is always written (the embedding when the HF model is tied), norms and biases are F32.
 #pragma once

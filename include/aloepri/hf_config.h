@@ -1,4 +1,5 @@
-// Hugging Face config.json for the dense decoder families we support.
+// Hugging Face config.json for the decoder families we support: dense (llama, mistral, qwen2,
+// qwen3) and Qwen3-MoE (softmax router, top-k experts, SwiGLU experts).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -9,8 +10,8 @@
 
 namespace aloepri {
 
-enum class Family { Llama, Mistral, Qwen2, Qwen3 };
-std::string family_name(Family f);         // "llama", "mistral", "qwen2", "qwen3"
+enum class Family { Llama, Mistral, Qwen2, Qwen3, Qwen3Moe };
+std::string family_name(Family f);         // "llama", "mistral", "qwen2", "qwen3", "qwen3_moe"
 std::vector<std::string> supported_families();
 
 struct RopeScaling {
@@ -36,7 +37,16 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;     // q/k/v biases (qwen2 always; llama if attention_bias)
-  bool qk_norm = false;            // qwen3 q_norm / k_norm
+  bool qk_norm = false;            // qwen3 / qwen3_moe q_norm / k_norm
+  // Mixture of experts (qwen3_moe; 0 / empty for the dense families). A layer l is sparse when
+  // num_experts > 0, l is not in mlp_only_layers and (l + 1) % decoder_sparse_step == 0
+  // (transformers' Qwen3MoeDecoderLayer); the others are dense MLPs of intermediate_size.
+  int64_t num_experts = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  bool norm_topk_prob = false;     // renormalise the top-k router probabilities to sum 1
+  int64_t decoder_sparse_step = 1;
+  std::vector<int64_t> mlp_only_layers;
   std::optional<int64_t> bos_token_id, eos_token_id;
   std::string torch_dtype = "float32";
   nlohmann::json raw;              // the file as read (unknown fields are kept on write)
@@ -53,6 +63,8 @@ struct ModelConfig {
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }
   int64_t group_size() const { return num_attention_heads / num_key_value_heads; }
+  bool is_moe() const { return num_experts > 0; }
+  bool is_moe_layer(int64_t layer) const;
   int64_t parameter_count() const;  // from shapes (embedding + head counted per tying)
 };
 

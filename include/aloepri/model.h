@@ -19,6 +19,10 @@ std::string lm_head();      // lm_head.weight (absent when tied)
 std::string layer(int64_t i, const std::string& suffix);  // model.layers.{i}.{suffix}
 // suffixes: input_layernorm.weight, self_attn.{q,k,v,o}_proj.weight, self_attn.{q,k,v}_proj.bias,
 // self_attn.{q,k}_norm.weight, post_attention_layernorm.weight, mlp.{gate,up,down}_proj.weight
+// Mixture of experts (qwen3_moe sparse layers): the router and expert e's SwiGLU projections.
+std::string router(int64_t i);                                   // model.layers.{i}.mlp.gate.weight
+enum class ExpertProj { Gate, Up, Down };
+std::string expert(int64_t i, int64_t e, ExpertProj p);          // model.layers.{i}.mlp.experts.{e}.{gate,up,down}_proj.weight
 }  // namespace tensor_names
 
 // self_attn.o_proj.bias exists when config.o_bias().

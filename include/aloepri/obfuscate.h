@@ -38,6 +38,10 @@ struct ObfuscationParams {
   // orthogonal). W_v U_j / U_j^-1 W_o amplify each other's quantization error by ~cond(U_j).
   // A key record without the field means 0.
   double value_cond = 0;
+  // qwen3_moe: divide each expert's router row by its norm (the report's per-expert router
+  // normalisation, which hides the norms). Not exact: expert e's logit is divided by its norm,
+  // which moves the softmax and can change the top-k choice. Off in every profile.
+  bool router_norm = false;
 
   // lambda 0, h 0, no noise, beta 1: every remaining transform is exact.
   static ObfuscationParams exact();

@@ -21,7 +21,11 @@ struct SynthOptions {
   std::string preset = "tiny";  // "tiny" | "small"
   // Overrides of the preset (unset: preset value).
   std::optional<int64_t> hidden, layers, heads, kv_heads, head_dim, ffn;
-  std::optional<bool> tie;            // default: tied for qwen2/qwen3, untied for llama/mistral
+  // qwen3moe only (unset: preset value): experts, experts per token, expert FFN width; the router
+  // renormalises its top-k weights unless norm_topk_prob is false (default true, as Qwen3-30B-A3B).
+  std::optional<int64_t> experts, experts_per_tok, moe_ffn;
+  std::optional<bool> norm_topk_prob;
+  std::optional<bool> tie;            // default: tied for qwen2/qwen3, untied for llama/mistral/qwen3moe
   std::optional<double> rope_theta;   // default per family
   std::string rope_scaling;           // "" | "llama3" | "linear"
   double rope_factor = 8.0;           // for rope_scaling (llama3 also: low 1, high 4, original 8192)

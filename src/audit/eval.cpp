@@ -384,6 +384,7 @@ ObfuscationParams params_from_json(const nlohmann::json& j) {
   if (j.contains("noise_scale"))
     p.noise_scale = j["noise_scale"] == "per-row" ? obf::NoiseScale::PerRow : obf::NoiseScale::Global;
   if (j.contains("per_group_perm") && j["per_group_perm"].is_boolean()) p.per_group_perm = j["per_group_perm"];
+  if (j.contains("router_norm") && j["router_norm"].is_boolean()) p.router_norm = j["router_norm"];  // absent: off
   return p;
 }
 

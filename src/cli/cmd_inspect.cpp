@@ -202,6 +202,15 @@ int run(const Options& o) {
     j["tie_word_embeddings"] = c.tie_word_embeddings;
     j["attention_bias"] = c.attention_bias;
     j["qk_norm"] = c.qk_norm;
+    if (c.is_moe()) {
+      int64_t sparse = 0;
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) sparse += c.is_moe_layer(l);
+      j["moe"] = {{"num_experts", c.num_experts},
+                  {"num_experts_per_tok", c.num_experts_per_tok},
+                  {"moe_intermediate_size", c.moe_intermediate_size},
+                  {"norm_topk_prob", c.norm_topk_prob},
+                  {"sparse_layers", sparse}};
+    }
     j["parameters"] = c.parameter_count();
     j["tensor_count"] = names.size();
     j["tensor_bytes"] = w.total_bytes();
@@ -253,6 +262,14 @@ int run(const Options& o) {
   row("tied head", c.tie_word_embeddings ? "yes (lm_head = embed_tokens)" : "no");
   row("attn bias", c.o_bias() ? "q, k, v, o" : c.attention_bias ? "q, k, v" : "none");
   row("qk norm", c.qk_norm ? "yes" : "no");
+  if (c.is_moe()) {
+    int64_t sparse = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) sparse += c.is_moe_layer(l);
+    row("experts", std::to_string(c.num_experts) + " per layer, " + std::to_string(c.num_experts_per_tok) +
+                       " per token, expert ffn " + std::to_string(c.moe_intermediate_size) + ", top-k " +
+                       (c.norm_topk_prob ? "renormalised" : "not renormalised") + ", " + std::to_string(sparse) +
+                       " of " + std::to_string(c.num_hidden_layers) + " layers sparse");
+  }
   double pc = double(c.parameter_count());
   std::snprintf(buf, sizeof buf, pc >= 1e9 ? " (%.2f B)" : " (%.2f M)", pc >= 1e9 ? pc / 1e9 : pc / 1e6);
   row("parameters", with_commas(uint64_t(c.parameter_count())) + buf);

@@ -29,7 +29,7 @@ struct Opts {
   std::string homophone_counts, homophone_rule = "flat";
   double lambda = 0.3, alpha_e = 1.0, alpha_h = 0.2, gamma = 1000, value_cond = 0;
   int64_t expansion = 128, beta = 8;
-  bool exact = false, force = false;
+  bool exact = false, force = false, router_norm = false;
 };
 
 // --calib-file: text ids (or a corpus .bin), through the one token-file reader.
@@ -118,6 +118,7 @@ int run(Opts o, CLI::App& sub) {
                                       std::to_string(o.value_cond), kExitUsage);
     p.value_cond = o.value_cond;
   }
+  p.router_norm = o.router_norm;
   // q8_0 / q4_0 quantize the GGUF only; the HF checkpoint keeps the input's dtype.
   std::optional<gguf::GGMLType> gguf_quant;
   if (o.dtype == "q8_0" || o.dtype == "q4_0") {
@@ -195,7 +196,7 @@ int run(Opts o, CLI::App& sub) {
 
 auto setup(CLI::App& sub) {
   auto o = std::make_shared<Opts>();
-  sub.add_option("model", o->model, "Plaintext HF model directory (llama, mistral, qwen2, qwen3 dense)")->required();
+  sub.add_option("model", o->model, "Plaintext HF model directory (llama, mistral, qwen2, qwen3, qwen3_moe)")->required();
   sub.add_option("--key", o->key, "Client key file (from `aloepri keygen`)")->required();
   sub.add_option("--out", o->out, "Obfuscated model directory to create")->required();
   sub.add_option("--gguf", o->gguf, "Also write the obfuscated model as GGUF for llama.cpp");
@@ -215,6 +216,9 @@ auto setup(CLI::App& sub) {
   sub.add_option("--beta", o->beta, "BlockPerm window size (exact 1 = no RoPE pair permutation; noise and paper 8)");
   sub.add_option("--gamma", o->gamma, "BlockPerm frequency sharpness (default 1000)");
   sub.add_flag("--exact", o->exact, "lambda 0, h 0, no noise, beta 1: an exact transform");
+  sub.add_flag("--router-norm", o->router_norm,
+               "qwen3_moe: divide each expert's router row by its norm (the report's normalisation). NOT exact:\n"
+               "it changes the router's scores and top-k choices (docs/RESULTS.md \"Qwen3-MoE\")");
   sub.add_option("--value-cond", o->value_cond,
                  "Condition number K of the per-head value maps U_j (W_v U_j, U_j^-1 W_o): 0 = the report's\n"
                  "Gaussian draw (cond up to 10 d_h), which breaks q4_0 GGUF exports because each factor's\n"

@@ -1,4 +1,5 @@
-// `aloepri synth`: write a randomly initialised HF checkpoint (llama / mistral / qwen2 / qwen3)
+// `aloepri synth`: write a randomly initialised HF checkpoint (llama / mistral / qwen2 / qwen3 /
+// qwen3moe)
 // with a real tokenizer, for tests and benchmarks. Deterministic for a given --seed.
 #include <iostream>
 #include <memory>
@@ -12,6 +13,8 @@ namespace {
 struct Options {
   std::string arch, preset = "tiny", vocab_from, dtype = "f32", out, rope_scaling;
   int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, ffn = 0;
+  int64_t experts = 0, experts_per_tok = 0, moe_ffn = 0;
+  bool no_norm_topk = false;
   int64_t max_position = 4096;
   double rope_theta = 0, rope_factor = 8.0;
   bool tie = false, no_tie = false, force = false;
@@ -26,7 +29,9 @@ int run(const Options& o) {
   else if (o.arch == "mistral") s.family = Family::Mistral;
   else if (o.arch == "qwen2") s.family = Family::Qwen2;
   else if (o.arch == "qwen3") s.family = Family::Qwen3;
-  else throw Error("--arch", "unknown architecture '" + o.arch + "' (supported: llama, mistral, qwen2, qwen3)", kExitUsage);
+  else if (o.arch == "qwen3moe") s.family = Family::Qwen3Moe;
+  else throw Error("--arch", "unknown architecture '" + o.arch + "' (supported: llama, mistral, qwen2, qwen3, qwen3moe)",
+                   kExitUsage);
   s.preset = o.preset;
   auto set = [](std::optional<int64_t>& dst, int64_t v, const char* flag) {
     if (v == 0) return;
@@ -39,6 +44,10 @@ int run(const Options& o) {
   set(s.kv_heads, o.kv_heads, "--kv-heads");
   set(s.head_dim, o.head_dim, "--head-dim");
   set(s.ffn, o.ffn, "--ffn");
+  set(s.experts, o.experts, "--experts");
+  set(s.experts_per_tok, o.experts_per_tok, "--experts-per-tok");
+  set(s.moe_ffn, o.moe_ffn, "--moe-ffn");
+  if (o.no_norm_topk) s.norm_topk_prob = false;
   if (o.tie && o.no_tie) throw Error("--tie", "conflicts with --no-tie", kExitUsage);
   if (o.tie) s.tie = true;
   if (o.no_tie) s.tie = false;
@@ -57,7 +66,11 @@ int run(const Options& o) {
   const ModelConfig c = synth_config(s);
   std::cerr << "wrote " << o.out << ": " << o.arch << " d=" << c.hidden_size << " layers=" << c.num_hidden_layers
             << " heads=" << c.num_attention_heads << "/" << c.num_key_value_heads << " head_dim=" << c.head_dim
-            << " ffn=" << c.intermediate_size << " vocab=" << c.vocab_size
+            << " ffn=" << c.intermediate_size;
+  if (c.is_moe())
+    std::cerr << " experts=" << c.num_experts << "/" << c.num_experts_per_tok << " expert_ffn=" << c.moe_intermediate_size
+              << (c.norm_topk_prob ? " norm_topk" : "");
+  std::cerr << " vocab=" << c.vocab_size
             << (c.tie_word_embeddings ? " tied" : " untied") << " " << o.dtype << ", "
             << c.parameter_count() << " parameters\n";
   return 0;
@@ -65,7 +78,7 @@ int run(const Options& o) {
 
 auto setup(CLI::App& sub) {
   auto o = std::make_shared<Options>();
-  sub.add_option("--arch", o->arch, "llama | mistral | qwen2 | qwen3")->required();
+  sub.add_option("--arch", o->arch, "llama | mistral | qwen2 | qwen3 | qwen3moe")->required();
   sub.add_option("--preset", o->preset, "tiny (d=64, 2 layers) | small (d=256, 4 layers)")->capture_default_str();
   sub.add_option("--hidden", o->hidden, "Hidden size (overrides the preset)");
   sub.add_option("--layers", o->layers, "Number of layers");
@@ -73,6 +86,10 @@ auto setup(CLI::App& sub) {
   sub.add_option("--kv-heads", o->kv_heads, "Key/value heads (GQA when fewer than --heads)");
   sub.add_option("--head-dim", o->head_dim, "Head dimension (default: hidden / heads when either is given)");
   sub.add_option("--ffn", o->ffn, "MLP intermediate size");
+  sub.add_option("--experts", o->experts, "qwen3moe: experts per layer (tiny 8, small 16)");
+  sub.add_option("--experts-per-tok", o->experts_per_tok, "qwen3moe: experts each token uses (tiny 2, small 4)");
+  sub.add_option("--moe-ffn", o->moe_ffn, "qwen3moe: expert intermediate size (tiny 32, small 128)");
+  sub.add_flag("--no-norm-topk", o->no_norm_topk, "qwen3moe: norm_topk_prob false (top-k weights not renormalised)");
   sub.add_option("--vocab-from", o->vocab_from,
                  "Directory with tokenizer.json + tokenizer_config.json (default: vocab/llama2)");
   sub.add_flag("--tie", o->tie, "Tie the output head to the embedding (default for qwen2/qwen3)");

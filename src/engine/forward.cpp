@@ -62,7 +62,7 @@ std::vector<int64_t> attention_windows(const ModelConfig& c) {
   };
   if (c.family == Family::Mistral) {
     std::fill(w.begin(), w.end(), window());
-  } else if (c.family == Family::Qwen2 || c.family == Family::Qwen3) {
+  } else if (c.family == Family::Qwen2 || c.family == Family::Qwen3 || c.family == Family::Qwen3Moe) {
     auto use = raw.find("use_sliding_window");
     if (use != raw.end() && use->is_boolean() && use->get<bool>()) {
       int64_t first = 0;
@@ -74,10 +74,35 @@ std::vector<int64_t> attention_windows(const ModelConfig& c) {
   return w;
 }
 
+std::vector<std::pair<int64_t, double>> route_token(const double* logits, int64_t E, int64_t k, bool norm) {
+  require(k > 0 && k <= E, "router", "top-k " + std::to_string(k) + " of " + std::to_string(E) + " experts");
+  double mx = logits[0];
+  for (int64_t e = 1; e < E; ++e) mx = std::max(mx, logits[e]);
+  std::vector<double> p(static_cast<size_t>(E));
+  double z = 0;
+  for (int64_t e = 0; e < E; ++e) z += (p[e] = std::exp(logits[e] - mx));
+  std::vector<int64_t> order(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) order[e] = e;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+  std::vector<std::pair<int64_t, double>> out;
+  double sum = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    out.push_back({order[i], p[order[i]] / z});
+    sum += p[order[i]] / z;
+  }
+  if (norm)
+    for (auto& [e, w] : out) w /= sum;
+  return out;
+}
+
 struct ReferenceModel::DoubleWeights {
+  struct Expert {
+    std::vector<double> w_gate, w_up, w_down;
+  };
   struct Layer {
     std::vector<double> attn_norm, ffn_norm, wq, wk, wv, wo, bq, bk, bv, bo, q_norm, k_norm, w_gate,
-        w_up, w_down;
+        w_up, w_down, router;
+    std::vector<Expert> experts;  // sparse layers
   };
   std::vector<double> embed, final_norm, head;
   std::vector<Layer> layers;
@@ -117,9 +142,22 @@ ReferenceModel::ReferenceModel(ModelWeights w) : w_(std::move(w)) {
     check_shape(L.wk, {d, kvd}, p + "wk");
     check_shape(L.wv, {d, kvd}, p + "wv");
     check_shape(L.wo, {qd, d}, p + "wo");
-    check_shape(L.w_gate, {d, ff}, p + "w_gate");
-    check_shape(L.w_up, {d, ff}, p + "w_up");
-    check_shape(L.w_down, {ff, d}, p + "w_down");
+    if (c.is_moe_layer(int64_t(l))) {
+      const int64_t E = c.num_experts, fe = c.moe_intermediate_size;
+      check_shape(L.router, {d, E}, p + "router");
+      require(int64_t(L.experts.size()) == E, "weights: " + p + "experts",
+              "has " + std::to_string(L.experts.size()) + " experts, config says " + std::to_string(E));
+      for (int64_t e = 0; e < E; ++e) {
+        const std::string pe = p + "experts." + std::to_string(e) + ".";
+        check_shape(L.experts[e].w_gate, {d, fe}, pe + "w_gate");
+        check_shape(L.experts[e].w_up, {d, fe}, pe + "w_up");
+        check_shape(L.experts[e].w_down, {fe, d}, pe + "w_down");
+      }
+    } else {
+      check_shape(L.w_gate, {d, ff}, p + "w_gate");
+      check_shape(L.w_up, {d, ff}, p + "w_up");
+      check_shape(L.w_down, {ff, d}, p + "w_down");
+    }
     if (!L.bq.data.empty()) check_shape(L.bq, {qd}, p + "bq");
     if (!L.bk.data.empty()) check_shape(L.bk, {kvd}, p + "bk");
     if (!L.bv.data.empty()) check_shape(L.bv, {kvd}, p + "bv");
@@ -146,6 +184,9 @@ ReferenceModel::ReferenceModel(ModelWeights w) : w_(std::move(w)) {
     D.w_gate = to_double(L.w_gate);
     D.w_up = to_double(L.w_up);
     D.w_down = to_double(L.w_down);
+    D.router = to_double(L.router);
+    for (const ExpertWeights& e : L.experts)
+      D.experts.push_back({to_double(e.w_gate), to_double(e.w_up), to_double(e.w_down)});
     dw->layers.push_back(std::move(D));
   }
   dw_ = std::move(dw);
@@ -260,18 +301,60 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bo
     matmul(A.data(), T, qd, D.wo.data(), d, tmp.data());
     add_bias(tmp.data(), T, D.bo);
     for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
-    // --- MLP: down(silu(gate(x)) * up(x)) ---
+    // --- MLP: down(silu(gate(x)) * up(x)), or the routed sum of such experts ---
     rms_norm(X.data(), T, d, D.ffn_norm, eps, Xn.data());
-    matmul(Xn.data(), T, d, D.w_gate.data(), ff, G.data());
-    matmul(Xn.data(), T, d, D.w_up.data(), ff, U.data());
-    for (int64_t i = 0; i < T * ff; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
-    matmul(G.data(), T, ff, D.w_down.data(), d, tmp.data());
+    if (!D.experts.empty()) {
+      moe_ffn(l, Xn.data(), T, tmp.data());
+    } else {
+      matmul(Xn.data(), T, d, D.w_gate.data(), ff, G.data());
+      matmul(Xn.data(), T, d, D.w_up.data(), ff, U.data());
+      for (int64_t i = 0; i < T * ff; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
+      matmul(G.data(), T, ff, D.w_down.data(), d, tmp.data());
+    }
     for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
     if (hook_ && !branch) hook_(int64_t(l), X);
   }
   if (!branch) pos_ += T;
   rms_norm(X.data(), T, d, W.final_norm, eps, Xn.data());
   return Xn;
+}
+
+// Y [T, d] = sum over each row's top-k experts of weight * down(silu(gate(x)) * up(x)); each
+// expert runs once on the rows routed to it (gathered, so its products stay dgemm).
+void ReferenceModel::moe_ffn(size_t layer, const double* Xn, int64_t T, double* Y) const {
+  const ModelConfig& c = w_.config;
+  const DoubleWeights::Layer& D = dw_->layers[layer];
+  const int64_t d = c.hidden_size, E = c.num_experts, fe = c.moe_intermediate_size;
+  std::vector<double> logits(size_t(T * E));
+  matmul(Xn, T, d, D.router.data(), E, logits.data());  // [T, E]
+  std::vector<std::vector<std::pair<int64_t, double>>> rows(static_cast<size_t>(E));  // expert -> (row, weight)
+  for (int64_t t = 0; t < T; ++t) {
+    const auto route = route_token(logits.data() + t * E, E, c.num_experts_per_tok, c.norm_topk_prob);
+    if (router_hook_) router_hook_(int64_t(layer), t, route);
+    for (const auto& [e, w] : route) rows[size_t(e)].push_back({t, w});
+  }
+  std::fill(Y, Y + T * d, 0.0);
+  std::vector<double> Xs, G, U, O;
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& r = rows[size_t(e)];
+    const int64_t m = int64_t(r.size());
+    if (m == 0) continue;
+    Xs.resize(size_t(m * d));
+    for (int64_t i = 0; i < m; ++i) std::copy_n(Xn + r[i].first * d, d, Xs.data() + i * d);
+    G.resize(size_t(m * fe));
+    U.resize(size_t(m * fe));
+    O.resize(size_t(m * d));
+    const auto& X = D.experts[size_t(e)];
+    matmul(Xs.data(), m, d, X.w_gate.data(), fe, G.data());
+    matmul(Xs.data(), m, d, X.w_up.data(), fe, U.data());
+    for (int64_t i = 0; i < m * fe; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
+    matmul(G.data(), m, fe, X.w_down.data(), d, O.data());
+    for (int64_t i = 0; i < m; ++i) {
+      double* y = Y + r[i].first * d;
+      const double w = r[i].second;
+      for (int64_t k = 0; k < d; ++k) y[k] += w * O[i * d + k];
+    }
+  }
 }
 
 // Row r attends to the cached prefix (positions 0 .. pos_-1, within the window) and to its own

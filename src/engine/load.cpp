@@ -57,9 +57,17 @@ ModelWeights ModelWeights::load(const HFModel& m) {
       L.q_norm = get(n("self_attn.q_norm.weight"));
       L.k_norm = get(n("self_attn.k_norm.weight"));
     }
-    L.w_gate = get_t(n("mlp.gate_proj.weight"));
-    L.w_up = get_t(n("mlp.up_proj.weight"));
-    L.w_down = get_t(n("mlp.down_proj.weight"));
+    if (c.is_moe_layer(i)) {
+      namespace tn = tensor_names;
+      L.router = get_t(tn::router(i));
+      for (int64_t e = 0; e < c.num_experts; ++e)
+        L.experts.push_back({get_t(tn::expert(i, e, tn::ExpertProj::Gate)), get_t(tn::expert(i, e, tn::ExpertProj::Up)),
+                             get_t(tn::expert(i, e, tn::ExpertProj::Down))});
+    } else {
+      L.w_gate = get_t(n("mlp.gate_proj.weight"));
+      L.w_up = get_t(n("mlp.up_proj.weight"));
+      L.w_down = get_t(n("mlp.down_proj.weight"));
+    }
     w.layers.push_back(std::move(L));
   }
   return w;

@@ -47,6 +47,15 @@ Dims preset_dims(const std::string& preset) {
   throw Error("--preset", "unknown preset '" + preset + "' (supported: tiny, small)", kExitUsage);
 }
 
+struct MoeDims {
+  int64_t experts, used, ffn;
+};
+
+MoeDims preset_moe_dims(const std::string& preset) {
+  if (preset == "tiny") return {8, 2, 32};
+  return {16, 4, 128};  // small (preset_dims has checked the name)
+}
+
 }  // namespace
 
 Seed synth_seed(uint64_t seed) {
@@ -125,12 +134,25 @@ ModelConfig synth_config(const SynthOptions& o) {
   c.intermediate_size = o.ffn.value_or(p.ffn);
   c.vocab_size = tokenizer_vocab_size(tok, tok_path);
   c.max_position_embeddings = o.max_position_embeddings;
-  const bool qwen = o.family == Family::Qwen2 || o.family == Family::Qwen3;
+  const bool moe = o.family == Family::Qwen3Moe;
+  const bool qwen = o.family == Family::Qwen2 || o.family == Family::Qwen3 || moe;
   c.rms_norm_eps = qwen ? 1e-6 : 1e-5;
   c.rope_theta = o.rope_theta.value_or(o.family == Family::Llama ? 10000.0 : 1000000.0);
-  c.tie_word_embeddings = o.tie.value_or(qwen);
+  // Qwen3-MoE checkpoints (30B-A3B, 235B-A22B) have an untied head.
+  c.tie_word_embeddings = o.tie.value_or(qwen && !moe);
   c.attention_bias = o.family == Family::Qwen2;
-  c.qk_norm = o.family == Family::Qwen3;
+  c.qk_norm = o.family == Family::Qwen3 || moe;
+  if (moe) {
+    const MoeDims md = preset_moe_dims(o.preset);
+    c.num_experts = o.experts.value_or(md.experts);
+    c.num_experts_per_tok = o.experts_per_tok.value_or(md.used);
+    c.moe_intermediate_size = o.moe_ffn.value_or(md.ffn);
+    c.norm_topk_prob = o.norm_topk_prob.value_or(true);
+    require(c.num_experts_per_tok <= c.num_experts, "--experts-per-tok", "exceeds --experts", kExitUsage);
+  } else {
+    require(!o.experts && !o.experts_per_tok && !o.moe_ffn && !o.norm_topk_prob, "--experts",
+            "only qwen3moe has experts", kExitUsage);
+  }
   c.torch_dtype = torch_dtype_name(o.dtype);
   if (!o.rope_scaling.empty()) {
     require(o.rope_scaling == "llama3" || o.rope_scaling == "linear", "--rope-scaling",

@@ -57,14 +57,17 @@ GGMLType ggml_type_of(DType t) {
 // generated values.
 struct Job {
   std::string name;                // GGUF name
-  const TensorView* src = nullptr; // null for generated
+  const TensorView* src = nullptr; // null for generated and stacked
+  std::vector<const TensorView*> stack;  // stacked experts: one [rows, cols] HF matrix each
   std::vector<float> generated;
   int64_t rows = 1, cols = 0;      // HF layout (out x in); 1-D: rows = 1 (a permuted bias: cols = 1)
   bool two_d = false;
   int64_t permute_head_dim = 0;    // > 0: llama Q/K row permutation
   DType out = DType::F32;
   GGMLType gtype = GGMLType::F32;  // the GGUF type; Q8_0 / Q4_0: rows are staged as f32 (out)
-  uint64_t out_bytes() const { return uint64_t(rows) * gguf::ggml_row_bytes(gtype, cols); }
+  uint64_t out_bytes() const {
+    return uint64_t(std::max<size_t>(1, stack.size())) * uint64_t(rows) * gguf::ggml_row_bytes(gtype, cols);
+  }
 };
 
 void check_shape(const TensorView& v, std::vector<int64_t> want) {
@@ -73,18 +76,9 @@ void check_shape(const TensorView& v, std::vector<int64_t> want) {
   require(dtype_is_float(v.dtype), v.file + ": tensor " + q(v.name), "has non-float dtype " + dtype_name(v.dtype));
 }
 
-// Streams one job in row chunks: read HF rows (permuted if asked), convert, write.
-void write_job(GGUFWriter& w, const Job& j, std::vector<float>& f32buf, std::vector<uint8_t>& outbuf,
-               Progress* prog) {
-  w.begin_tensor(j.name);
-  if (!j.src) {
-    std::vector<uint8_t> b(j.generated.size() * dtype_size(j.out));
-    convert_from_f32(j.out, j.generated.data(), b.data(), j.generated.size());
-    w.write_data(b.data(), b.size());
-    w.end_tensor();
-    return;
-  }
-  const TensorView& v = *j.src;
+// Streams one HF matrix of a job in row chunks: read rows (permuted if asked), convert, write.
+void write_rows(GGUFWriter& w, const Job& j, const TensorView& v, std::vector<float>& f32buf,
+                std::vector<uint8_t>& outbuf, Progress* prog) {
   const size_t in_es = dtype_size(v.dtype), out_es = dtype_size(j.out);
   const size_t in_row = size_t(j.cols) * in_es;
   // ~4M elements per chunk; a permuted tensor is chunked by whole heads so every chunk's source
@@ -111,7 +105,6 @@ void write_job(GGUFWriter& w, const Job& j, std::vector<float>& f32buf, std::vec
       release_pages(v.data + size_t(r0) * in_row, size_t(r1 - r0) * in_row);
       if (prog) prog->advance(nb);
     }
-    w.end_tensor();
     return;
   }
   const bool passthrough = v.dtype == j.out && j.permute_head_dim == 0;
@@ -143,6 +136,22 @@ void write_job(GGUFWriter& w, const Job& j, std::vector<float>& f32buf, std::vec
     }
     release_pages(base, span);
     if (prog) prog->advance(uint64_t(r1 - r0) * uint64_t(j.cols) * out_es);
+  }
+}
+
+// Writes one job: generated values, one HF matrix or vector, or a stack of expert matrices
+// (ggml's 3-D [cols, rows, n] is n row-major [rows, cols] matrices one after the other).
+void write_job(GGUFWriter& w, const Job& j, std::vector<float>& f32buf, std::vector<uint8_t>& outbuf,
+               Progress* prog) {
+  w.begin_tensor(j.name);
+  if (!j.src && j.stack.empty()) {
+    std::vector<uint8_t> b(j.generated.size() * dtype_size(j.out));
+    convert_from_f32(j.out, j.generated.data(), b.data(), j.generated.size());
+    w.write_data(b.data(), b.size());
+  } else if (j.stack.empty()) {
+    write_rows(w, j, *j.src, f32buf, outbuf, prog);
+  } else {
+    for (const TensorView* v : j.stack) write_rows(w, j, *v, f32buf, outbuf, prog);
   }
   w.end_tensor();
 }
@@ -196,8 +205,8 @@ std::string gguf_arch_for(const ModelConfig& c, const std::string& opt_arch) {
     require(opt_arch == "llama" || opt_arch == gguf_arch_for(c, ""), "--arch",
             "'" + opt_arch + "' is not possible for a " + family_name(c.family) + " model (use 'llama' or leave it out)",
             kExitUsage);
-    require(!(opt_arch == "llama" && c.family == Family::Qwen3), "--arch",
-            "qwen3 needs its q_norm/k_norm and cannot be exported as arch 'llama'", kExitUsage);
+    require(!(opt_arch == "llama" && (c.family == Family::Qwen3 || c.family == Family::Qwen3Moe)), "--arch",
+            family_name(c.family) + " needs its q_norm/k_norm and cannot be exported as arch 'llama'", kExitUsage);
     return opt_arch;
   }
   switch (c.family) {
@@ -207,6 +216,7 @@ std::string gguf_arch_for(const ModelConfig& c, const std::string& opt_arch) {
       // llama.cpp's qwen2 graph assumes q/o projections of n_embd x n_embd.
       return c.q_dim() == c.hidden_size && c.rope_scaling.type != "llama3" ? "qwen2" : "llama";
     case Family::Qwen3: return "qwen3";
+    case Family::Qwen3Moe: return "qwen3moe";
   }
   return "llama";
 }
@@ -384,6 +394,16 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   require(!c.o_bias() || arch == "llama", "config.json: attention_bias",
           "an o_proj bias is only supported for arch llama (use --arch llama)");
   require(!permute || c.head_dim % 2 == 0, "config.json: head_dim", "must be even for rotary embeddings");
+  if (c.is_moe()) {
+    // llama.cpp's qwen3moe graph builds every layer as sparse and always divides the top-k
+    // router weights by their sum (build_moe_ffn with norm_w = true; no GGUF key turns it off).
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      require(c.is_moe_layer(l), "config.json: mlp_only_layers / decoder_sparse_step",
+              "layer " + std::to_string(l) + " is a dense MLP; llama.cpp's qwen3moe has only sparse layers");
+    require(c.norm_topk_prob, "config.json: norm_topk_prob",
+            "is false, but llama.cpp's qwen3moe always renormalises the top-k router weights, so the served "
+            "model would compute another function");
+  }
 
   // Load the tokenizer first: a bad tokenizer should fail before minutes of conversion.
   std::optional<TokenizerJson> tok;
@@ -415,6 +435,11 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   w.set(a + "embedding_length", Value::u32(u32_field(c.hidden_size, "hidden_size")));
   w.set(a + "block_count", Value::u32(u32_field(c.num_hidden_layers, "num_hidden_layers")));
   w.set(a + "feed_forward_length", Value::u32(u32_field(c.intermediate_size, "intermediate_size")));
+  if (c.is_moe()) {
+    w.set(a + "expert_count", Value::u32(u32_field(c.num_experts, "num_experts")));
+    w.set(a + "expert_used_count", Value::u32(u32_field(c.num_experts_per_tok, "num_experts_per_tok")));
+    w.set(a + "expert_feed_forward_length", Value::u32(u32_field(c.moe_intermediate_size, "moe_intermediate_size")));
+  }
   w.set(a + "attention.head_count", Value::u32(u32_field(c.num_attention_heads, "num_attention_heads")));
   w.set(a + "attention.head_count_kv", Value::u32(u32_field(c.num_key_value_heads, "num_key_value_heads")));
   // Always explicit: obfuscated models have hidden_size != heads * head_dim, and llama.cpp would
@@ -476,6 +501,23 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
     jobs.push_back(std::move(j));
   };
 
+  // Experts [E x (rows, cols)] -> one 3-D tensor ne = {cols, rows, E}.
+  auto stacked = [&](const std::string& gname, int64_t layer, tensor_names::ExpertProj p, int64_t rows, int64_t cols) {
+    Job j;
+    j.name = gname;
+    j.rows = rows;
+    j.cols = cols;
+    j.two_d = true;
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      const TensorView& v = st.get(tensor_names::expert(layer, e, p));
+      check_shape(v, {rows, cols});
+      j.stack.push_back(&v);
+    }
+    j.gtype = gguf::gguf_tensor_type(gname, true, cols, wtype);
+    j.out = j.gtype == GGMLType::F16 ? DType::F16 : j.gtype == GGMLType::BF16 ? DType::BF16 : DType::F32;
+    jobs.push_back(std::move(j));
+  };
+
   const int64_t d = c.hidden_size, hd = c.head_dim, ff = c.intermediate_size, n = c.vocab_size;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
   const int64_t phd = permute ? hd : 0;
@@ -506,6 +548,15 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
       vec(b + "attn_k_norm.weight", L("self_attn.k_norm.weight"), hd);
     }
     vec(b + "ffn_norm.weight", L("post_attention_layernorm.weight"), d);
+    if (c.is_moe_layer(i)) {
+      using tensor_names::ExpertProj;
+      const int64_t fe = c.moe_intermediate_size;
+      matrix(b + "ffn_gate_inp.weight", tensor_names::router(i), c.num_experts, d, 0);
+      stacked(b + "ffn_gate_exps.weight", i, ExpertProj::Gate, fe, d);
+      stacked(b + "ffn_up_exps.weight", i, ExpertProj::Up, fe, d);
+      stacked(b + "ffn_down_exps.weight", i, ExpertProj::Down, d, fe);
+      continue;
+    }
     matrix(b + "ffn_gate.weight", L("mlp.gate_proj.weight"), ff, d, 0);
     matrix(b + "ffn_up.weight", L("mlp.up_proj.weight"), ff, d, 0);
     matrix(b + "ffn_down.weight", L("mlp.down_proj.weight"), d, ff, 0);
@@ -519,9 +570,11 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   uint64_t total = 0;
   for (const auto& j : jobs) {
     std::vector<int64_t> ne = j.two_d ? std::vector<int64_t>{j.cols, j.rows} : std::vector<int64_t>{j.rows * j.cols};
+    if (!j.stack.empty()) ne.push_back(int64_t(j.stack.size()));
     w.add_tensor(j.name, ne, j.gtype);
     total += j.out_bytes();
     if (j.src) res.bytes_in += j.src->nbytes;
+    for (const TensorView* v : j.stack) res.bytes_in += v->nbytes;
   }
   res.n_tensors = int64_t(jobs.size());
 

@@ -144,6 +144,8 @@ GGMLType gguf_tensor_type(const std::string& name, bool two_d, int64_t ne0, GGML
   if (!ggml_type_is_block_quant(file_type)) return file_type;
   GGMLType t = file_type;
   if (name == "output.weight" && file_type == GGMLType::Q4_0) t = GGMLType::Q8_0;
+  // As llama.cpp's quantizer: the MoE router stays unquantized (a small error flips top-k choices).
+  if (name.size() >= 19 && name.compare(name.size() - 19, 19, "ffn_gate_inp.weight") == 0) t = GGMLType::F32;
   if (ne0 % kQK != 0) t = GGMLType::F16;
   return t;
 }

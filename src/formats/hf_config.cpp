@@ -1,9 +1,10 @@
-// Hugging Face config.json for the dense decoder families (llama, mistral, qwen2, qwen3).
+// Hugging Face config.json for the decoder families (llama, mistral, qwen2, qwen3, qwen3_moe).
 // Defaults follow the transformers configuration classes, so a config that omits a field means
 // what it means to transformers. Anything that would change the forward pass in a way we do not
 // implement (another activation, MLP biases, an unknown RoPE scaling) is refused, not ignored.
 #include "aloepri/hf_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -30,6 +31,7 @@ const FamilyInfo kFamilies[] = {
     {Family::Mistral, "mistral", "MistralForCausalLM", 4096 * 32},
     {Family::Qwen2, "qwen2", "Qwen2ForCausalLM", 32768},
     {Family::Qwen3, "qwen3", "Qwen3ForCausalLM", 32768},
+    {Family::Qwen3Moe, "qwen3_moe", "Qwen3MoeForCausalLM", 32768},
 };
 
 const FamilyInfo& info(Family f) {
@@ -160,7 +162,20 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
     default:
       c.attention_bias = (v = field(j, "attention_bias")) ? as_bool(*v, where, "attention_bias") : false;
   }
-  c.qk_norm = c.family == Family::Qwen3;
+  c.qk_norm = c.family == Family::Qwen3 || c.family == Family::Qwen3Moe;
+  if (c.family == Family::Qwen3Moe) {
+    // transformers' Qwen3MoeConfig defaults.
+    c.num_experts = (v = field(j, "num_experts")) ? as_int(*v, where, "num_experts") : 128;
+    c.num_experts_per_tok = (v = field(j, "num_experts_per_tok")) ? as_int(*v, where, "num_experts_per_tok") : 8;
+    c.moe_intermediate_size =
+        (v = field(j, "moe_intermediate_size")) ? as_int(*v, where, "moe_intermediate_size") : 768;
+    c.norm_topk_prob = (v = field(j, "norm_topk_prob")) ? as_bool(*v, where, "norm_topk_prob") : false;
+    c.decoder_sparse_step = (v = field(j, "decoder_sparse_step")) ? as_int(*v, where, "decoder_sparse_step") : 1;
+    if ((v = field(j, "mlp_only_layers"))) {
+      if (!v->is_array()) throw Error(where, "field 'mlp_only_layers' must be a list of layer indices");
+      for (const auto& x : *v) c.mlp_only_layers.push_back(as_int(x, where, "mlp_only_layers"));
+    }
+  }
   c.bos_token_id = token_id(j, "bos_token_id", where);
   c.eos_token_id = token_id(j, "eos_token_id", where);
   // transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
@@ -245,7 +260,25 @@ void ModelConfig::validate(const std::string& where) const {
         throw Error(where, "rope_scaling: 'original_max_position_embeddings' must be positive");
     }
   }
-  if (qk_norm && family != Family::Qwen3) throw Error(where, "q/k norms are only defined for qwen3");
+  if (qk_norm && family != Family::Qwen3 && family != Family::Qwen3Moe)
+    throw Error(where, "q/k norms are only defined for qwen3 and qwen3_moe");
+  if (family == Family::Qwen3Moe) {
+    positive(num_experts, "num_experts");
+    positive(num_experts_per_tok, "num_experts_per_tok");
+    positive(moe_intermediate_size, "moe_intermediate_size");
+    positive(decoder_sparse_step, "decoder_sparse_step");
+    plausible(num_experts, 1 << 16, "num_experts");
+    plausible(moe_intermediate_size, 1 << 22, "moe_intermediate_size");
+    if (num_experts_per_tok > num_experts)
+      throw Error(where, "field 'num_experts_per_tok' " + std::to_string(num_experts_per_tok) +
+                             " exceeds num_experts " + std::to_string(num_experts));
+    for (int64_t l : mlp_only_layers)
+      if (l < 0 || l >= num_hidden_layers)
+        throw Error(where, "field 'mlp_only_layers' names layer " + std::to_string(l) + ", the model has " +
+                               std::to_string(num_hidden_layers));
+  } else if (num_experts != 0) {
+    throw Error(where, "experts are only defined for qwen3_moe");
+  }
   if (family == Family::Mistral && attention_bias) throw Error(where, "mistral has no attention biases");
   if (family == Family::Qwen2 && !attention_bias) throw Error(where, "qwen2 always has q/k/v biases");
 }
@@ -295,7 +328,16 @@ json ModelConfig::to_json() const {
     j["rope_scaling"] = rs;
   }
   j["tie_word_embeddings"] = tie_word_embeddings;
-  if (family == Family::Llama || family == Family::Qwen3) j["attention_bias"] = attention_bias;
+  if (family == Family::Llama || family == Family::Qwen3 || family == Family::Qwen3Moe)
+    j["attention_bias"] = attention_bias;
+  if (family == Family::Qwen3Moe) {
+    j["num_experts"] = num_experts;
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["decoder_sparse_step"] = decoder_sparse_step;
+    j["mlp_only_layers"] = mlp_only_layers;
+  }
   j.erase("dtype");
   j["torch_dtype"] = torch_dtype;
   auto put_id = [&](const char* k, const std::optional<int64_t>& id) {
@@ -311,6 +353,12 @@ json ModelConfig::to_json() const {
   put_id("bos_token_id", bos_token_id);
   put_id("eos_token_id", eos_token_id);
   return j;
+}
+
+bool ModelConfig::is_moe_layer(int64_t layer) const {
+  if (num_experts <= 0 || decoder_sparse_step <= 0) return false;
+  if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end()) return false;
+  return (layer + 1) % decoder_sparse_step == 0;
 }
 
 int64_t ModelConfig::parameter_count() const {

@@ -28,6 +28,11 @@ std::string lm_head() { return "lm_head.weight"; }
 std::string layer(int64_t i, const std::string& suffix) {
   return "model.layers." + std::to_string(i) + "." + suffix;
 }
+std::string router(int64_t i) { return layer(i, "mlp.gate.weight"); }
+std::string expert(int64_t i, int64_t e, ExpertProj p) {
+  static const char* const kProj[] = {"gate_proj", "up_proj", "down_proj"};
+  return layer(i, "mlp.experts." + std::to_string(e) + "." + kProj[int(p)] + ".weight");
+}
 }  // namespace tensor_names
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c) {
@@ -53,6 +58,16 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
       L("self_attn.k_norm.weight", {c.head_dim});
     }
     L("post_attention_layernorm.weight", {d});
+    if (c.is_moe_layer(i)) {
+      const int64_t fe = c.moe_intermediate_size;
+      v.push_back({tn::router(i), {c.num_experts, d}});
+      for (int64_t e = 0; e < c.num_experts; ++e) {
+        v.push_back({tn::expert(i, e, tn::ExpertProj::Gate), {fe, d}});
+        v.push_back({tn::expert(i, e, tn::ExpertProj::Up), {fe, d}});
+        v.push_back({tn::expert(i, e, tn::ExpertProj::Down), {d, fe}});
+      }
+      continue;
+    }
     L("mlp.gate_proj.weight", {ff, d});
     L("mlp.up_proj.weight", {ff, d});
     L("mlp.down_proj.weight", {d, ff});
@@ -113,6 +128,14 @@ std::string HFModel::fingerprint() const {
   Sha256 st;
   auto put = [&](const std::string& s) { st.update(s.data(), s.size()); };
   put(buf);
+  if (c.is_moe()) {  // dense models keep the fingerprint they always had
+    std::string moe = "experts=" + std::to_string(c.num_experts) + " used=" + std::to_string(c.num_experts_per_tok) +
+                      " expert_ffn=" + std::to_string(c.moe_intermediate_size) +
+                      " norm_topk=" + std::to_string(int(c.norm_topk_prob)) +
+                      " sparse_step=" + std::to_string(c.decoder_sparse_step) + " mlp_only=";
+    for (int64_t l : c.mlp_only_layers) moe += std::to_string(l) + ",";
+    put(moe + "\n");
+  }
   auto names = weights_->names();
   for (auto& n : names) {
     const TensorView& t = weights_->get(n);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 
@@ -85,12 +86,12 @@ std::string adaptation_key_id(const Seed& seed) {
 }
 
 bool ObfuscationParams::is_exact_setting() const {
-  return lambda == 0 && alpha_e == 0 && alpha_h == 0 && beta == 1 &&
+  return lambda == 0 && alpha_e == 0 && alpha_h == 0 && beta == 1 && !router_norm &&
          (expansion == 0 || keymat == KeymatVariant::ExactNorm);
 }
 
 nlohmann::json ObfuscationParams::to_json() const {
-  return {{"lambda", lambda},
+  nlohmann::json j = {{"lambda", lambda},
           {"expansion", expansion},
           {"alpha_e", alpha_e},
           {"alpha_h", alpha_h},
@@ -103,6 +104,8 @@ nlohmann::json ObfuscationParams::to_json() const {
           {"ffn_scale_range", ffn_scale_range},
           {"per_group_perm", per_group_perm},
           {"value_cond", value_cond}};
+  if (router_norm) j["router_norm"] = true;  // absent when off: records of earlier runs stay as they were
+  return j;
 }
 
 namespace {
@@ -415,6 +418,17 @@ std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType d
     add(layer(l, "self_attn.o_proj.weight"), {dp, m * dh}, 1 + l);
     if (c.o_bias()) add(layer(l, "self_attn.o_proj.bias"), {dp}, 1 + l);
     add(layer(l, "post_attention_layernorm.weight"), {dp}, 1 + l);
+    if (c.is_moe_layer(l)) {  // router, then each expert slot's gate, up, down
+      using tensor_names::ExpertProj;
+      const int64_t fe = c.moe_intermediate_size;
+      add(tensor_names::router(l), {c.num_experts, dp}, 1 + l);
+      for (int64_t e = 0; e < c.num_experts; ++e) {
+        add(tensor_names::expert(l, e, ExpertProj::Gate), {fe, dp}, 1 + l);
+        add(tensor_names::expert(l, e, ExpertProj::Up), {fe, dp}, 1 + l);
+        add(tensor_names::expert(l, e, ExpertProj::Down), {dp, fe}, 1 + l);
+      }
+      continue;
+    }
     add(layer(l, "mlp.gate_proj.weight"), {ff, dp}, 1 + l);
     add(layer(l, "mlp.up_proj.weight"), {ff, dp}, 1 + l);
     add(layer(l, "mlp.down_proj.weight"), {dp, ff}, 1 + l);
@@ -434,6 +448,37 @@ void prefetch_step(const HFModel& m, const std::vector<OutTensor>& outs, int64_t
     const TensorView& v = m.weights().get(o.spec.name);
     const uintptr_t b = uintptr_t(v.data) & ~(pg - 1), e = uintptr_t(v.data) + v.nbytes;
     if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_WILLNEED);
+  }
+}
+
+// A sparse layer's FFN, written in declare_outputs' order: the router (rows permuted by Z_router,
+// then read through Q like any reader), then for each slot s the plaintext expert Z_router^-1(s)
+// with its own channel keys, readers through their own Q instances, down through the shared Pd.
+// One expert in memory at a time.
+void obfuscate_moe_ffn(const HFModel& plain, const Seed& seed, int64_t l, const std::vector<float>& ffn_norm,
+                       const obf::KeyMatrices& K, const Tensor& Pd, double scale_range, bool router_norm,
+                       const std::function<void(const std::string&, Tensor)>& put) {
+  using tensor_names::ExpertProj;
+  const ModelConfig& c = plain.config();
+  const std::string ls = "layer/" + std::to_string(l);
+  const obf::MoeKeys MK = obf::draw_moe_keys(seed, l, c.num_experts, c.moe_intermediate_size, scale_range);
+  Tensor router = obf::read_residual(
+      obf::permute_router(load_and_release(plain, tensor_names::router(l)), MK.expert_slot), ffn_norm,
+      mat_f32(K.Q(ls + "/router")));
+  if (router_norm) obf::normalise_rows(router);
+  put(tensor_names::router(l), std::move(router));
+  const std::vector<int64_t> owner = invert_permutation(MK.expert_slot);  // slot -> plaintext expert
+  for (int64_t s = 0; s < c.num_experts; ++s) {
+    const int64_t e = owner[size_t(s)];
+    auto X = [&](ExpertProj p) { return load_and_release(plain, tensor_names::expert(l, e, p)); };
+    obf::FfnHF S = obf::transform_ffn_channels(obf::FfnHF{X(ExpertProj::Gate), X(ExpertProj::Up), X(ExpertProj::Down)},
+                                               MK.experts[size_t(e)]);
+    const std::string es = ls + "/expert/" + std::to_string(e);
+    // The double Q instance dies inside, before the GEMM that uses its f32 copy.
+    auto reader_key = [&](const char* role) { return mat_f32(K.Q(es + role)); };
+    put(tensor_names::expert(l, s, ExpertProj::Gate), obf::read_residual(std::move(S.gate), ffn_norm, reader_key("/gate")));
+    put(tensor_names::expert(l, s, ExpertProj::Up), obf::read_residual(std::move(S.up), ffn_norm, reader_key("/up")));
+    put(tensor_names::expert(l, s, ExpertProj::Down), obf::write_residual(S.down, Pd));
   }
 }
 
@@ -523,7 +568,7 @@ class PartWriter {
 nlohmann::json part_identity(const ModelConfig& c, const Seed& seed, const ObfuscateOptions& opt, int64_t dp,
                              DType dt) {
   const ObfuscationParams& P = opt.params;
-  return {{"format", "aloepri-obfuscate-part-v1"},
+  nlohmann::json j = {{"format", "aloepri-obfuscate-part-v1"},
           {"homophones", opt.copies.empty() ? nlohmann::json() : copies_to_json(opt.copies)},
           {"key_id", adaptation_key_id(seed)},
           {"params", P.to_json()},
@@ -532,6 +577,9 @@ nlohmann::json part_identity(const ModelConfig& c, const Seed& seed, const Obfus
           {"model", {{"layers", c.num_hidden_layers}, {"hidden", c.hidden_size}, {"vocab", c.vocab_size},
                      {"ffn", c.intermediate_size}, {"heads", c.num_attention_heads},
                      {"kv_heads", c.num_key_value_heads}, {"head_dim", c.head_dim}}}};
+  if (c.is_moe())
+    j["model"]["experts"] = {c.num_experts, c.num_experts_per_tok, c.moe_intermediate_size};
+  return j;
 }
 
 // The copy table of --homophones: one entry per plaintext id, >= 1 each, and the published ids
@@ -566,7 +614,12 @@ bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
       throw Error("tensor '" + name + "' in " + t.file, "dtype " + dtype_name(t.dtype) + " cannot be obfuscated "
                   "(supported: F32, F16, BF16, F64)");
   }
+  require(!P.router_norm || c.is_moe(), "--router-norm",
+          "the " + family_name(c.family) + " model has no router (only qwen3_moe has one)", kExitUsage);
   if (P.kappa == KappaMode::Calibrated) {
+    require(!c.is_moe(), "--kappa calibrated", "is not implemented for " + family_name(c.family) +
+                                                   " (its calibration forward has no experts); use the default",
+            kExitUsage);
     require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
     // The calibration forward runs through every layer in order; a shard would need all of them.
     require(opt.shard_count == 0, "--shard", "is not supported with --kappa calibrated", kExitUsage);
@@ -851,6 +904,14 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     note_kappa(1 + l, k_post);
     put_vec(layer(l, "post_attention_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_post)));
     Tensor ffn_norm = T("post_attention_layernorm.weight");
+    if (c.is_moe_layer(l)) {
+      Tensor Pd = mat_f32(K.P(ls + "/down"));  // every expert writes through the layer's one map
+      writer_fro += fro2(Pd);
+      ++writers;
+      obfuscate_moe_ffn(plain, seed, l, as_vec(ffn_norm), K, Pd, P.ffn_scale_range, P.router_norm, put);
+      prog.advance();
+      continue;
+    }
     obf::FfnHF F{T("mlp.gate_proj.weight"), T("mlp.up_proj.weight"), T("mlp.down_proj.weight")};
     Tensor Pd = mat_f32(K.P(ls + "/down"));
     if (calib) calib->ffn(F, ffn_norm, Pd);

@@ -205,13 +205,49 @@ AttnHF transform_attention_heads(const AttnHF& in, const AttnKeys& K, int64_t dh
   return out;
 }
 
-FfnKeys draw_ffn_keys(const Seed& seed, int64_t layer, int64_t ff, double scale_range) {
+// One FFN's channel permutation and scales from the streams "<base>/ffn/perm", "<base>/ffn/scale".
+static FfnKeys ffn_keys_at(const Seed& seed, const std::string& base, int64_t ff, double scale_range) {
   FfnKeys K;
-  RngStream p(seed, L(layer) + "/ffn/perm"), s(seed, L(layer) + "/ffn/scale");
+  RngStream p(seed, base + "/ffn/perm"), s(seed, base + "/ffn/scale");
   K.slot = p.permutation(ff);
   K.scale.resize(size_t(ff));
   for (auto& x : K.scale) x = log_uniform(s, scale_range);
   return K;
+}
+
+FfnKeys draw_ffn_keys(const Seed& seed, int64_t layer, int64_t ff, double scale_range) {
+  return ffn_keys_at(seed, L(layer), ff, scale_range);
+}
+
+MoeKeys draw_moe_keys(const Seed& seed, int64_t layer, int64_t n_experts, int64_t expert_ff, double scale_range) {
+  require(n_experts > 0 && expert_ff > 0, "moe", "needs experts of positive width");
+  MoeKeys K;
+  RngStream zr(seed, L(layer) + "/router/perm");
+  K.expert_slot = zr.permutation(n_experts);
+  for (int64_t e = 0; e < n_experts; ++e)
+    K.experts.push_back(ffn_keys_at(seed, L(layer) + "/expert/" + std::to_string(e), expert_ff, scale_range));
+  return K;
+}
+
+void normalise_rows(Tensor& w) {
+  const int64_t rows = w.rows(), cols = w.cols();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* x = w.ptr() + r * cols;
+    double ss = 0;
+    for (int64_t k = 0; k < cols; ++k) ss += double(x[k]) * x[k];
+    require(ss > 0, "router", "row " + std::to_string(r) + " is zero and cannot be normalised");
+    const double inv = 1.0 / std::sqrt(ss);
+    for (int64_t k = 0; k < cols; ++k) x[k] = float(x[k] * inv);
+  }
+}
+
+Tensor permute_router(const Tensor& router, const std::vector<int64_t>& slot) {
+  const int64_t E = router.rows(), d = router.cols();
+  require(int64_t(slot.size()) == E, "router", "has " + std::to_string(E) + " expert rows, the permutation " +
+                                                   std::to_string(slot.size()) + " entries");
+  Tensor out(router.shape);
+  for (int64_t e = 0; e < E; ++e) std::copy_n(router.ptr() + e * d, d, out.ptr() + slot[e] * d);
+  return out;
 }
 
 // Moves row c of a [rows, d] matrix to row slot[c], in place (cycle by cycle, one spare row),
