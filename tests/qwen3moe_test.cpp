@@ -23,6 +23,7 @@
 #include "aloepri/synth.h"
 #include "support/llamacpp.h"
 #include "support/paths.h"
+#include "support/logit_error.h"
 
 using namespace aloepri;
 namespace fs = std::filesystem;
@@ -66,26 +67,7 @@ std::vector<int64_t> prompt(int64_t n, int64_t len, const char* stream) {
   return ids;
 }
 
-// Max over positions and ids of |obf[tau y] - plain[y]| / max|plain|.
-double logit_error(ReferenceModel& plain, ReferenceModel& obf, const std::vector<int64_t>& ids,
-                   const std::vector<int64_t>& tau) {
-  const int64_t n = plain.vocab_size();
-  std::vector<int64_t> oids;
-  for (auto t : ids) oids.push_back(tau[size_t(t)]);
-  plain.reset();
-  obf.reset();
-  const auto lp = plain.forward(ids), lo = obf.forward(oids);
-  double worst = 0;
-  for (size_t t = 0; t < ids.size(); ++t) {
-    double mx = 0, diff = 0;
-    for (int64_t y = 0; y < n; ++y) {
-      mx = std::max(mx, std::abs(lp[t * n + y]));
-      diff = std::max(diff, std::abs(lo[t * n + tau[size_t(y)]] - lp[t * n + y]));
-    }
-    worst = std::max(worst, diff / mx);
-  }
-  return worst;
-}
+using test::logit_error;
 
 }  // namespace
 

@@ -61,15 +61,6 @@ void unit_halves(Tensor& F, int64_t d) {
     }
 }
 
-double sq_dist(const float* a, const float* b, int64_t len) {
-  double s = 0;
-  for (int64_t i = 0; i < len; ++i) {
-    const double x = double(a[i]) - b[i];
-    s += x * x;
-  }
-  return s;
-}
-
 }  // namespace
 
 CopyGrouping group_copies_by_weights(const Tensor& embed, const Tensor& head, int64_t n,
@@ -134,7 +125,7 @@ CopyGrouping group_copies_by_weights(const Tensor& embed, const Tensor& head, in
     std::vector<double> sample;
     for (int i = 0; i < 4000; ++i) {
       const int64_t a = int64_t(rng() % uint64_t(G)), b = int64_t(rng() % uint64_t(G));
-      if (a != b) sample.push_back(sq_dist(F.ptr() + a * 2 * d, F.ptr() + b * 2 * d, 2 * d));
+      if (a != b) sample.push_back(internal::sq_dist(F.ptr() + a * 2 * d, F.ptr() + b * 2 * d, 2 * d));
     }
     std::nth_element(sample.begin(), sample.begin() + ptrdiff_t(sample.size() / 2), sample.end());
     const double median = sample.empty() ? 0.0 : sample[sample.size() / 2];
@@ -144,7 +135,7 @@ CopyGrouping group_copies_by_weights(const Tensor& embed, const Tensor& head, in
     for (int64_t g = 0; g < G; ++g)
       for (int32_t h : nn[size_t(g)])
         if (h > g || (h < g && std::find(nn[size_t(h)].begin(), nn[size_t(h)].end(), int32_t(g)) == nn[size_t(h)].end()))
-          edges.emplace_back(sq_dist(F.ptr() + g * 2 * d, F.ptr() + int64_t(h) * 2 * d, 2 * d), int32_t(g), h);
+          edges.emplace_back(internal::sq_dist(F.ptr() + g * 2 * d, F.ptr() + int64_t(h) * 2 * d, 2 * d), int32_t(g), h);
     std::sort(edges.begin(), edges.end());
     stop = "candidate pairs exhausted";
     double last = 0;

@@ -221,15 +221,6 @@ Tensor anchored_features(const Side& s, const std::vector<int32_t>& sub, const s
   return F;
 }
 
-double sq_dist(const float* a, const float* b, int64_t D) {
-  double s = 0;
-  for (int64_t i = 0; i < D; ++i) {
-    const double t = double(a[i]) - b[i];
-    s += t * t;
-  }
-  return s;
-}
-
 // Nearest plaintext rows of the obfuscated rows being matched, and back.
 struct Matching {
   std::vector<std::vector<int32_t>> cand;  // per matched obfuscated row: plaintext rows, best first
@@ -244,8 +235,8 @@ Matching match(const Tensor& Fo, const Tensor& Fp, int topk) {
   m.margin.assign(m.cand.size(), 0.0);
   for (size_t r = 0; r < m.cand.size(); ++r) {
     if (m.cand[r].size() < 2) continue;
-    const double d1 = sq_dist(Fo.ptr() + int64_t(r) * D, Fp.ptr() + int64_t(m.cand[r][0]) * D, D);
-    const double d2 = sq_dist(Fo.ptr() + int64_t(r) * D, Fp.ptr() + int64_t(m.cand[r][1]) * D, D);
+    const double d1 = internal::sq_dist(Fo.ptr() + int64_t(r) * D, Fp.ptr() + int64_t(m.cand[r][0]) * D, D);
+    const double d2 = internal::sq_dist(Fo.ptr() + int64_t(r) * D, Fp.ptr() + int64_t(m.cand[r][1]) * D, D);
     m.margin[r] = (d2 - d1) / std::max(d1, 1e-12);
   }
   for (auto& nn : detail::nearest_rows(Fp, Fo, 1)) m.back.push_back(nn.empty() ? -1 : nn[0]);

@@ -143,6 +143,15 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+double sq_dist(const float* a, const float* b, int64_t len) {
+  double s = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const double x = double(a[i]) - b[i];
+    s += x * x;
+  }
+  return s;
+}
+
 }  // namespace internal
 
 namespace detail {

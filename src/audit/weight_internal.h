@@ -26,6 +26,8 @@ void standardize(Tensor& A, const std::vector<double>& mean, const std::vector<d
 Guesses guesses_from(int64_t n, const std::vector<int32_t>& obf_ids, const Tensor& query_feats,
                      const Tensor& plain_feats, int k);
 double seconds_since(std::chrono::steady_clock::time_point t0);
+// Squared Euclidean distance of two f32 rows, accumulated in double.
+double sq_dist(const float* a, const float* b, int64_t len);
 
 // NN building blocks (nn.cpp), shared by the classic and the drift-robust alignment.
 inline obf::Mat to_mat(const Tensor& t) { return linalg::from_tensor(t); }
