@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "aloepri/audit_weights.h"
 #include "aloepri/error.h"
 #include "aloepri/forward.h"
 #include "aloepri/gguf.h"
@@ -227,6 +228,21 @@ TEST(Qwen3MoeForward, NormTopkProbChangesTheFunction) {
   double diff = 0;
   for (size_t i = 0; i < la.size(); ++i) diff = std::max(diff, std::abs(la[i] - lb[i]));
   EXPECT_GT(diff, 1e-3);
+}
+
+TEST(Qwen3MoeAudit, WeightAttacksRefuseSparseLayersNamingTheConfig) {
+  // The weight attacks read dense FFN layers; a MoE checkpoint gets one clear usage error, not
+  // a missing-tensor error from the middle of the loader.
+  const std::string dir = synth_moe("audit");
+  try {
+    audit::ModelWeights::load(dir);
+    FAIL() << "a MoE checkpoint was accepted by the weight attacks' loader";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("qwen3_moe"), std::string::npos) << msg;
+    EXPECT_EQ(e.code(), kExitUsage) << msg;
+  }
 }
 
 TEST(Qwen3MoeGguf, StackedExpertsAndKeys) {

@@ -18,6 +18,13 @@ ModelWeights ModelWeights::load(const std::string& dir) {
   HFModel m(dir);
   ModelWeights w;
   w.config = m.config();
+  // The weight attacks read each layer's dense FFN (Gate-IA, NN's channel alignment); a sparse
+  // layer has a router and experts instead, which no attack here reads yet.
+  if (w.config.is_moe())
+    throw Error(dir + "/config.json",
+                "the weight attacks (vma, gate-ia, attn-ia, nn, oracle) read dense FFN layers; " +
+                    family_name(w.config.family) + " checkpoints (router + experts) are not supported by them yet",
+                kExitUsage);
   w.emb = m.tensor_f32(tensor_names::embed());
   w.head = m.lm_head_f32();
   w.final_norm = m.tensor_f32(tensor_names::final_norm()).data;
