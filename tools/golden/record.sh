@@ -102,6 +102,20 @@ for arch in llama mistral qwen2 qwen3; do
 done
 "$bin" synth --arch llama --preset small --dtype bf16 --seed 9 --out "$work/llama-small" 2>/dev/null
 hash_dir synth-llama-small "$work/llama-small"
+# A mixture-of-experts shape (router, per-expert tensors, stacked GGUF experts), obfuscated exactly,
+# and its plain GGUF conversion: the tensor layout touches all three.
+if "$bin" synth --arch qwen3moe --seed 7 --out "$work/qwen3moe" 2>/dev/null; then
+  hash_dir synth-qwen3moe "$work/qwen3moe"
+  "$bin" convert "$work/qwen3moe" --gguf "$work/qwen3moe.gguf" 2>/dev/null
+  put convert-qwen3moe "$(hash_file "$work/qwen3moe.gguf")"
+  make_key "$work/moe.key" "$(seed_hex 77)"
+  "$bin" obfuscate "$work/qwen3moe" --key "$work/moe.key" --out "$work/qwen3moe-exact" --gguf "$work/qwen3moe-exact.gguf" \
+    --profile exact 2>/dev/null
+  hash_dir obf-qwen3moe-exact "$work/qwen3moe-exact"
+  put gguf-qwen3moe-exact "$(hash_file "$work/qwen3moe-exact.gguf")"
+  "$bin" forward "$work/qwen3moe-exact" --ids "$ids" --greedy 4 --all-logits --json > "$work/fwd.json"
+  put_json forward-qwen3moe-exact "$work/fwd.json"
+fi
 
 s=11
 for m in "${models[@]}"; do
@@ -134,6 +148,11 @@ make_key "$work/q8.key" "$(seed_hex 99)"
 "$bin" obfuscate "$work/mini" --key "$work/q8.key" --out "$work/mini-q8" --gguf "$work/mini-q8.gguf" --dtype q8_0 \
   --profile paper --alpha-e 0.5 --value-cond 4 2>/dev/null
 put gguf-mini-q8 "$(hash_file "$work/mini-q8.gguf")"
+# kappa measured on real activations (the calibrator's own forward pass)
+make_key "$work/cal.key" "$(seed_hex 98)"
+"$bin" obfuscate "$work/mini" --key "$work/cal.key" --out "$work/mini-cal" --profile paper --alpha-e 0.5 \
+  --kappa calibrated --calib-file "$victim" 2>/dev/null
+hash_dir obf-mini-calibrated "$work/mini-cal"
 
 # --- eval (reference engine) and audit on aloe-mini, cheap settings
 log "eval"
