@@ -6,6 +6,7 @@
 #include "aloepri/error.h"
 #include "aloepri/forward.h"
 #include "aloepri/model.h"
+#include "aloepri/model/layout.h"
 
 namespace aloepri {
 
@@ -35,38 +36,38 @@ ModelWeights ModelWeights::load(const HFModel& m) {
   auto get_t = [&](const std::string& name) { return transposed(m.tensor_f32(name), name); };
   auto opt = [&](const std::string& name) { return m.weights().has(name) ? get(name) : Tensor(); };
 
-  w.embed = get(tensor_names::embed());
-  w.final_norm = get(tensor_names::final_norm());
-  w.head = transposed(m.lm_head_f32(), c.tie_word_embeddings ? tensor_names::embed() : tensor_names::lm_head());
+  using layout::Role;
+  w.embed = get(layout::hf_name(c, Role::Embedding));
+  w.final_norm = get(layout::hf_name(c, Role::FinalNorm));
+  w.head = transposed(m.lm_head_f32(), layout::hf_name(c, c.tie_word_embeddings ? Role::Embedding : Role::Head));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    auto n = [&](const char* suffix) { return tensor_names::layer(i, suffix); };
+    auto n = [&](Role r) { return layout::hf_name(c, r, i); };
     LayerWeights L;
-    L.attn_norm = get(n("input_layernorm.weight"));
-    L.ffn_norm = get(n("post_attention_layernorm.weight"));
-    L.wq = get_t(n("self_attn.q_proj.weight"));
-    L.wk = get_t(n("self_attn.k_proj.weight"));
-    L.wv = get_t(n("self_attn.v_proj.weight"));
-    L.wo = get_t(n("self_attn.o_proj.weight"));
+    L.attn_norm = get(n(Role::AttnNorm));
+    L.ffn_norm = get(n(Role::FfnNorm));
+    L.wq = get_t(n(Role::Query));
+    L.wk = get_t(n(Role::Key));
+    L.wv = get_t(n(Role::Value));
+    L.wo = get_t(n(Role::Output));
     // Biases: whatever the checkpoint holds (qwen2 always has q/k/v; llama with attention_bias
     // also has o_proj's).
-    L.bq = opt(n("self_attn.q_proj.bias"));
-    L.bk = opt(n("self_attn.k_proj.bias"));
-    L.bv = opt(n("self_attn.v_proj.bias"));
-    L.bo = opt(n("self_attn.o_proj.bias"));
+    L.bq = opt(n(Role::QueryBias));
+    L.bk = opt(n(Role::KeyBias));
+    L.bv = opt(n(Role::ValueBias));
+    L.bo = opt(n(Role::OutputBias));
     if (c.qk_norm) {
-      L.q_norm = get(n("self_attn.q_norm.weight"));
-      L.k_norm = get(n("self_attn.k_norm.weight"));
+      L.q_norm = get(n(Role::QNorm));
+      L.k_norm = get(n(Role::KNorm));
     }
     if (c.is_moe_layer(i)) {
-      namespace tn = tensor_names;
-      L.router = get_t(tn::router(i));
+      L.router = get_t(n(Role::Router));
+      auto x = [&](Role r, int64_t e) { return get_t(layout::hf_name(c, r, i, e)); };
       for (int64_t e = 0; e < c.num_experts; ++e)
-        L.experts.push_back({get_t(tn::expert(i, e, tn::ExpertProj::Gate)), get_t(tn::expert(i, e, tn::ExpertProj::Up)),
-                             get_t(tn::expert(i, e, tn::ExpertProj::Down))});
+        L.experts.push_back({x(Role::ExpertGate, e), x(Role::ExpertUp, e), x(Role::ExpertDown, e)});
     } else {
-      L.w_gate = get_t(n("mlp.gate_proj.weight"));
-      L.w_up = get_t(n("mlp.up_proj.weight"));
-      L.w_down = get_t(n("mlp.down_proj.weight"));
+      L.w_gate = get_t(n(Role::Gate));
+      L.w_up = get_t(n(Role::Up));
+      L.w_down = get_t(n(Role::Down));
     }
     w.layers.push_back(std::move(L));
   }

@@ -9,7 +9,6 @@
 #include <filesystem>
 
 #include "aloepri/error.h"
-#include "aloepri/model.h"
 #include "aloepri/output.h"
 
 namespace fs = std::filesystem;
@@ -359,17 +358,6 @@ bool ModelConfig::is_moe_layer(int64_t layer) const {
   if (num_experts <= 0 || decoder_sparse_step <= 0) return false;
   if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end()) return false;
   return (layer + 1) % decoder_sparse_step == 0;
-}
-
-int64_t ModelConfig::parameter_count() const {
-  int64_t n = 0;
-  for (auto& [name, shape] : expected_tensors(*this)) {
-    int64_t k = 1;
-    for (auto d : shape)
-      if (__builtin_mul_overflow(k, d, &k)) throw Error("config.json", "parameter count overflows");
-    if (__builtin_add_overflow(n, k, &n)) throw Error("config.json", "parameter count overflows");
-  }
-  return n;
 }
 
 std::vector<double> rope_inv_freq(double theta, int64_t dh) {

@@ -20,6 +20,7 @@
 #include "aloepri/keyfile.h"
 #include "aloepri/mmap.h"
 #include "aloepri/model.h"
+#include "aloepri/model/layout.h"
 #include "aloepri/obfuscate.h"
 #include "aloepri/output.h"
 #include "aloepri/progress.h"
@@ -390,51 +391,19 @@ struct OutTensor {
   int64_t step;
 };
 
-// np: the obfuscated vocabulary n' (n plus the homophone copies).
+// The layout's tensors with the obfuscated sizes (hidden d', vocabulary n' = n plus the homophone
+// copies), the head always its own tensor. Their order is the order the steps below compute them.
 std::vector<OutTensor> declare_outputs(const ModelConfig& c, int64_t dp, DType dt, int64_t np) {
-  const int64_t n = np, L = c.num_hidden_layers, dh = c.head_dim;
-  const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, ff = c.intermediate_size;
-  using tensor_names::layer;
+  layout::Dims dims = layout::Dims::of(c);
+  dims.hidden = dp;
+  dims.vocab = np;
+  const int64_t L = c.num_hidden_layers;
   std::vector<OutTensor> v;
   // Norm weights and biases follow the output dtype too, for a uniform standard checkpoint.
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, int64_t step) {
-    v.push_back({{name, dt, std::move(shape)}, step});
-  };
-  add(tensor_names::embed(), {n, dp}, 0);
-  for (int64_t l = 0; l < L; ++l) {
-    add(layer(l, "input_layernorm.weight"), {dp}, 1 + l);
-    add(layer(l, "self_attn.q_proj.weight"), {m * dh, dp}, 1 + l);
-    add(layer(l, "self_attn.k_proj.weight"), {mkv * dh, dp}, 1 + l);
-    add(layer(l, "self_attn.v_proj.weight"), {mkv * dh, dp}, 1 + l);
-    if (c.attention_bias) {
-      add(layer(l, "self_attn.q_proj.bias"), {m * dh}, 1 + l);
-      add(layer(l, "self_attn.k_proj.bias"), {mkv * dh}, 1 + l);
-      add(layer(l, "self_attn.v_proj.bias"), {mkv * dh}, 1 + l);
-    }
-    if (c.qk_norm) {
-      add(layer(l, "self_attn.q_norm.weight"), {dh}, 1 + l);
-      add(layer(l, "self_attn.k_norm.weight"), {dh}, 1 + l);
-    }
-    add(layer(l, "self_attn.o_proj.weight"), {dp, m * dh}, 1 + l);
-    if (c.o_bias()) add(layer(l, "self_attn.o_proj.bias"), {dp}, 1 + l);
-    add(layer(l, "post_attention_layernorm.weight"), {dp}, 1 + l);
-    if (c.is_moe_layer(l)) {  // router, then each expert slot's gate, up, down
-      using tensor_names::ExpertProj;
-      const int64_t fe = c.moe_intermediate_size;
-      add(tensor_names::router(l), {c.num_experts, dp}, 1 + l);
-      for (int64_t e = 0; e < c.num_experts; ++e) {
-        add(tensor_names::expert(l, e, ExpertProj::Gate), {fe, dp}, 1 + l);
-        add(tensor_names::expert(l, e, ExpertProj::Up), {fe, dp}, 1 + l);
-        add(tensor_names::expert(l, e, ExpertProj::Down), {dp, fe}, 1 + l);
-      }
-      continue;
-    }
-    add(layer(l, "mlp.gate_proj.weight"), {ff, dp}, 1 + l);
-    add(layer(l, "mlp.up_proj.weight"), {ff, dp}, 1 + l);
-    add(layer(l, "mlp.down_proj.weight"), {dp, ff}, 1 + l);
+  for (auto& t : layout::tensors(c, dims, /*include_tied_head=*/true)) {
+    const int64_t step = t.layer >= 0 ? 1 + t.layer : t.def->role == layout::Role::Embedding ? 0 : L + 1;
+    v.push_back({{std::move(t.name), dt, std::move(t.shape)}, step});
   }
-  add(tensor_names::final_norm(), {dp}, L + 1);
-  add(tensor_names::lm_head(), {n, dp}, L + 1);
   return v;
 }
 
@@ -458,27 +427,27 @@ void prefetch_step(const HFModel& m, const std::vector<OutTensor>& outs, int64_t
 void obfuscate_moe_ffn(const HFModel& plain, const Seed& seed, int64_t l, const std::vector<float>& ffn_norm,
                        const obf::KeyMatrices& K, const Tensor& Pd, double scale_range, bool router_norm,
                        const std::function<void(const std::string&, Tensor)>& put) {
-  using tensor_names::ExpertProj;
+  using layout::Role;
   const ModelConfig& c = plain.config();
   const std::string ls = "layer/" + std::to_string(l);
   const obf::MoeKeys MK = obf::draw_moe_keys(seed, l, c.num_experts, c.moe_intermediate_size, scale_range);
   Tensor router = obf::read_residual(
-      obf::permute_router(load_and_release(plain, tensor_names::router(l)), MK.expert_slot), ffn_norm,
+      obf::permute_router(load_and_release(plain, layout::hf_name(c, Role::Router, l)), MK.expert_slot), ffn_norm,
       mat_f32(K.Q(ls + "/router")));
   if (router_norm) obf::normalise_rows(router);
-  put(tensor_names::router(l), std::move(router));
+  put(layout::hf_name(c, Role::Router, l), std::move(router));
   const std::vector<int64_t> owner = invert_permutation(MK.expert_slot);  // slot -> plaintext expert
   for (int64_t s = 0; s < c.num_experts; ++s) {
     const int64_t e = owner[size_t(s)];
-    auto X = [&](ExpertProj p) { return load_and_release(plain, tensor_names::expert(l, e, p)); };
-    obf::FfnHF S = obf::transform_ffn_channels(obf::FfnHF{X(ExpertProj::Gate), X(ExpertProj::Up), X(ExpertProj::Down)},
+    auto X = [&](Role r) { return load_and_release(plain, layout::hf_name(c, r, l, e)); };
+    obf::FfnHF S = obf::transform_ffn_channels(obf::FfnHF{X(Role::ExpertGate), X(Role::ExpertUp), X(Role::ExpertDown)},
                                                MK.experts[size_t(e)]);
     const std::string es = ls + "/expert/" + std::to_string(e);
     // The double Q instance dies inside, before the GEMM that uses its f32 copy.
     auto reader_key = [&](const char* role) { return mat_f32(K.Q(es + role)); };
-    put(tensor_names::expert(l, s, ExpertProj::Gate), obf::read_residual(std::move(S.gate), ffn_norm, reader_key("/gate")));
-    put(tensor_names::expert(l, s, ExpertProj::Up), obf::read_residual(std::move(S.up), ffn_norm, reader_key("/up")));
-    put(tensor_names::expert(l, s, ExpertProj::Down), obf::write_residual(S.down, Pd));
+    put(layout::hf_name(c, Role::ExpertGate, l, s), obf::read_residual(std::move(S.gate), ffn_norm, reader_key("/gate")));
+    put(layout::hf_name(c, Role::ExpertUp, l, s), obf::read_residual(std::move(S.up), ffn_norm, reader_key("/up")));
+    put(layout::hf_name(c, Role::ExpertDown, l, s), obf::write_residual(S.down, Pd));
   }
 }
 
@@ -649,9 +618,9 @@ bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
     if (where == "in_checkpoint") {
       // The record's key and noise were checked above: the published parameters stay the ones
       // the draw was made with.
-      require(!c.tie_word_embeddings && plain.weights().has(tensor_names::lm_head()), cfg_where,
+      require(!c.tie_word_embeddings && plain.weights().has(layout::hf_name(c, layout::Role::Head)), cfg_where,
               "aloepri_adapted.emb_head_noise is \"in_checkpoint\" but the model has no separate " +
-                  tensor_names::lm_head() + " (tie_word_embeddings): the noisy head must be its own tensor");
+                  layout::hf_name(c, layout::Role::Head) + " (tie_word_embeddings): the noisy head must be its own tensor");
       return true;
     }
   }
@@ -659,7 +628,7 @@ bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
 }
 
 DType output_dtype(const HFModel& plain, const ObfuscateOptions& opt) {
-  return opt.dtype ? *opt.dtype : plain.weights().get(tensor_names::embed()).dtype;
+  return opt.dtype ? *opt.dtype : plain.weights().get(layout::hf_name(plain.config(), layout::Role::Embedding)).dtype;
 }
 
 // Everything after the tensors (config with eps' and the published ids, tokenizer files,
@@ -775,8 +744,6 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     w = std::make_unique<SafetensorsWriter>(out->temp_path(), opt.max_shard_bytes);
     for (const auto& o : outs) w->add(o.spec);
   }
-  using tensor_names::layer;
-
   // Tensors are written behind the computation, in the order they are put (see write_behind.h).
   WriteBehind wb(
       [&](const std::string& name, const float* p, size_t numel) {
@@ -819,11 +786,11 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     Tensor Pemb = mat_f32(K.P("emb"));
     writer_fro += fro2(Pemb);
     ++writers;
-    const TensorView& ev = plain.weights().get(tensor_names::embed());
+    const TensorView& ev = plain.weights().get(layout::hf_name(c, layout::Role::Embedding));
     if (P.kappa == KappaMode::Calibrated) calib = std::make_unique<Calibrator>(c, opt.calib_ids, ev, Pemb);
     RngStream noise(seed, "noise/embed");
     auto copy_noise = [&seed](int64_t copy) { return RngStream(seed, "noise/embed/copy/" + std::to_string(copy)); };
-    put(tensor_names::embed(), obf::transform_vocab_matrix(n, d, mapped_rows(ev), vm, emb_alpha, P.noise_scale,
+    put(layout::hf_name(c, layout::Role::Embedding), obf::transform_vocab_matrix(n, d, mapped_rows(ev), vm, emb_alpha, P.noise_scale,
                                                            noise, copy_noise, {}, Pemb, false));
     prog.advance();
   }
@@ -845,29 +812,31 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       continue;
     }
     if (runs(2 + l)) prefetch_step(plain, outs, 2 + l);  // the next layer, read while this one computes
-    auto T = [&](const std::string& suffix) { return load_and_release(plain, layer(l, suffix)); };
+    using layout::Role;
+    auto name = [&](Role r) { return layout::hf_name(c, r, l); };
+    auto T = [&](Role r) { return load_and_release(plain, name(r)); };
     // A reader's Q in f32; the double instance dies inside, before the GEMM that uses it.
     auto reader_key = [&](const char* role) { return mat_f32(K.Q(ls + role)); };
     // Attention.
     const double k_in = kappa_now();
     note_kappa(1 + l, k_in);
-    put_vec(layer(l, "input_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_in)));
-    Tensor attn_norm = T("input_layernorm.weight");
+    put_vec(name(Role::AttnNorm), std::vector<float>(static_cast<size_t>(dp), float(k_in)));
+    Tensor attn_norm = T(Role::AttnNorm);
     obf::AttnHF A;
-    A.q = T("self_attn.q_proj.weight");
-    A.k = T("self_attn.k_proj.weight");
-    A.v = T("self_attn.v_proj.weight");
-    A.o = T("self_attn.o_proj.weight");
+    A.q = T(Role::Query);
+    A.k = T(Role::Key);
+    A.v = T(Role::Value);
+    A.o = T(Role::Output);
     if (c.attention_bias) {
-      A.bq = T("self_attn.q_proj.bias");
-      A.bk = T("self_attn.k_proj.bias");
-      A.bv = T("self_attn.v_proj.bias");
+      A.bq = T(Role::QueryBias);
+      A.bk = T(Role::KeyBias);
+      A.bv = T(Role::ValueBias);
     }
     if (c.qk_norm) {
-      A.q_norm = T("self_attn.q_norm.weight");
-      A.k_norm = T("self_attn.k_norm.weight");
+      A.q_norm = T(Role::QNorm);
+      A.k_norm = T(Role::KNorm);
     }
-    Tensor o_bias = c.o_bias() ? T("self_attn.o_proj.bias") : Tensor();
+    Tensor o_bias = c.o_bias() ? T(Role::OutputBias) : Tensor();
     Tensor Po = mat_f32(K.P(ls + "/o"));
     if (calib) calib->attention(A, attn_norm, o_bias, Po);
     writer_fro += fro2(Po);
@@ -877,33 +846,33 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       obf::AttnHF S = obf::transform_attention_heads(A, AK, dh);
       A = obf::AttnHF();  // release the plaintext copies early
       const auto wn = as_vec(attn_norm);
-      put(layer(l, "self_attn.q_proj.weight"), obf::read_residual(std::move(S.q), wn, reader_key("/q")));
-      put(layer(l, "self_attn.k_proj.weight"), obf::read_residual(std::move(S.k), wn, reader_key("/k")));
-      put(layer(l, "self_attn.v_proj.weight"), obf::read_residual(std::move(S.v), wn, reader_key("/v")));
+      put(name(Role::Query), obf::read_residual(std::move(S.q), wn, reader_key("/q")));
+      put(name(Role::Key), obf::read_residual(std::move(S.k), wn, reader_key("/k")));
+      put(name(Role::Value), obf::read_residual(std::move(S.v), wn, reader_key("/v")));
       if (c.attention_bias) {
-        put(layer(l, "self_attn.q_proj.bias"), S.bq);
-        put(layer(l, "self_attn.k_proj.bias"), S.bk);
-        put(layer(l, "self_attn.v_proj.bias"), S.bv);
+        put(name(Role::QueryBias), S.bq);
+        put(name(Role::KeyBias), S.bk);
+        put(name(Role::ValueBias), S.bv);
       }
       if (c.qk_norm) {
-        put(layer(l, "self_attn.q_norm.weight"), S.q_norm);
-        put(layer(l, "self_attn.k_norm.weight"), S.k_norm);
+        put(name(Role::QNorm), S.q_norm);
+        put(name(Role::KNorm), S.k_norm);
       }
-      put(layer(l, "self_attn.o_proj.weight"), obf::write_residual(S.o, Po));
+      put(name(Role::Output), obf::write_residual(S.o, Po));
       if (c.o_bias()) {
         Tensor bo({1, d});
         bo.data = o_bias.data;
         Tensor r({1, dp});
         linalg::gemm(false, false, 1, int(dp), int(d), 1.0f, bo.ptr(), int(d), Po.ptr(),
                     int(dp), 0.0f, r.ptr(), int(dp));
-        put(layer(l, "self_attn.o_proj.bias"), r);
+        put(name(Role::OutputBias), r);
       }
     }
     // FFN.
     const double k_post = kappa_now();
     note_kappa(1 + l, k_post);
-    put_vec(layer(l, "post_attention_layernorm.weight"), std::vector<float>(static_cast<size_t>(dp), float(k_post)));
-    Tensor ffn_norm = T("post_attention_layernorm.weight");
+    put_vec(name(Role::FfnNorm), std::vector<float>(static_cast<size_t>(dp), float(k_post)));
+    Tensor ffn_norm = T(Role::FfnNorm);
     if (c.is_moe_layer(l)) {
       Tensor Pd = mat_f32(K.P(ls + "/down"));  // every expert writes through the layer's one map
       writer_fro += fro2(Pd);
@@ -912,7 +881,7 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       prog.advance();
       continue;
     }
-    obf::FfnHF F{T("mlp.gate_proj.weight"), T("mlp.up_proj.weight"), T("mlp.down_proj.weight")};
+    obf::FfnHF F{T(Role::Gate), T(Role::Up), T(Role::Down)};
     Tensor Pd = mat_f32(K.P(ls + "/down"));
     if (calib) calib->ffn(F, ffn_norm, Pd);
     writer_fro += fro2(Pd);
@@ -921,9 +890,9 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       obf::FfnHF S = obf::transform_ffn_channels(std::move(F), obf::draw_ffn_keys(seed, l, ff, P.ffn_scale_range));
       F = obf::FfnHF();
       const auto wn = as_vec(ffn_norm);
-      put(layer(l, "mlp.gate_proj.weight"), obf::read_residual(std::move(S.gate), wn, reader_key("/gate")));
-      put(layer(l, "mlp.up_proj.weight"), obf::read_residual(std::move(S.up), wn, reader_key("/up")));
-      put(layer(l, "mlp.down_proj.weight"), obf::write_residual(S.down, Pd));
+      put(name(Role::Gate), obf::read_residual(std::move(S.gate), wn, reader_key("/gate")));
+      put(name(Role::Up), obf::read_residual(std::move(S.up), wn, reader_key("/up")));
+      put(name(Role::Down), obf::write_residual(S.down, Pd));
     }
     prog.advance();
   }
@@ -932,14 +901,14 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
   if (runs(L + 1)) {
     const double k_f = kappa_now();
     note_kappa(L + 1, k_f);
-    put_vec(tensor_names::final_norm(), std::vector<float>(static_cast<size_t>(dp), float(k_f)));
+    put_vec(layout::hf_name(c, layout::Role::FinalNorm), std::vector<float>(static_cast<size_t>(dp), float(k_f)));
     calib.reset();
     const TensorView& hv =
-        plain.weights().get(c.tie_word_embeddings ? tensor_names::embed() : tensor_names::lm_head());
-    const auto wf = as_vec(plain.tensor_f32(tensor_names::final_norm()));
+        plain.weights().get(c.tie_word_embeddings ? layout::hf_name(c, layout::Role::Embedding) : layout::hf_name(c, layout::Role::Head));
+    const auto wf = as_vec(plain.tensor_f32(layout::hf_name(c, layout::Role::FinalNorm)));
     RngStream noise(seed, "noise/head");
     auto copy_noise = [&seed](int64_t copy) { return RngStream(seed, "noise/head/copy/" + std::to_string(copy)); };
-    put(tensor_names::lm_head(), obf::transform_vocab_matrix(n, d, mapped_rows(hv), vm, head_alpha, P.noise_scale,
+    put(layout::hf_name(c, layout::Role::Head), obf::transform_vocab_matrix(n, d, mapped_rows(hv), vm, head_alpha, P.noise_scale,
                                                              noise, copy_noise, wf, mat_f32(K.Q("head")), true));
     prog.advance();
   }

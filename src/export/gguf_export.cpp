@@ -15,6 +15,7 @@
 #include "aloepri/error.h"
 #include "aloepri/gguf_quant.h"
 #include "aloepri/model.h"
+#include "aloepri/model/layout.h"
 #include "aloepri/progress.h"
 
 namespace fs = std::filesystem;
@@ -502,14 +503,14 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   };
 
   // Experts [E x (rows, cols)] -> one 3-D tensor ne = {cols, rows, E}.
-  auto stacked = [&](const std::string& gname, int64_t layer, tensor_names::ExpertProj p, int64_t rows, int64_t cols) {
+  auto stacked = [&](const std::string& gname, const layout::TensorDef& t, int64_t layer, int64_t rows, int64_t cols) {
     Job j;
     j.name = gname;
     j.rows = rows;
     j.cols = cols;
     j.two_d = true;
     for (int64_t e = 0; e < c.num_experts; ++e) {
-      const TensorView& v = st.get(tensor_names::expert(layer, e, p));
+      const TensorView& v = st.get(layout::hf_name(t, layer, e));
       check_shape(v, {rows, cols});
       j.stack.push_back(&v);
     }
@@ -518,9 +519,6 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
     jobs.push_back(std::move(j));
   };
 
-  const int64_t d = c.hidden_size, hd = c.head_dim, ff = c.intermediate_size, n = c.vocab_size;
-  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t phd = permute ? hd : 0;
   if (rope == "llama3") {
     Job j;
     j.name = "rope_freqs.weight";
@@ -528,44 +526,40 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
     j.cols = int64_t(j.generated.size());
     jobs.push_back(std::move(j));
   }
-  matrix("token_embd.weight", tensor_names::embed(), n, d, 0);
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string b = "blk." + std::to_string(i) + ".";
-    auto L = [&](const std::string& s) { return tensor_names::layer(i, s); };
-    vec(b + "attn_norm.weight", L("input_layernorm.weight"), d);
-    matrix(b + "attn_q.weight", L("self_attn.q_proj.weight"), qd, d, phd);
-    matrix(b + "attn_k.weight", L("self_attn.k_proj.weight"), kvd, d, phd);
-    matrix(b + "attn_v.weight", L("self_attn.v_proj.weight"), kvd, d, 0);
-    if (c.attention_bias || st.has(L("self_attn.q_proj.bias"))) {
-      vec(b + "attn_q.bias", L("self_attn.q_proj.bias"), qd, phd);
-      vec(b + "attn_k.bias", L("self_attn.k_proj.bias"), kvd, phd);
-      vec(b + "attn_v.bias", L("self_attn.v_proj.bias"), kvd);
+  // One job per layout row, in the layout's order. llama.cpp's llama arch wants q and k rows (and
+  // their biases) interleaved per RoPE pair; its NEOX archs keep HF's order.
+  const layout::Dims dims = layout::Dims::of(c);
+  const int64_t phd = permute ? c.head_dim : 0;
+  auto add_row = [&](const layout::TensorDef& t, int64_t layer) {
+    const std::string gname = layout::gguf_name(t, layer);
+    const int64_t rows = dims[t.rows], cols = dims[t.cols];
+    if (t.scope == layout::Scope::Expert) return stacked(gname, t, layer, rows, cols);
+    std::string hf = layout::hf_name(t, layer);
+    // Always an explicit head (the embedding when tied): simplest for llama.cpp and required for
+    // obfuscated models, whose head and embedding differ.
+    if (t.role == layout::Role::Head && (c.tie_word_embeddings || !st.has(hf)))
+      hf = layout::hf_name(c, layout::Role::Embedding);
+    const int64_t perm = t.rope_rows ? phd : 0;
+    if (t.cols == layout::Dim::None) vec(gname, hf, rows, perm);
+    else matrix(gname, hf, rows, cols, perm);
+  };
+  auto exists = [&](const layout::TensorDef& t, int64_t layer) {
+    if (t.role == layout::Role::Head) return true;
+    // q/k/v biases: written when the checkpoint holds them even if config.json does not say so.
+    if (t.when == layout::When::AttnBias) return c.attention_bias || st.has(layout::hf_name(t, layer));
+    return layout::present(t, c, layer);
+  };
+  const auto& table = layout::table(c.family);
+  for (const auto& t : table)
+    if (t.role == layout::Role::Embedding) add_row(t, -1);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    for (size_t k = 0; k < table.size(); ++k) {
+      const layout::TensorDef& t = table[k];
+      if (t.scope == layout::Scope::Model || !exists(t, i)) continue;
+      add_row(t, i);
     }
-    matrix(b + "attn_output.weight", L("self_attn.o_proj.weight"), d, qd, 0);
-    if (c.o_bias()) vec(b + "attn_output.bias", L("self_attn.o_proj.bias"), d);
-    if (c.qk_norm) {
-      vec(b + "attn_q_norm.weight", L("self_attn.q_norm.weight"), hd);
-      vec(b + "attn_k_norm.weight", L("self_attn.k_norm.weight"), hd);
-    }
-    vec(b + "ffn_norm.weight", L("post_attention_layernorm.weight"), d);
-    if (c.is_moe_layer(i)) {
-      using tensor_names::ExpertProj;
-      const int64_t fe = c.moe_intermediate_size;
-      matrix(b + "ffn_gate_inp.weight", tensor_names::router(i), c.num_experts, d, 0);
-      stacked(b + "ffn_gate_exps.weight", i, ExpertProj::Gate, fe, d);
-      stacked(b + "ffn_up_exps.weight", i, ExpertProj::Up, fe, d);
-      stacked(b + "ffn_down_exps.weight", i, ExpertProj::Down, d, fe);
-      continue;
-    }
-    matrix(b + "ffn_gate.weight", L("mlp.gate_proj.weight"), ff, d, 0);
-    matrix(b + "ffn_up.weight", L("mlp.up_proj.weight"), ff, d, 0);
-    matrix(b + "ffn_down.weight", L("mlp.down_proj.weight"), d, ff, 0);
-  }
-  vec("output_norm.weight", tensor_names::final_norm(), d);
-  // Always an explicit head (the embedding when tied): simplest for llama.cpp and required for
-  // obfuscated models, whose head and embedding differ.
-  const bool tied = c.tie_word_embeddings || !st.has(tensor_names::lm_head());
-  matrix("output.weight", tied ? tensor_names::embed() : tensor_names::lm_head(), n, d, 0);
+  for (const auto& t : table)
+    if (t.scope == layout::Scope::Model && t.role != layout::Role::Embedding && exists(t, -1)) add_row(t, -1);
 
   uint64_t total = 0;
   for (const auto& j : jobs) {

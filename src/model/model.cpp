@@ -1,6 +1,8 @@
-// HF checkpoint directories: the tensor names and shapes each family must have, loading with
-// shape checks, the output head, the fingerprint, and the one writer of synthetic weights.
+// HF checkpoint directories: loading with shape checks against the layout (model/layout.h), the
+// output head, the fingerprint, and the one writer of synthetic weights.
 #include "aloepri/model.h"
+
+#include "aloepri/model/layout.h"
 
 #include <sodium.h>
 #include <sys/mman.h>
@@ -22,58 +24,23 @@ namespace fs = std::filesystem;
 namespace aloepri {
 
 namespace tensor_names {
-std::string embed() { return "model.embed_tokens.weight"; }
-std::string final_norm() { return "model.norm.weight"; }
-std::string lm_head() { return "lm_head.weight"; }
+namespace ly = layout;
+std::string embed() { return ly::hf_name(ly::def(Family::Llama, ly::Role::Embedding)); }
+std::string final_norm() { return ly::hf_name(ly::def(Family::Llama, ly::Role::FinalNorm)); }
+std::string lm_head() { return ly::hf_name(ly::def(Family::Llama, ly::Role::Head)); }
 std::string layer(int64_t i, const std::string& suffix) {
   return "model.layers." + std::to_string(i) + "." + suffix;
 }
-std::string router(int64_t i) { return layer(i, "mlp.gate.weight"); }
+std::string router(int64_t i) { return ly::hf_name(ly::def(Family::Qwen3Moe, ly::Role::Router), i); }
 std::string expert(int64_t i, int64_t e, ExpertProj p) {
-  static const char* const kProj[] = {"gate_proj", "up_proj", "down_proj"};
-  return layer(i, "mlp.experts." + std::to_string(e) + "." + kProj[int(p)] + ".weight");
+  static const ly::Role kRole[] = {ly::Role::ExpertGate, ly::Role::ExpertUp, ly::Role::ExpertDown};
+  return ly::hf_name(ly::def(Family::Qwen3Moe, kRole[int(p)]), i, e);
 }
 }  // namespace tensor_names
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c) {
-  namespace tn = tensor_names;
-  const int64_t d = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), ff = c.intermediate_size;
   std::vector<std::pair<std::string, std::vector<int64_t>>> v;
-  v.push_back({tn::embed(), {c.vocab_size, d}});
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    auto L = [&](const char* s, std::vector<int64_t> shape) { v.push_back({tn::layer(i, s), std::move(shape)}); };
-    L("input_layernorm.weight", {d});
-    L("self_attn.q_proj.weight", {q, d});
-    L("self_attn.k_proj.weight", {kv, d});
-    L("self_attn.v_proj.weight", {kv, d});
-    L("self_attn.o_proj.weight", {d, q});
-    if (c.attention_bias) {
-      L("self_attn.q_proj.bias", {q});
-      L("self_attn.k_proj.bias", {kv});
-      L("self_attn.v_proj.bias", {kv});
-    }
-    if (c.o_bias()) L("self_attn.o_proj.bias", {d});
-    if (c.qk_norm) {
-      L("self_attn.q_norm.weight", {c.head_dim});
-      L("self_attn.k_norm.weight", {c.head_dim});
-    }
-    L("post_attention_layernorm.weight", {d});
-    if (c.is_moe_layer(i)) {
-      const int64_t fe = c.moe_intermediate_size;
-      v.push_back({tn::router(i), {c.num_experts, d}});
-      for (int64_t e = 0; e < c.num_experts; ++e) {
-        v.push_back({tn::expert(i, e, tn::ExpertProj::Gate), {fe, d}});
-        v.push_back({tn::expert(i, e, tn::ExpertProj::Up), {fe, d}});
-        v.push_back({tn::expert(i, e, tn::ExpertProj::Down), {d, fe}});
-      }
-      continue;
-    }
-    L("mlp.gate_proj.weight", {ff, d});
-    L("mlp.up_proj.weight", {ff, d});
-    L("mlp.down_proj.weight", {d, ff});
-  }
-  v.push_back({tn::final_norm(), {d}});
-  if (!c.tie_word_embeddings) v.push_back({tn::lm_head(), {c.vocab_size, d}});
+  for (auto& t : layout::tensors(c, layout::Dims::of(c))) v.push_back({std::move(t.name), std::move(t.shape)});
   return v;
 }
 
