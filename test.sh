@@ -10,8 +10,8 @@ log=$(mktemp)
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 passed=$(sed -nE 's/.*tests passed, ([0-9]+) tests failed out of ([0-9]+).*/\2 \1/p' "$log" | awk '{print $1-$2}')
 failed=$(sed -nE 's/.*tests passed, ([0-9]+) tests failed out of ([0-9]+).*/\1/p' "$log")
-if [ -d engine/llamacpp/test ]; then
-  node --test engine/llamacpp/test/ tests/e2e/ 2>&1 | tee "$log"  # harness + proxy e2e (openai client)
+if [ -d harness/llamacpp/test ]; then
+  node --test harness/llamacpp/test/ tests/e2e/ 2>&1 | tee "$log"  # harness + proxy e2e (openai client)
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   passed=$(( ${passed:-0} + $(sed -nE 's/^# pass ([0-9]+)/\1/p' "$log" | tail -1) ))
   failed=$(( ${failed:-0} + $(sed -nE 's/^# fail ([0-9]+)/\1/p' "$log" | tail -1) ))

@@ -10,14 +10,14 @@
 // difference is exactly the proxy's added latency per token (HTTP hop, tau^-1, detokenization,
 // stop-string logic, SSE re-encoding). --real also measures against the llama.cpp harness
 // serving the --exact obfuscated aloe-mini (TTFT and inter-token gaps, proxy vs direct).
-// Needs the built CLI ($ALOEPRI_BIN or build/aloepri) and the harness (engine/llamacpp).
+// Needs the built CLI ($ALOEPRI_BIN or build/aloepri) and the harness (harness/llamacpp).
 import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { startServer } from "../engine/llamacpp/lib/testing.mjs";
+import { startServer } from "../harness/llamacpp/lib/testing.mjs";
 import { ALOE_MINI, aloepri, aloepriBin, startProxy, tokenize } from "../tests/e2e/lib.mjs";
 
 const run = promisify(execFile);

@@ -9,7 +9,7 @@
 namespace at = aloepri::testing;
 
 static bool engine_installed() {
-  return std::filesystem::exists(at::source_dir() + "/engine/llamacpp/node_modules/node-llama-cpp");
+  return std::filesystem::exists(at::source_dir() + "/harness/llamacpp/node_modules/node-llama-cpp");
 }
 
 // With no flags the demo runs the default profile, which is exact (issue 14): the user's answer

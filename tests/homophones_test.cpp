@@ -101,11 +101,11 @@ double merged_kl(const double* a, const double* b, const VocabMap& map, bool cor
   return kl;
 }
 
-std::string eval_script() { return aloepri::testing::source_dir() + "/engine/llamacpp/eval.mjs"; }
+std::string eval_script() { return aloepri::testing::source_dir() + "/harness/llamacpp/eval.mjs"; }
 
 bool engine_available() {
   return fs::exists(eval_script()) &&
-         fs::exists(aloepri::testing::source_dir() + "/engine/llamacpp/node_modules/node-llama-cpp") &&
+         fs::exists(aloepri::testing::source_dir() + "/harness/llamacpp/node_modules/node-llama-cpp") &&
          aloepri::testing::run_command("node --version > /dev/null 2>&1") == 0;
 }
 
@@ -469,7 +469,7 @@ TEST(Homophones, AuditStreamGroupsTheCopiesFromTheServedWeightsAndFromTheTraffic
 }
 
 TEST(Homophones, ExactCopiesServedByLlamaCpp) {
-  if (!engine_available()) GTEST_SKIP() << "llama.cpp engine (engine/llamacpp with node) not installed";
+  if (!engine_available()) GTEST_SKIP() << "llama.cpp engine (harness/llamacpp with node) not installed";
   const Models& m = exact_models();
   const VocabMap map(key_seed(), int64_t(m.copies.size()), m.copies);
   GGUFExportOptions go;

@@ -1,5 +1,5 @@
 // Acceptance test of the GGUF path (issue 2): a synthesized HF checkpoint, converted to an f32
-// GGUF and run in llama.cpp (engine/llamacpp/eval.mjs), gives the reference forward's logits
+// GGUF and run in llama.cpp (harness/llamacpp/eval.mjs), gives the reference forward's logits
 // (`aloepri forward --json`) to 1e-4 of the largest logit at every prompt position, and the same
 // 32 greedy tokens. One case per architecture shape x real vocabulary.
 #include <gtest/gtest.h>

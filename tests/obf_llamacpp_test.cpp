@@ -1,4 +1,4 @@
-// End to end through an unmodified llama.cpp (node-llama-cpp, engine/llamacpp/eval.mjs): the
+// End to end through an unmodified llama.cpp (node-llama-cpp, harness/llamacpp/eval.mjs): the
 // plaintext and the --exact obfuscated synthetic checkpoints are exported to GGUF; at every
 // obfuscated id tau(y) llama.cpp's obfuscated logit equals its plaintext logit of y within
 // 1e-4 x max|logit|, and 32 greedy tokens decode (tau^-1) to exactly the plaintext ones.
@@ -30,11 +30,11 @@ Seed key_seed() {
   return s;
 }
 
-std::string eval_script() { return aloepri::testing::source_dir() + "/engine/llamacpp/eval.mjs"; }
+std::string eval_script() { return aloepri::testing::source_dir() + "/harness/llamacpp/eval.mjs"; }
 
 bool engine_available() {
   return fs::exists(eval_script()) &&
-         fs::exists(aloepri::testing::source_dir() + "/engine/llamacpp/node_modules/node-llama-cpp") &&
+         fs::exists(aloepri::testing::source_dir() + "/harness/llamacpp/node_modules/node-llama-cpp") &&
          aloepri::testing::run_command("node --version > /dev/null 2>&1") == 0;
 }
 
@@ -66,7 +66,7 @@ struct Case {
 class ObfLlamaCpp : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ObfLlamaCpp, ExactObfuscationServedByLlamaCpp) {
-  if (!engine_available()) GTEST_SKIP() << "llama.cpp engine (engine/llamacpp with node) not installed";
+  if (!engine_available()) GTEST_SKIP() << "llama.cpp engine (harness/llamacpp with node) not installed";
   const Case& c = GetParam();
   const std::string dir = aloepri::testing::scratch_dir(std::string("obf_llamacpp_") + c.name);
   SynthOptions so;

@@ -31,7 +31,7 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "../..");
 const { exactContextOptions, loadModel, logitsMapToArray, parseArgs } = await import(
-  path.join(root, "engine/llamacpp/lib/engine.mjs")
+  path.join(root, "harness/llamacpp/lib/engine.mjs")
 );
 
 const USAGE = "usage: node bench/quant/quant_accuracy.mjs [--aloepri BIN] [--model DIR] [--heldout FILE] " +

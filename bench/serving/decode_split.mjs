@@ -29,7 +29,7 @@ import { bootstrapMedianCI, median } from "./stats.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "../..");
-const { loadLlama, exactContextOptions, parseArgs } = await import(path.join(root, "engine/llamacpp/lib/engine.mjs"));
+const { loadLlama, exactContextOptions, parseArgs } = await import(path.join(root, "harness/llamacpp/lib/engine.mjs"));
 
 const USAGE = "usage: node bench/serving/decode_split.mjs MODEL.gguf [MODEL.gguf ...] [--rounds N] [--tokens N] [--threads N] " +
   "[--exact-numerics] [--no-mmap] [--json] [--out FILE]";

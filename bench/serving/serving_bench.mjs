@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Serving cost of obfuscation on llama.cpp (issue 7): plaintext vs obfuscated models of growing
-// width, served by the harness (engine/llamacpp/server.mjs, llama-server's /completion API),
+// width, served by the harness (harness/llamacpp/server.mjs, llama-server's /completion API),
 // measured through HTTP like a client would.
 //
 //   node bench/serving/serving_bench.mjs [--aloepri BIN (default $ALOEPRI_BIN or build/aloepri)] [--shapes mini,512,896,1536,2048]
@@ -55,7 +55,7 @@ import { bootstrapMedianCI, median } from "./stats.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "../..");
-const { parseArgs } = await import(path.join(root, "engine/llamacpp/lib/engine.mjs"));
+const { parseArgs } = await import(path.join(root, "harness/llamacpp/lib/engine.mjs"));
 
 const USAGE = "usage: node bench/serving/serving_bench.mjs [--aloepri BIN] [--shapes mini,512,...] [--hs 0,64,...] " +
   "[--runs N] [--gen N] [--prompts a,b] [--threads N] [--dtype f16|q8_0|q4_0|f32] [--exact-numerics] [--work DIR] [--json] [--prepare-only] [--proxy] [--control] [--mmap] [--svg FILE] [--report results.json] [--no-restart]";
@@ -140,7 +140,7 @@ function prepare(name) {
 }
 
 function startServer(file) {
-  const argv = ["-n", "10", "node", path.join(root, "engine/llamacpp/server.mjs"), "--model", file, "--port", "0",
+  const argv = ["-n", "10", "node", path.join(root, "harness/llamacpp/server.mjs"), "--model", file, "--port", "0",
                 "--threads", String(threads), "--ctx", String(Math.max(...prompts) + nGen + 64), "--parallel", "1"];
   if (!args.exactNumerics) argv.push("--fast");
   if (!args.mmap) argv.push("--no-mmap");
@@ -413,7 +413,7 @@ for (const name of loaded ? [] : shapes) {
 if (args.prepareOnly) process.exit(0);
 const meta = loaded ? loaded.meta : { date: new Date().toISOString(), host: `${os.cpus()[0]?.model} x${os.cpus().length}`, load: os.loadavg(),
                dtype, threads, runs, gen: nGen, prompts, numerics: args.exactNumerics ? "exact (f32 KV)" : "llama.cpp defaults (--fast)",
-               engine: "engine/llamacpp/server.mjs (node-llama-cpp 3.22.1)",
+               engine: "harness/llamacpp/server.mjs (node-llama-cpp 3.22.1)",
                weights: args.mmap ? "weights mmap'ed" : "weights read into memory (--no-mmap)",
                servers: args.noRestart ? "started once" : "restarted every run in the run's order", seconds: (Date.now() - t0) / 1000 };
 if (!loaded) writeFileSync(path.join(work, `results-${dtype}-${shapes.join("_")}.json`), JSON.stringify({ meta, report }, null, 1));

@@ -1,7 +1,7 @@
 // The engine side of the privacy proxy: sends obfuscated token ids to an unmodified inference
 // server and reads obfuscated token ids back, streaming. Three wire protocols:
 //  - llamacpp: llama-server's POST /completion ({"prompt":[ids], "n_predict", ...}; the ids come
-//    back in "tokens"; streaming = one SSE event per token). engine/llamacpp/server.mjs speaks it.
+//    back in "tokens"; streaming = one SSE event per token). harness/llamacpp/server.mjs speaks it.
 //  - vllm:     vLLM's OpenAI POST /v1/completions with a token-id prompt and "return_token_ids":
 //    true (ids in choices[0].token_ids; streamed chunks carry the new ids), "stop_token_ids".
 //  - sglang:   SGLang's native POST /generate with "input_ids" and "sampling_params"; ids in

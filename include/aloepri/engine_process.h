@@ -1,4 +1,4 @@
-// Starts and stops the llama.cpp harness (engine/llamacpp/server.mjs, node-llama-cpp) as a child
+// Starts and stops the llama.cpp harness (harness/llamacpp/server.mjs, node-llama-cpp) as a child
 // process serving one GGUF over llama-server's HTTP API on loopback. Used by the demo, the
 // end-to-end tests and the benchmarks; the proxy talks to whatever URL it is given instead.
 #pragma once
@@ -14,7 +14,7 @@ struct EngineProcessOptions {
   int port = 0;                    // 0: pick a free loopback port
   int threads = 2;
   int ctx = 2048;
-  std::string engine_dir;          // default: $ALOEPRI_ENGINE_DIR or <source>/engine/llamacpp
+  std::string engine_dir;          // default: $ALOEPRI_ENGINE_DIR or <source>/harness/llamacpp
   std::string log_path;            // server stdout/stderr (default: /dev/null)
   double startup_timeout_s = 120;
 };

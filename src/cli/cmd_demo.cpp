@@ -321,7 +321,7 @@ auto setup(CLI::App& sub) {
       "The same, step by step, with any OpenAI client:\n"
       "  aloepri keygen --out client.key\n"
       "  aloepri obfuscate MODEL --key client.key --out obf/ --gguf obf.gguf\n"
-      "  node engine/llamacpp/server.mjs --model obf.gguf --port 8081      # the untrusted server\n"
+      "  node harness/llamacpp/server.mjs --model obf.gguf --port 8081      # the untrusted server\n"
       "  aloepri proxy --key client.key --tokenizer MODEL --backend http://127.0.0.1:8081 --listen 127.0.0.1:8080\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
       "       -d '{\"model\":\"NAME\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n"

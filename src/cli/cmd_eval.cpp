@@ -120,7 +120,7 @@ auto setup(CLI::App& sub) {
   sub.add_option("--prompts", o->prompts, "Greedy prompts (first 16 tokens of the first windows; default 4)");
   sub.add_option("--llamacpp-tokens", o->llamacpp_tokens, "Scored positions on llama.cpp (default 1024)");
   sub.add_flag("--no-attribution", o->no_attribution, "Skip the per-ingredient re-obfuscations");
-  sub.add_option("--engine-dir", o->engine_dir, "llama.cpp harness directory (default engine/llamacpp)");
+  sub.add_option("--engine-dir", o->engine_dir, "llama.cpp harness directory (default harness/llamacpp)");
   sub.add_option("--json", o->json_out, "Write the report as JSON");
   sub.add_option("--html", o->html_out, "Write the report as HTML (inline SVG plots)");
   sub.add_option("--tag", o->tags, "KEY=VALUE stored under \"tags\" in the JSON (sweeps)")->take_all();

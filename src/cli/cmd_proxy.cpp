@@ -97,7 +97,7 @@ auto setup(CLI::App& sub) {
       "Prompts are tokenized and chat-templated here in plaintext, mapped through the key's tau and\n"
       "sent to the engine as token ids; answers come back as ids, are mapped back and detokenized.\n"
       "Example (llama.cpp harness serving an obfuscated GGUF):\n"
-      "  node engine/llamacpp/server.mjs --model obf.gguf --port 8081 &\n"
+      "  node harness/llamacpp/server.mjs --model obf.gguf --port 8081 &\n"
       "  aloepri proxy --key client.key --tokenizer models/aloe-mini --backend http://127.0.0.1:8081\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
       "       -d '{\"model\":\"aloe-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n"

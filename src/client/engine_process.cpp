@@ -28,7 +28,7 @@ namespace aloepri {
 
 std::string default_engine_dir() {
   if (const char* e = std::getenv("ALOEPRI_ENGINE_DIR")) return e;
-  return std::string(ALOEPRI_SOURCE_DIR_FOR_ENGINE) + "/engine/llamacpp";
+  return std::string(ALOEPRI_SOURCE_DIR_FOR_ENGINE) + "/harness/llamacpp";
 }
 
 int find_free_port() {

@@ -21,7 +21,7 @@ export function skipReason() {
   const bin = aloepriBin();
   if (!existsSync(bin)) return `aloepri CLI not found at ${bin} (build it, or set ALOEPRI_BIN)`;
   if (!existsSync(join(REPO_DIR, "engine", "llamacpp", "node_modules", "node-llama-cpp")))
-    return "llama.cpp harness not installed (cd engine/llamacpp && npm install)";
+    return "llama.cpp harness not installed (cd harness/llamacpp && npm install)";
   if (!existsSync(join(E2E_DIR, "node_modules", "openai"))) return "openai client not installed (cd tests/e2e && npm install)";
   if (!existsSync(join(ALOE_MINI, "model.safetensors"))) return "models/aloe-mini missing";
   return null;

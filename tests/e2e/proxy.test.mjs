@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import OpenAI from "openai";
-import { startServer } from "../../engine/llamacpp/lib/testing.mjs";
+import { startServer } from "../../harness/llamacpp/lib/testing.mjs";
 import {
   ALOE_MINI, aloepri, decodeIds, detokenize, engineIds, skipReason, startProxy, startRecorder, tokenize,
 } from "./lib.mjs";

@@ -14,7 +14,7 @@ namespace fs = std::filesystem;
 
 namespace aloepri::testing {
 
-std::string harness_dir() { return source_dir() + "/engine/llamacpp"; }
+std::string harness_dir() { return source_dir() + "/harness/llamacpp"; }
 
 bool harness_installed(std::string* why) {
   auto fail = [&](const std::string& m) {
@@ -25,7 +25,7 @@ bool harness_installed(std::string* why) {
   const std::string nm = harness_dir() + "/node_modules";
   if (!fs::exists(nm + "/node-llama-cpp/package.json"))
     return fail("node-llama-cpp is not installed in " + nm +
-                " (run: cd engine/llamacpp && npm install --omit=optional)");
+                " (run: cd harness/llamacpp && npm install --omit=optional)");
   if (!fs::exists(nm + "/@node-llama-cpp/linux-x64/package.json"))
     return fail("@node-llama-cpp/linux-x64 (prebuilt llama.cpp) is not installed in " + nm);
   return true;

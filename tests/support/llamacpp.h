@@ -1,4 +1,4 @@
-// Running the llama.cpp harness's eval.mjs (engine/llamacpp, under Node) and the reference CLI
+// Running the llama.cpp harness's eval.mjs (harness/llamacpp, under Node) and the reference CLI
 // from tests, and comparing what they print (server.mjs is started by aloepri::EngineProcess). Both print the same JSON object:
 //   {"engine","model","ids","vocab_size","last_logits","greedy"[,"logits"]}
 #pragma once
@@ -8,7 +8,7 @@
 
 namespace aloepri::testing {
 
-std::string harness_dir();  // <source>/engine/llamacpp
+std::string harness_dir();  // <source>/harness/llamacpp
 // True when node and the harness's pinned npm packages are installed; otherwise *why says what
 // is missing (tests GTEST_SKIP with it).
 bool harness_installed(std::string* why = nullptr);
