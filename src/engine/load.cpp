@@ -1,6 +1,5 @@
-// HF checkpoint -> ModelWeights: nn.Linear stores (out x in); the forward uses row vectors
-// (y = x W, W is in x out), so every projection is transposed on load. Kept apart from
-// forward.cpp so code that builds ModelWeights in memory does not need the formats module.
+// HF checkpoint -> ModelWeights, every tensor as stored (nn.Linear weight = out x in). Kept apart
+// from forward.cpp so code that builds ModelWeights in memory does not need the formats module.
 #include <filesystem>
 
 #include "aloepri/error.h"
@@ -9,44 +8,25 @@
 
 namespace aloepri {
 
-namespace {
-
-// HF (out x in) -> (in x out).
-Tensor transposed(const Tensor& t, const std::string& name) {
-  require(t.shape.size() == 2, "tensor '" + name + "'", "expected a matrix, got shape " + t.shape_str());
-  const int64_t r = t.shape[0], c = t.shape[1];
-  Tensor out({c, r});
-  // Blocked so neither side strides through memory one element per cache line.
-  const int64_t B = 64;
-  for (int64_t i0 = 0; i0 < r; i0 += B)
-    for (int64_t j0 = 0; j0 < c; j0 += B)
-      for (int64_t i = i0; i < std::min(r, i0 + B); ++i)
-        for (int64_t j = j0; j < std::min(c, j0 + B); ++j) out.data[j * r + i] = t.data[i * c + j];
-  return out;
-}
-
-}  // namespace
-
 ModelWeights ModelWeights::load(const HFModel& m) {
   ModelWeights w;
   w.config = m.config();
   const ModelConfig& c = w.config;
   auto get = [&](const std::string& name) { return m.tensor_f32(name); };
-  auto get_t = [&](const std::string& name) { return transposed(m.tensor_f32(name), name); };
   auto opt = [&](const std::string& name) { return m.weights().has(name) ? get(name) : Tensor(); };
 
   w.embed = get(tensor_names::embed());
   w.final_norm = get(tensor_names::final_norm());
-  w.head = transposed(m.lm_head_f32(), c.tie_word_embeddings ? tensor_names::embed() : tensor_names::lm_head());
+  w.head = m.lm_head_f32();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     auto n = [&](const char* suffix) { return tensor_names::layer(i, suffix); };
     LayerWeights L;
     L.attn_norm = get(n("input_layernorm.weight"));
     L.ffn_norm = get(n("post_attention_layernorm.weight"));
-    L.wq = get_t(n("self_attn.q_proj.weight"));
-    L.wk = get_t(n("self_attn.k_proj.weight"));
-    L.wv = get_t(n("self_attn.v_proj.weight"));
-    L.wo = get_t(n("self_attn.o_proj.weight"));
+    L.wq = get(n("self_attn.q_proj.weight"));
+    L.wk = get(n("self_attn.k_proj.weight"));
+    L.wv = get(n("self_attn.v_proj.weight"));
+    L.wo = get(n("self_attn.o_proj.weight"));
     // Biases: whatever the checkpoint holds (qwen2 always has q/k/v; llama with attention_bias
     // also has o_proj's).
     L.bq = opt(n("self_attn.q_proj.bias"));
@@ -59,14 +39,14 @@ ModelWeights ModelWeights::load(const HFModel& m) {
     }
     if (c.is_moe_layer(i)) {
       namespace tn = tensor_names;
-      L.router = get_t(tn::router(i));
+      L.router = get(tn::router(i));
       for (int64_t e = 0; e < c.num_experts; ++e)
-        L.experts.push_back({get_t(tn::expert(i, e, tn::ExpertProj::Gate)), get_t(tn::expert(i, e, tn::ExpertProj::Up)),
-                             get_t(tn::expert(i, e, tn::ExpertProj::Down))});
+        L.experts.push_back({get(tn::expert(i, e, tn::ExpertProj::Gate)), get(tn::expert(i, e, tn::ExpertProj::Up)),
+                             get(tn::expert(i, e, tn::ExpertProj::Down))});
     } else {
-      L.w_gate = get_t(n("mlp.gate_proj.weight"));
-      L.w_up = get_t(n("mlp.up_proj.weight"));
-      L.w_down = get_t(n("mlp.down_proj.weight"));
+      L.w_gate = get(n("mlp.gate_proj.weight"));
+      L.w_up = get(n("mlp.up_proj.weight"));
+      L.w_down = get(n("mlp.down_proj.weight"));
     }
     w.layers.push_back(std::move(L));
   }
