@@ -36,18 +36,18 @@ ReferenceModel& small_model() {
     const double sd = 1.0 / 16;
     w.embed = draw({c.vocab_size, 256}, r, sd);
     w.final_norm = draw({256}, r, 0.1, 1.0f);
-    w.head = draw({256, c.vocab_size}, r, sd);
+    w.head = draw({c.vocab_size, 256}, r, sd);
     for (int l = 0; l < 4; ++l) {
       LayerWeights L;
       L.attn_norm = draw({256}, r, 0.1, 1.0f);
       L.ffn_norm = draw({256}, r, 0.1, 1.0f);
       L.wq = draw({256, 256}, r, sd);
-      L.wk = draw({256, 128}, r, sd);
-      L.wv = draw({256, 128}, r, sd);
+      L.wk = draw({128, 256}, r, sd);
+      L.wv = draw({128, 256}, r, sd);
       L.wo = draw({256, 256}, r, sd);
-      L.w_gate = draw({256, 688}, r, sd);
-      L.w_up = draw({256, 688}, r, sd);
-      L.w_down = draw({688, 256}, r, 1.0 / std::sqrt(688.0));
+      L.w_gate = draw({688, 256}, r, sd);
+      L.w_up = draw({688, 256}, r, sd);
+      L.w_down = draw({256, 688}, r, 1.0 / std::sqrt(688.0));
       w.layers.push_back(std::move(L));
     }
     return new ReferenceModel(std::move(w));

@@ -94,7 +94,7 @@ TEST(BranchForward, EqualsStepAfterPrefix) {
     const std::vector<double> h = m.branch_hidden(alts);
     EXPECT_EQ(m.position(), 3) << "branch must not move the cache";
     const int64_t dm = m.config().hidden_size, n = m.vocab_size();
-    const auto& head = m.weights().head;  // [d, n]
+    const auto& head = m.weights().head;  // [n, d]
     for (size_t b = 0; b < alts.size(); ++b) {
       std::vector<int64_t> seq = prefix;
       seq.push_back(alts[b]);
@@ -103,7 +103,7 @@ TEST(BranchForward, EqualsStepAfterPrefix) {
       double err = 0, ref = 0;
       for (int64_t y = 0; y < n; ++y) {
         double got = 0;
-        for (int64_t i = 0; i < dm; ++i) got += h[b * dm + i] * head.data[size_t(i * n + y)];
+        for (int64_t i = 0; i < dm; ++i) got += h[b * dm + i] * head.data[size_t(y * dm + i)];
         err = std::max(err, std::abs(got - want[size_t(y)]));
         ref = std::max(ref, std::abs(want[size_t(y)]));
       }

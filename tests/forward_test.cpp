@@ -47,15 +47,15 @@ ModelWeights random_weights(const ModelConfig& c, uint64_t seed, bool biases = f
   w.config = c;
   w.embed = randn({c.vocab_size, d}, g, 1.0);
   w.final_norm = randn({d}, g, 0.1, 1.0);
-  if (!c.tie_word_embeddings) w.head = randn({d, c.vocab_size}, g, 1.0 / std::sqrt(double(d)));
+  if (!c.tie_word_embeddings) w.head = randn({c.vocab_size, d}, g, 1.0 / std::sqrt(double(d)));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerWeights L;
     L.attn_norm = randn({d}, g, 0.1, 1.0);
     L.ffn_norm = randn({d}, g, 0.1, 1.0);
-    L.wq = randn({d, qd}, g, 1.0 / std::sqrt(double(d)));
-    L.wk = randn({d, kvd}, g, 1.0 / std::sqrt(double(d)));
-    L.wv = randn({d, kvd}, g, 1.0 / std::sqrt(double(d)));
-    L.wo = randn({qd, d}, g, 1.0 / std::sqrt(double(qd)));
+    L.wq = randn({qd, d}, g, 1.0 / std::sqrt(double(d)));
+    L.wk = randn({kvd, d}, g, 1.0 / std::sqrt(double(d)));
+    L.wv = randn({kvd, d}, g, 1.0 / std::sqrt(double(d)));
+    L.wo = randn({d, qd}, g, 1.0 / std::sqrt(double(qd)));
     if (biases) {
       L.bq = randn({qd}, g, 0.3);
       L.bk = randn({kvd}, g, 0.3);
@@ -65,9 +65,9 @@ ModelWeights random_weights(const ModelConfig& c, uint64_t seed, bool biases = f
       L.q_norm = randn({c.head_dim}, g, 0.1, 1.0);
       L.k_norm = randn({c.head_dim}, g, 0.1, 1.0);
     }
-    L.w_gate = randn({d, ff}, g, 1.0 / std::sqrt(double(d)));
-    L.w_up = randn({d, ff}, g, 1.0 / std::sqrt(double(d)));
-    L.w_down = randn({ff, d}, g, 1.0 / std::sqrt(double(ff)));
+    L.w_gate = randn({ff, d}, g, 1.0 / std::sqrt(double(d)));
+    L.w_up = randn({ff, d}, g, 1.0 / std::sqrt(double(d)));
+    L.w_down = randn({d, ff}, g, 1.0 / std::sqrt(double(ff)));
     w.layers.push_back(std::move(L));
   }
   return w;
@@ -77,13 +77,13 @@ ModelWeights random_weights(const ModelConfig& c, uint64_t seed, bool biases = f
 using LD = long double;
 using Vec = std::vector<LD>;
 
-// y[o] = sum_i x[i] * W[i][o] (+ b[o]), W stored (in x out).
+// y[o] = sum_i x[i] * W[o][i] (+ b[o]), W stored as HF does (out x in).
 Vec naive_linear(const Vec& x, const Tensor& W, const Tensor* b = nullptr) {
-  const int64_t in = W.shape[0], out = W.shape[1];
+  const int64_t out = W.shape[0], in = W.shape[1];
   Vec y(out, 0.0L);
   for (int64_t o = 0; o < out; ++o) {
     LD acc = 0;
-    for (int64_t i = 0; i < in; ++i) acc += x[i] * LD(W.data[i * out + o]);
+    for (int64_t i = 0; i < in; ++i) acc += x[i] * LD(W.data[o * in + i]);
     if (b && !b->data.empty()) acc += LD(b->data[o]);
     y[o] = acc;
   }
@@ -350,16 +350,16 @@ TEST(Forward, GQAEqualsMHAWithDuplicatedKVHeads) {
   for (size_t l = 0; l < gqa.layers.size(); ++l) {
     const LayerWeights& G = gqa.layers[l];
     LayerWeights& M = mha.layers[l];
-    M.wk = Tensor({d, 4 * dh});
-    M.wv = Tensor({d, 4 * dh});
+    M.wk = Tensor({4 * dh, d});
+    M.wv = Tensor({4 * dh, d});
     M.bk = Tensor({4 * dh});
     M.bv = Tensor({4 * dh});
     for (int64_t h = 0; h < 4; ++h) {
       const int64_t src = h / 2;  // query heads 0,1 share kv head 0; 2,3 share kv head 1
       for (int64_t i = 0; i < d; ++i)
         for (int64_t e = 0; e < dh; ++e) {
-          M.wk.at(i, h * dh + e) = G.wk.at(i, src * dh + e);
-          M.wv.at(i, h * dh + e) = G.wv.at(i, src * dh + e);
+          M.wk.at(h * dh + e, i) = G.wk.at(src * dh + e, i);
+          M.wv.at(h * dh + e, i) = G.wv.at(src * dh + e, i);
         }
       for (int64_t e = 0; e < dh; ++e) {
         M.bk.data[h * dh + e] = G.bk.data[src * dh + e];
@@ -465,20 +465,20 @@ TEST(Rope, UnknownScalingIsRejected) {
   EXPECT_THROW(rope_inv_freq(c), Error);
 }
 
-TEST(Forward, TiedHeadEqualsUntiedWithEmbeddingTranspose) {
+TEST(Forward, TiedHeadEqualsUntiedWithEmbeddingCopy) {
   ModelConfig c = small_config();
   c.tie_word_embeddings = true;
   ModelWeights tied = random_weights(c, 12);
   ModelWeights untied = tied;
   untied.config.tie_word_embeddings = false;
-  untied.head = Tensor({c.hidden_size, c.vocab_size});
+  untied.head = Tensor({c.vocab_size, c.hidden_size});
   for (int64_t v = 0; v < c.vocab_size; ++v)
-    for (int64_t i = 0; i < c.hidden_size; ++i) untied.head.at(i, v) = tied.embed.at(v, i);
+    for (int64_t i = 0; i < c.hidden_size; ++i) untied.head.at(v, i) = tied.embed.at(v, i);
   ReferenceModel a(tied), b(untied);
   expect_same(a.forward(kIds), b.forward(kIds), 1e-12);
   // A different head gives different logits.
   std::mt19937_64 g(5);
-  untied.head = randn({c.hidden_size, c.vocab_size}, g, 0.2);
+  untied.head = randn({c.vocab_size, c.hidden_size}, g, 0.2);
   ReferenceModel d(untied);
   auto x = a.forward(kIds), y = d.forward(kIds);
   double diff = 0;
@@ -534,7 +534,7 @@ TEST(Forward, ResidualHookSeesLastLayerBeforeFinalNorm) {
   const double inv = 1.0 / std::sqrt(ms / d + c.rms_norm_eps);
   for (int64_t v = 0; v < c.vocab_size; v += 7) {
     double acc = 0;
-    for (int64_t i = 0; i < d; ++i) acc += r[i] * inv * w.final_norm.data[i] * w.head.at(i, v);
+    for (int64_t i = 0; i < d; ++i) acc += r[i] * inv * w.final_norm.data[i] * w.head.at(v, i);
     EXPECT_NEAR(acc, lg[2 * c.vocab_size + v], 1e-9);
   }
   seen.clear();
@@ -598,11 +598,63 @@ TEST(Forward, BadTokenIdThrowsAndLeavesCacheUntouched) {
 TEST(Forward, WrongShapeIsRejectedNamingTheTensor) {
   ModelConfig c = small_config();
   ModelWeights w = random_weights(c, 18);
-  w.layers[1].wk = Tensor({c.hidden_size, c.q_dim()});
+  w.layers[1].wk = Tensor({c.q_dim(), c.hidden_size});
   try {
     ReferenceModel m(w);
     FAIL() << "accepted a wrong shape";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("layers.1.wk"), std::string::npos) << e.what();
+  }
+}
+
+// The per-layer API (what the obfuscation calibrator runs) is the whole forward's layer code: fed
+// the embedding rows and its own outputs layer by layer, it reproduces the residual stream the
+// whole forward hands its hook after every layer, bit for bit (biases, q/k norms, a sliding
+// window shorter than the sequence).
+TEST(Forward, LayerForwardEqualsTheWholeForwardLayerByLayer) {
+  struct Case {
+    Family f;
+    bool biases;
+    int64_t window;
+  };
+  for (const Case& k : {Case{Family::Llama, true, 0}, Case{Family::Qwen3, false, 0}, Case{Family::Mistral, false, 3}}) {
+    ModelConfig c = small_config(k.f);
+    c.qk_norm = k.f == Family::Qwen3;
+    if (k.window) c.raw = {{"sliding_window", k.window}};
+    ModelWeights w = random_weights(c, 21, k.biases);
+    std::mt19937_64 g(3);
+    if (k.biases)
+      for (auto& L : w.layers) L.bo = randn({c.hidden_size}, g, 0.3);
+    ReferenceModel m(w);
+    std::vector<std::vector<double>> seen;
+    m.set_residual_hook([&](int64_t, const std::vector<double>& r) { seen.push_back(r); });
+    m.forward(kIds);
+    ASSERT_EQ(seen.size(), size_t(c.num_hidden_layers));
+
+    const int64_t d = c.hidden_size, T = int64_t(kIds.size());
+    std::vector<double> X(size_t(T * d));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < d; ++i) X[size_t(t * d + i)] = w.embed.at(kIds[size_t(t)], i);
+    LayerForward lf(c);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const auto a = lf.attention(l, w.layers[size_t(l)], X);
+      for (size_t i = 0; i < X.size(); ++i) X[i] += a[i];
+      const auto f = lf.ffn(l, w.layers[size_t(l)], X);
+      for (size_t i = 0; i < X.size(); ++i) X[i] += f[i];
+      EXPECT_EQ(X, seen[size_t(l)]) << family_name(k.f) << " layer " << l;
+    }
+  }
+}
+
+TEST(Forward, LayerForwardRejectsAWrongShapeNamingTheTensor) {
+  ModelConfig c = small_config();
+  ModelWeights w = random_weights(c, 22);
+  w.layers[1].wo = Tensor({c.q_dim() + 1, c.hidden_size});
+  const std::vector<double> X(size_t(3 * c.hidden_size), 0.5);
+  try {
+    LayerForward(c).attention(1, w.layers[1], X);
+    FAIL() << "accepted a wrong shape";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layers.1.wo"), std::string::npos) << e.what();
   }
 }

@@ -181,7 +181,7 @@ TEST(Qwen3MoeForward, MatchesPerTokenExperts) {
       for (int64_t k = 0; k < d; ++k) xn[k] = x[k] * inv * w.layers[0].ffn_norm.data[k];
       std::vector<double> logits(static_cast<size_t>(E), 0.0), p(static_cast<size_t>(E));
       for (int64_t e = 0; e < E; ++e)
-        for (int64_t k = 0; k < d; ++k) logits[e] += xn[k] * w.layers[0].router.data[k * E + e];
+        for (int64_t k = 0; k < d; ++k) logits[e] += xn[k] * w.layers[0].router.data[e * d + k];
       double mx = *std::max_element(logits.begin(), logits.end()), z = 0;
       for (int64_t e = 0; e < E; ++e) z += (p[e] = std::exp(logits[e] - mx));
       std::vector<int64_t> order(static_cast<size_t>(E));
@@ -198,14 +198,14 @@ TEST(Qwen3MoeForward, MatchesPerTokenExperts) {
         for (int64_t f = 0; f < fe; ++f) {
           double g = 0, u = 0;
           for (int64_t k = 0; k < d; ++k) {
-            g += xn[k] * X.w_gate.data[k * fe + f];
-            u += xn[k] * X.w_up.data[k * fe + f];
+            g += xn[k] * X.w_gate.data[f * d + k];
+            u += xn[k] * X.w_up.data[f * d + k];
           }
           h[f] = g / (1 + std::exp(-g)) * u;
         }
         for (int64_t k = 0; k < d; ++k) {
           double o = 0;
-          for (int64_t f = 0; f < fe; ++f) o += h[f] * X.w_down.data[f * d + k];
+          for (int64_t f = 0; f < fe; ++f) o += h[f] * X.w_down.data[k * fe + f];
           y[k] += wt * o;
         }
       }

@@ -17,18 +17,20 @@ namespace aloepri {
 
 class HFModel;
 
-// Weights in the orientation the forward uses (row vectors: y = x W, W is in x out).
+// Weights as Hugging Face stores them (nn.Linear weight = out x in, y = x W^T), f32: the one
+// layout of the engine, the obfuscation calibrator and the weight attacks, so a checkpoint is
+// read as it is stored and nothing holds a second orientation.
 struct ExpertWeights {
-  Tensor w_gate, w_up, w_down;           // [d, fe], [d, fe], [fe, d]
+  Tensor w_gate, w_up, w_down;           // [fe, d], [fe, d], [d, fe]
 };
 
 struct LayerWeights {
   Tensor attn_norm, ffn_norm;            // [d]
-  Tensor wq, wk, wv, wo;                 // [d, m*dh], [d, mkv*dh], [d, mkv*dh], [m*dh, d]
+  Tensor wq, wk, wv, wo;                 // [m*dh, d], [mkv*dh, d], [mkv*dh, d], [d, m*dh]
   Tensor bq, bk, bv;                     // empty when absent
   Tensor q_norm, k_norm;                 // qwen3 only, [dh]
-  Tensor w_gate, w_up, w_down;           // [d, ff], [d, ff], [ff, d]; empty in a sparse (MoE) layer
-  Tensor router;                         // [d, E] (router logits = x router); empty in a dense layer
+  Tensor w_gate, w_up, w_down;           // [ff, d], [ff, d], [d, ff]; empty in a sparse (MoE) layer
+  Tensor router;                         // [E, d] (router logits = x router^T); empty in a dense layer
   std::vector<ExpertWeights> experts;    // E experts of a sparse layer
   Tensor bo;                             // [d], o_proj bias (llama with attention_bias); empty when absent
 };
@@ -37,10 +39,13 @@ struct ModelWeights {
   ModelConfig config;
   Tensor embed;       // [n, d]
   Tensor final_norm;  // [d]
-  Tensor head;        // [d, n]; may be left empty when config.tie_word_embeddings (= embed^T)
+  Tensor head;        // [n, d] (lm_head.weight; load() fills it with the embedding when tied; may
+                      // be left empty in memory when config.tie_word_embeddings)
   std::vector<LayerWeights> layers;
 
   static ModelWeights load(const HFModel& m);
+  int64_t vocab() const { return embed.rows(); }
+  int64_t hidden() const { return embed.cols(); }
 };
 
 // Sliding-window length per layer (0 = full causal attention): Mistral's `sliding_window`,
@@ -63,6 +68,27 @@ using ResidualHook = std::function<void(int64_t layer, const std::vector<double>
 // position of the call's first row while the hook runs. For measurements (routing agreement).
 using RouterHook =
     std::function<void(int64_t layer, int64_t row, const std::vector<std::pair<int64_t, double>>& route)>;
+
+// One decoder layer over a whole sequence at positions 0 .. T-1 (causal, the layer's sliding
+// window), on a layer in the one layout (HF, f32): the code ReferenceModel runs for each layer,
+// for callers that hold one layer at a time (the obfuscation calibrator). Each matrix is
+// converted to f64 only while its product runs, so a caller never holds its layer twice.
+class LayerForward {
+ public:
+  explicit LayerForward(const ModelConfig& c);
+  const ModelConfig& config() const { return c_; }
+  // The attention sublayer's output [T, d] on the residual stream X [T, d] (row-major): o_proj of
+  // the attention over rms_norm(X), its bias included, before the residual add.
+  std::vector<double> attention(int64_t layer, const LayerWeights& L, const std::vector<double>& X) const;
+  // The FFN sublayer's output [T, d] (dense, or the routed experts of a sparse layer) on
+  // rms_norm(X) with the layer's ffn_norm, before the residual add.
+  std::vector<double> ffn(int64_t layer, const LayerWeights& L, const std::vector<double>& X) const;
+
+ private:
+  ModelConfig c_;
+  std::vector<double> inv_freq_;
+  std::vector<int64_t> window_;
+};
 
 class ReferenceModel {
  public:
@@ -87,7 +113,7 @@ class ReferenceModel {
   std::vector<double> score(const std::vector<int64_t>& ids);
   // Final-normed hidden states [B, d] of B alternative tokens, each fed alone at the next
   // position after the cached prefix (what step(ids[b]) would see), computed as one batch; the
-  // cache and position are left unchanged. The head is weights().head ([d, n]): logits = h head.
+  // cache and position are left unchanged. The head is weights().head ([n, d]): logits = h head^T.
   // Used by the oracle attack, which asks what the model does with every token after [bos].
   std::vector<double> branch_hidden(const std::vector<int64_t>& ids);
   void reset();  // clear the KV cache
@@ -107,15 +133,9 @@ class ReferenceModel {
   // branch = true: the T tokens are alternatives at position pos_ (branch_hidden); the cache and
   // pos_ stay unchanged and the residual hook is not called.
   std::vector<double> run_layers(const int64_t* ids, int64_t T, bool branch);
-  void branch_attention(const double* Q, const double* K, const double* V, int64_t T,
-                        const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
-                        double* A) const;
-
-  // Y [T, d]: the routed experts of sparse layer `layer` on the normed rows Xn [T, d].
-  void moe_ffn(size_t layer, const double* Xn, int64_t T, double* Y) const;
 
   ModelWeights w_;
-  std::shared_ptr<const DoubleWeights> dw_;  // f64 copies of the matrices (for dgemm)
+  std::shared_ptr<const DoubleWeights> dw_;  // f64 copies of the matrices, [in, out] (for dgemm)
   std::vector<std::vector<double>> k_cache_, v_cache_;  // per layer: [pos][kv_dim]
   std::vector<double> inv_freq_;
   std::vector<int64_t> window_;  // per layer, 0 = none

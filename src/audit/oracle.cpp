@@ -24,6 +24,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr float kLogFloor = -40.0f;  // log-probabilities below this carry no usable signal
 
+// The engine's head [n, d] (HF layout) as [d, n], so that all logits of a block of hidden rows
+// are one product.
+Tensor transposed_head(const Tensor& h) {
+  const int64_t n = h.rows(), d = h.cols();
+  Tensor t({d, n});
+  for (int64_t v = 0; v < n; ++v)
+    for (int64_t i = 0; i < d; ++i) t.data[size_t(i * n + v)] = h.data[size_t(v * d + i)];
+  return t;
+}
+
 // One model's view: its hidden states after [bos, x] for the tokens it ran (rows), its head,
 // and the log-normalizer of every row, so any log P(y | bos, x) is one dot product.
 struct Side {
@@ -97,13 +107,14 @@ Side run_side(ReferenceModel& m, int64_t bos, std::vector<int32_t> rows, int64_t
   s.hidden = Tensor({R, d});
   std::copy(h.begin(), h.end(), s.hidden.data.begin());
   if (groups) {
-    const Tensor& full = m.weights().head;  // [d, n']
-    const int64_t np = full.cols();
+    const Tensor& full = m.weights().head;  // [n', d]
     s.head = Tensor({d, n});
-    for (int64_t i = 0; i < d; ++i)
-      for (int64_t g = 0; g < n; ++g) s.head.data[size_t(i * n + g)] = full.data[size_t(i * np + groups->rep[size_t(g)])];
+    for (int64_t g = 0; g < n; ++g) {
+      const float* col = full.ptr() + int64_t(groups->rep[size_t(g)]) * d;
+      for (int64_t i = 0; i < d; ++i) s.head.data[size_t(i * n + g)] = col[i];
+    }
   } else {
-    s.head = m.weights().head;  // [d, n]
+    s.head = transposed_head(m.weights().head);  // [d, n]
   }
   s.lse.assign(size_t(R), 0.0f);
   s.row_sig = Tensor({R, k});
@@ -294,10 +305,8 @@ Guesses guesses_of(const Matching& m, const std::vector<int32_t>& mo, const Side
 // rows, then the closest, down to n groups (no gate: the matching needs n tokens a side).
 Groups cluster_copies(const aloepri::ModelWeights& w, int64_t n, nlohmann::json& info) {
   const int64_t np = w.embed.rows(), d = w.embed.cols();
-  require(w.head.rows() == d && w.head.cols() == np, "oracle attack", "the served head is not [d', n']");
-  Tensor head({np, d});
-  for (int64_t i = 0; i < d; ++i)
-    for (int64_t id = 0; id < np; ++id) head.ptr()[id * d + i] = w.head.data[size_t(i * np + id)];
+  require(w.head.rows() == np && w.head.cols() == d, "oracle attack", "the served head is not [n', d']");
+  const Tensor& head = w.head;
   WeightGroupingOptions opt;
   opt.gate = 0;
   opt.neighbours = 4;

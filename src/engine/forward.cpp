@@ -1,12 +1,16 @@
 // The reference forward pass (see forward.h). Activations live in double; matrices are kept as
-// double copies of the f32 weights so that whole-sequence products run as dgemm (every
-// dot product accumulated in double). The model is processed in chunks of positions: each
-// chunk runs through all layers, appending to the KV cache, so a chunk is exactly a batch of
-// step() calls and memory stays bounded for long sequences.
+// double copies of the f32 weights, transposed to [in, out], so that whole-sequence products run
+// as dgemm (every dot product accumulated in double). The model is processed in chunks of
+// positions: each chunk runs through all layers, appending to the KV cache, so a chunk is exactly
+// a batch of step() calls and memory stays bounded for long sequences. The two sublayers are
+// written once (attention_sublayer, ffn_sublayer) and read their matrices through a projection
+// callback: ReferenceModel's resident f64 copies, or LayerForward's one-matrix-at-a-time
+// conversion of an HF-layout layer.
 #include "aloepri/forward.h"
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "aloepri/error.h"
@@ -17,6 +21,27 @@ namespace aloepri {
 namespace {
 
 std::vector<double> to_double(const Tensor& t) { return std::vector<double>(t.data.begin(), t.data.end()); }
+
+// An HF-layout matrix [out, in] as f64 [in, out] (the orientation the products use); empty stays empty.
+void to_double_t(const Tensor& t, std::vector<double>& out) {
+  if (t.data.empty()) {
+    out.clear();
+    return;
+  }
+  const int64_t r = t.rows(), c = t.cols();
+  out.resize(size_t(r * c));
+  // Blocked so neither side strides through memory one element per cache line.
+  const int64_t B = 64;
+  for (int64_t i0 = 0; i0 < r; i0 += B)
+    for (int64_t j0 = 0; j0 < c; j0 += B)
+      for (int64_t i = i0; i < std::min(r, i0 + B); ++i)
+        for (int64_t j = j0; j < std::min(c, j0 + B); ++j) out[size_t(j * r + i)] = double(t.data[size_t(i * c + j)]);
+}
+std::vector<double> to_double_t(const Tensor& t) {
+  std::vector<double> out;
+  to_double_t(t, out);
+  return out;
+}
 
 // C[M,N] = A[M,K] B[K,N] (row-major, contiguous).
 void matmul(const double* A, int64_t M, int64_t K, const double* B, int64_t N, double* C) {
@@ -95,278 +120,43 @@ std::vector<std::pair<int64_t, double>> route_token(const double* logits, int64_
   return out;
 }
 
-struct ReferenceModel::DoubleWeights {
-  struct Expert {
-    std::vector<double> w_gate, w_up, w_down;
-  };
-  struct Layer {
-    std::vector<double> attn_norm, ffn_norm, wq, wk, wv, wo, bq, bk, bv, bo, q_norm, k_norm, w_gate,
-        w_up, w_down, router;
-    std::vector<Expert> experts;  // sparse layers
-  };
-  std::vector<double> embed, final_norm, head;
-  std::vector<Layer> layers;
+namespace {
+
+// A layer's vectors in f64 (norm gains, biases); its matrices are reached through a Project.
+struct LayerVecs {
+  std::vector<double> attn_norm, ffn_norm, bq, bk, bv, bo, q_norm, k_norm;
 };
 
-ReferenceModel::ReferenceModel(ModelWeights w) : w_(std::move(w)) {
-  const ModelConfig& c = w_.config;
-  const int64_t d = c.hidden_size, n = c.vocab_size, dh = c.head_dim, ff = c.intermediate_size;
-  require(d > 0 && n > 0 && dh > 0 && ff > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0,
-          "config", "hidden_size, vocab_size, head_dim, intermediate_size and head counts must be positive");
-  require(c.num_attention_heads % c.num_key_value_heads == 0, "config: num_key_value_heads",
-          "must divide num_attention_heads");
-  require(int64_t(w_.layers.size()) == c.num_hidden_layers, "weights",
-          "have " + std::to_string(w_.layers.size()) + " layers, config says " +
-              std::to_string(c.num_hidden_layers));
-  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
-
-  check_shape(w_.embed, {n, d}, "embed");
-  check_shape(w_.final_norm, {d}, "final_norm");
-  if (w_.head.data.empty() && c.tie_word_embeddings) {
-    w_.head = Tensor({d, n});
-    for (int64_t v = 0; v < n; ++v)
-      for (int64_t i = 0; i < d; ++i) w_.head.data[i * n + v] = w_.embed.data[v * d + i];
-  }
-  check_shape(w_.head, {d, n}, "head");
-
-  auto dw = std::make_shared<DoubleWeights>();
-  dw->embed = to_double(w_.embed);
-  dw->final_norm = to_double(w_.final_norm);
-  dw->head = to_double(w_.head);
-  for (size_t l = 0; l < w_.layers.size(); ++l) {
-    const LayerWeights& L = w_.layers[l];
-    const std::string p = "layers." + std::to_string(l) + ".";
-    check_shape(L.attn_norm, {d}, p + "attn_norm");
-    check_shape(L.ffn_norm, {d}, p + "ffn_norm");
-    check_shape(L.wq, {d, qd}, p + "wq");
-    check_shape(L.wk, {d, kvd}, p + "wk");
-    check_shape(L.wv, {d, kvd}, p + "wv");
-    check_shape(L.wo, {qd, d}, p + "wo");
-    if (c.is_moe_layer(int64_t(l))) {
-      const int64_t E = c.num_experts, fe = c.moe_intermediate_size;
-      check_shape(L.router, {d, E}, p + "router");
-      require(int64_t(L.experts.size()) == E, "weights: " + p + "experts",
-              "has " + std::to_string(L.experts.size()) + " experts, config says " + std::to_string(E));
-      for (int64_t e = 0; e < E; ++e) {
-        const std::string pe = p + "experts." + std::to_string(e) + ".";
-        check_shape(L.experts[e].w_gate, {d, fe}, pe + "w_gate");
-        check_shape(L.experts[e].w_up, {d, fe}, pe + "w_up");
-        check_shape(L.experts[e].w_down, {fe, d}, pe + "w_down");
-      }
-    } else {
-      check_shape(L.w_gate, {d, ff}, p + "w_gate");
-      check_shape(L.w_up, {d, ff}, p + "w_up");
-      check_shape(L.w_down, {ff, d}, p + "w_down");
-    }
-    if (!L.bq.data.empty()) check_shape(L.bq, {qd}, p + "bq");
-    if (!L.bk.data.empty()) check_shape(L.bk, {kvd}, p + "bk");
-    if (!L.bv.data.empty()) check_shape(L.bv, {kvd}, p + "bv");
-    if (!L.bo.data.empty()) check_shape(L.bo, {d}, p + "bo");
-    if (c.qk_norm) {
-      check_shape(L.q_norm, {dh}, p + "q_norm");
-      check_shape(L.k_norm, {dh}, p + "k_norm");
-    }
-    DoubleWeights::Layer D;
-    D.attn_norm = to_double(L.attn_norm);
-    D.ffn_norm = to_double(L.ffn_norm);
-    D.wq = to_double(L.wq);
-    D.wk = to_double(L.wk);
-    D.wv = to_double(L.wv);
-    D.wo = to_double(L.wo);
-    D.bq = to_double(L.bq);
-    D.bk = to_double(L.bk);
-    D.bv = to_double(L.bv);
-    D.bo = to_double(L.bo);
-    if (c.qk_norm) {
-      D.q_norm = to_double(L.q_norm);
-      D.k_norm = to_double(L.k_norm);
-    }
-    D.w_gate = to_double(L.w_gate);
-    D.w_up = to_double(L.w_up);
-    D.w_down = to_double(L.w_down);
-    D.router = to_double(L.router);
-    for (const ExpertWeights& e : L.experts)
-      D.experts.push_back({to_double(e.w_gate), to_double(e.w_up), to_double(e.w_down)});
-    dw->layers.push_back(std::move(D));
-  }
-  dw_ = std::move(dw);
-  inv_freq_ = rope_inv_freq(c);
-  window_ = attention_windows(c);
-  reset();
+LayerVecs layer_vecs(const LayerWeights& L) {
+  return {to_double(L.attn_norm), to_double(L.ffn_norm), to_double(L.bq), to_double(L.bk),
+          to_double(L.bv),        to_double(L.bo),       to_double(L.q_norm), to_double(L.k_norm)};
 }
 
-void ReferenceModel::reset() {
-  pos_ = 0;
-  k_cache_.assign(w_.layers.size(), {});
-  v_cache_.assign(w_.layers.size(), {});
+enum class Proj { Q, K, V, O, Gate, Up, Down, Router };
+// Y [T, out] = X [T, in] W for matrix `p` of the layer (of expert `e` for Gate/Up/Down in a
+// sparse layer, e = -1 otherwise).
+using Project = std::function<void(Proj p, int64_t e, const double* X, int64_t T, double* Y)>;
+
+// Activation buffers, kept across layers and calls so that a step does not reallocate them.
+struct Scratch {
+  std::vector<double> Xn, Q, K, V, A, G, U, S;
+};
+
+template <class V>
+double* sized(V& v, int64_t n) {
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+  return v.data();
 }
 
-int64_t ReferenceModel::argmax(const double* logits, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (logits[i] > logits[best]) best = i;  // strict: ties keep the lowest id
-  return best;
-}
-
-std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bool branch) {
-  const ModelConfig& c = w_.config;
-  const DoubleWeights& W = *dw_;
-  const int64_t d = c.hidden_size, dh = c.head_dim, ff = c.intermediate_size;
-  const int64_t H = c.num_attention_heads, g = c.group_size(), qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t half = dh / 2;
-  const double eps = c.rms_norm_eps, scale = 1.0 / std::sqrt(double(dh));
-
-  std::vector<double> X(T * d), Xn(T * d), Q(T * qd), K(T * kvd), V(T * kvd), A(T * qd), tmp(T * d);
-  std::vector<double> G(T * ff), U(T * ff);
-  for (int64_t t = 0; t < T; ++t) std::copy_n(W.embed.data() + ids[t] * d, d, X.data() + t * d);
-  // RoPE angles of this chunk's positions.
-  std::vector<double> cosv(T * half), sinv(T * half);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const double a = double(branch ? pos_ : pos_ + t) * inv_freq_[i];
-      cosv[t * half + i] = std::cos(a);
-      sinv[t * half + i] = std::sin(a);
-    }
-  // rotate_half: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on the pairs (i, i + dh/2).
-  auto rope = [&](double* M, int64_t heads, int64_t stride) {
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t h = 0; h < heads; ++h) {
-        double* x = M + t * stride + h * dh;
-        for (int64_t i = 0; i < half; ++i) {
-          const double cs = cosv[t * half + i], sn = sinv[t * half + i];
-          const double x1 = x[i], x2 = x[i + half];
-          x[i] = x1 * cs - x2 * sn;
-          x[i + half] = x2 * cs + x1 * sn;
-        }
-      }
-  };
-  std::vector<double> S;
-  const int64_t kRowBlock = 256;  // query rows per score block (bounds S to 256 x L)
-
-  for (size_t l = 0; l < W.layers.size(); ++l) {
-    const auto& D = W.layers[l];
-    // --- attention ---
-    rms_norm(X.data(), T, d, D.attn_norm, eps, Xn.data());
-    matmul(Xn.data(), T, d, D.wq.data(), qd, Q.data());
-    matmul(Xn.data(), T, d, D.wk.data(), kvd, K.data());
-    matmul(Xn.data(), T, d, D.wv.data(), kvd, V.data());
-    add_bias(Q.data(), T, D.bq);
-    add_bias(K.data(), T, D.bk);
-    add_bias(V.data(), T, D.bv);
-    if (c.qk_norm) {  // Qwen3: RMSNorm over each head's vector, before RoPE
-      rms_norm(Q.data(), T * H, dh, D.q_norm, eps, Q.data());
-      rms_norm(K.data(), T * c.num_key_value_heads, dh, D.k_norm, eps, K.data());
-    }
-    rope(Q.data(), H, qd);
-    rope(K.data(), c.num_key_value_heads, kvd);
-    auto& kc = k_cache_[l];
-    auto& vc = v_cache_[l];
-    const int64_t win = window_.empty() ? 0 : window_[l];
-    if (branch) {
-      branch_attention(Q.data(), K.data(), V.data(), T, kc, vc, win, A.data());
-    } else {
-      kc.insert(kc.end(), K.begin(), K.end());
-      vc.insert(vc.end(), V.begin(), V.end());
-    }
-
-    for (int64_t t0 = 0; t0 < (branch ? 0 : T); t0 += kRowBlock) {
-      const int64_t rows = std::min(kRowBlock, T - t0);
-      const int64_t keys = pos_ + t0 + rows;  // causal: later keys are masked anyway
-      S.resize(size_t(rows * keys));
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t kh = h / g;  // GQA: query head h reads kv head h / g
-        linalg::gemm(false, true, rows, keys, dh, scale, Q.data() + t0 * qd + h * dh, qd, kc.data() + kh * dh, kvd,
-                     0.0, S.data(), keys);
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t qpos = pos_ + t0 + r;
-          double* s = S.data() + r * keys;
-          const int64_t lo = win > 0 ? std::max<int64_t>(0, qpos - win + 1) : 0;
-          double mx = -std::numeric_limits<double>::infinity();
-          for (int64_t j = lo; j <= qpos; ++j) mx = std::max(mx, s[j]);
-          double sum = 0;
-          for (int64_t j = 0; j < keys; ++j) {
-            if (j < lo || j > qpos) {
-              s[j] = 0;
-            } else {
-              s[j] = std::exp(s[j] - mx);
-              sum += s[j];
-            }
-          }
-          for (int64_t j = lo; j <= qpos; ++j) s[j] /= sum;
-        }
-        linalg::gemm(false, false, rows, dh, keys, 1.0, S.data(), keys, vc.data() + kh * dh, kvd, 0.0,
-                     A.data() + t0 * qd + h * dh, qd);
-      }
-    }
-    matmul(A.data(), T, qd, D.wo.data(), d, tmp.data());
-    add_bias(tmp.data(), T, D.bo);
-    for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
-    // --- MLP: down(silu(gate(x)) * up(x)), or the routed sum of such experts ---
-    rms_norm(X.data(), T, d, D.ffn_norm, eps, Xn.data());
-    if (!D.experts.empty()) {
-      moe_ffn(l, Xn.data(), T, tmp.data());
-    } else {
-      matmul(Xn.data(), T, d, D.w_gate.data(), ff, G.data());
-      matmul(Xn.data(), T, d, D.w_up.data(), ff, U.data());
-      for (int64_t i = 0; i < T * ff; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
-      matmul(G.data(), T, ff, D.w_down.data(), d, tmp.data());
-    }
-    for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
-    if (hook_ && !branch) hook_(int64_t(l), X);
-  }
-  if (!branch) pos_ += T;
-  rms_norm(X.data(), T, d, W.final_norm, eps, Xn.data());
-  return Xn;
-}
-
-// Y [T, d] = sum over each row's top-k experts of weight * down(silu(gate(x)) * up(x)); each
-// expert runs once on the rows routed to it (gathered, so its products stay dgemm).
-void ReferenceModel::moe_ffn(size_t layer, const double* Xn, int64_t T, double* Y) const {
-  const ModelConfig& c = w_.config;
-  const DoubleWeights::Layer& D = dw_->layers[layer];
-  const int64_t d = c.hidden_size, E = c.num_experts, fe = c.moe_intermediate_size;
-  std::vector<double> logits(size_t(T * E));
-  matmul(Xn, T, d, D.router.data(), E, logits.data());  // [T, E]
-  std::vector<std::vector<std::pair<int64_t, double>>> rows(static_cast<size_t>(E));  // expert -> (row, weight)
-  for (int64_t t = 0; t < T; ++t) {
-    const auto route = route_token(logits.data() + t * E, E, c.num_experts_per_tok, c.norm_topk_prob);
-    if (router_hook_) router_hook_(int64_t(layer), t, route);
-    for (const auto& [e, w] : route) rows[size_t(e)].push_back({t, w});
-  }
-  std::fill(Y, Y + T * d, 0.0);
-  std::vector<double> Xs, G, U, O;
-  for (int64_t e = 0; e < E; ++e) {
-    const auto& r = rows[size_t(e)];
-    const int64_t m = int64_t(r.size());
-    if (m == 0) continue;
-    Xs.resize(size_t(m * d));
-    for (int64_t i = 0; i < m; ++i) std::copy_n(Xn + r[i].first * d, d, Xs.data() + i * d);
-    G.resize(size_t(m * fe));
-    U.resize(size_t(m * fe));
-    O.resize(size_t(m * d));
-    const auto& X = D.experts[size_t(e)];
-    matmul(Xs.data(), m, d, X.w_gate.data(), fe, G.data());
-    matmul(Xs.data(), m, d, X.w_up.data(), fe, U.data());
-    for (int64_t i = 0; i < m * fe; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
-    matmul(G.data(), m, fe, X.w_down.data(), d, O.data());
-    for (int64_t i = 0; i < m; ++i) {
-      double* y = Y + r[i].first * d;
-      const double w = r[i].second;
-      for (int64_t k = 0; k < d; ++k) y[k] += w * O[i * d + k];
-    }
-  }
-}
-
-// Row r attends to the cached prefix (positions 0 .. pos_-1, within the window) and to its own
-// key/value at position pos_, as if it were the only token fed after the prefix.
-void ReferenceModel::branch_attention(const double* Q, const double* K, const double* V, int64_t T,
-                                      const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
-                                      double* A) const {
-  const ModelConfig& c = w_.config;
+// Row r attends to the cached prefix (positions 0 .. pos-1, within the window) and to its own
+// key/value at position pos, as if it were the only token fed after the prefix.
+void branch_attention(const ModelConfig& c, int64_t pos, const double* Q, const double* K, const double* V,
+                      int64_t T, const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
+                      double* A) {
   const int64_t dh = c.head_dim, H = c.num_attention_heads, g = c.group_size(), qd = c.q_dim(), kvd = c.kv_dim();
   const double scale = 1.0 / std::sqrt(double(dh));
-  const int64_t lo = win > 0 ? std::max<int64_t>(0, pos_ - win + 1) : 0;  // first visible cached key
-  const int64_t keys = pos_;
+  const int64_t lo = win > 0 ? std::max<int64_t>(0, pos - win + 1) : 0;  // first visible cached key
+  const int64_t keys = pos;
   std::vector<double> S(size_t(T * std::max<int64_t>(keys, 1)));
   for (int64_t h = 0; h < H; ++h) {
     const int64_t kh = h / g;
@@ -394,6 +184,372 @@ void ReferenceModel::branch_attention(const double* Q, const double* K, const do
       for (int64_t i = 0; i < dh; ++i) a[i] /= sum;
     }
   }
+}
+
+// The attention sublayer on the residual rows X [T, d] at positions pos .. pos+T-1 (branch: every
+// row an alternative at position pos, the cache left unchanged): Out [T, d] = o_proj(attention(
+// rms_norm(X))) + bo. Keys and values are appended to kc / vc unless branch. cosv / sinv: the
+// RoPE angles of the rows, [T, dh/2].
+void attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Project& proj, const double* X, int64_t T,
+                        int64_t pos, bool branch, const std::vector<double>& cosv, const std::vector<double>& sinv,
+                        int64_t win, std::vector<double>& kc, std::vector<double>& vc, Scratch& sc, double* Out) {
+  const int64_t d = c.hidden_size, dh = c.head_dim, H = c.num_attention_heads, g = c.group_size();
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), half = dh / 2;
+  const double eps = c.rms_norm_eps, scale = 1.0 / std::sqrt(double(dh));
+  double* Xn = sized(sc.Xn, T * d);
+  double* Q = sized(sc.Q, T * qd);
+  double* K = sized(sc.K, T * kvd);
+  double* V = sized(sc.V, T * kvd);
+  double* A = sized(sc.A, T * qd);
+  // rotate_half: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on the pairs (i, i + dh/2).
+  auto rope = [&](double* M, int64_t heads, int64_t stride) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        double* x = M + t * stride + h * dh;
+        for (int64_t i = 0; i < half; ++i) {
+          const double cs = cosv[t * half + i], sn = sinv[t * half + i];
+          const double x1 = x[i], x2 = x[i + half];
+          x[i] = x1 * cs - x2 * sn;
+          x[i + half] = x2 * cs + x1 * sn;
+        }
+      }
+  };
+  const int64_t kRowBlock = 256;  // query rows per score block (bounds S to 256 x L)
+
+  rms_norm(X, T, d, D.attn_norm, eps, Xn);
+  proj(Proj::Q, -1, Xn, T, Q);
+  proj(Proj::K, -1, Xn, T, K);
+  proj(Proj::V, -1, Xn, T, V);
+  add_bias(Q, T, D.bq);
+  add_bias(K, T, D.bk);
+  add_bias(V, T, D.bv);
+  if (c.qk_norm) {  // Qwen3: RMSNorm over each head's vector, before RoPE
+    rms_norm(Q, T * H, dh, D.q_norm, eps, Q);
+    rms_norm(K, T * c.num_key_value_heads, dh, D.k_norm, eps, K);
+  }
+  rope(Q, H, qd);
+  rope(K, c.num_key_value_heads, kvd);
+  if (branch) {
+    branch_attention(c, pos, Q, K, V, T, kc, vc, win, A);
+  } else {
+    kc.insert(kc.end(), K, K + T * kvd);
+    vc.insert(vc.end(), V, V + T * kvd);
+  }
+
+  for (int64_t t0 = 0; t0 < (branch ? 0 : T); t0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, T - t0);
+    const int64_t keys = pos + t0 + rows;  // causal: later keys are masked anyway
+    double* S = sized(sc.S, rows * keys);
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t kh = h / g;  // GQA: query head h reads kv head h / g
+      linalg::gemm(false, true, rows, keys, dh, scale, Q + t0 * qd + h * dh, qd, kc.data() + kh * dh, kvd, 0.0, S,
+                   keys);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t qpos = pos + t0 + r;
+        double* s = S + r * keys;
+        const int64_t lo = win > 0 ? std::max<int64_t>(0, qpos - win + 1) : 0;
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int64_t j = lo; j <= qpos; ++j) mx = std::max(mx, s[j]);
+        double sum = 0;
+        for (int64_t j = 0; j < keys; ++j) {
+          if (j < lo || j > qpos) {
+            s[j] = 0;
+          } else {
+            s[j] = std::exp(s[j] - mx);
+            sum += s[j];
+          }
+        }
+        for (int64_t j = lo; j <= qpos; ++j) s[j] /= sum;
+      }
+      linalg::gemm(false, false, rows, dh, keys, 1.0, S, keys, vc.data() + kh * dh, kvd, 0.0, A + t0 * qd + h * dh,
+                   qd);
+    }
+  }
+  proj(Proj::O, -1, A, T, Out);
+  add_bias(Out, T, D.bo);
+}
+
+// Y [T, d] = sum over each row's top-k experts of weight * down(silu(gate(x)) * up(x)); each
+// expert runs once on the rows routed to it (gathered, so its products stay dgemm).
+void moe_ffn(const ModelConfig& c, int64_t layer, const Project& proj, const double* Xn, int64_t T,
+             const RouterHook* hook, double* Y) {
+  const int64_t d = c.hidden_size, E = c.num_experts, fe = c.moe_intermediate_size;
+  std::vector<double> logits(size_t(T * E));
+  proj(Proj::Router, -1, Xn, T, logits.data());  // [T, E]
+  std::vector<std::vector<std::pair<int64_t, double>>> rows(static_cast<size_t>(E));  // expert -> (row, weight)
+  for (int64_t t = 0; t < T; ++t) {
+    const auto route = route_token(logits.data() + t * E, E, c.num_experts_per_tok, c.norm_topk_prob);
+    if (hook && *hook) (*hook)(layer, t, route);
+    for (const auto& [e, w] : route) rows[size_t(e)].push_back({t, w});
+  }
+  std::fill(Y, Y + T * d, 0.0);
+  std::vector<double> Xs, G, U, O;
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& r = rows[size_t(e)];
+    const int64_t m = int64_t(r.size());
+    if (m == 0) continue;
+    Xs.resize(size_t(m * d));
+    for (int64_t i = 0; i < m; ++i) std::copy_n(Xn + r[i].first * d, d, Xs.data() + i * d);
+    G.resize(size_t(m * fe));
+    U.resize(size_t(m * fe));
+    O.resize(size_t(m * d));
+    proj(Proj::Gate, e, Xs.data(), m, G.data());
+    proj(Proj::Up, e, Xs.data(), m, U.data());
+    for (int64_t i = 0; i < m * fe; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
+    proj(Proj::Down, e, G.data(), m, O.data());
+    for (int64_t i = 0; i < m; ++i) {
+      double* y = Y + r[i].first * d;
+      const double w = r[i].second;
+      for (int64_t k = 0; k < d; ++k) y[k] += w * O[i * d + k];
+    }
+  }
+}
+
+// The FFN sublayer: Out [T, d] = down(silu(gate(x)) * up(x)) on x = rms_norm(X), or the routed
+// sum of such experts in a sparse layer.
+void ffn_sublayer(const ModelConfig& c, int64_t layer, const LayerVecs& D, const Project& proj, const double* X,
+                  int64_t T, const RouterHook* hook, Scratch& sc, double* Out) {
+  const int64_t d = c.hidden_size, ff = c.intermediate_size;
+  double* Xn = sized(sc.Xn, T * d);
+  rms_norm(X, T, d, D.ffn_norm, c.rms_norm_eps, Xn);
+  if (c.is_moe_layer(layer)) {
+    moe_ffn(c, layer, proj, Xn, T, hook, Out);
+    return;
+  }
+  double* G = sized(sc.G, T * ff);
+  double* U = sized(sc.U, T * ff);
+  proj(Proj::Gate, -1, Xn, T, G);
+  proj(Proj::Up, -1, Xn, T, U);
+  for (int64_t i = 0; i < T * ff; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
+  proj(Proj::Down, -1, G, T, Out);
+}
+
+// RoPE angles [T, dh/2] of positions pos .. pos+T-1 (branch: all at pos).
+void rope_angles(const std::vector<double>& inv_freq, int64_t pos, int64_t T, bool branch, std::vector<double>& cosv,
+                 std::vector<double>& sinv) {
+  const int64_t half = int64_t(inv_freq.size());
+  cosv.resize(size_t(T * half));
+  sinv.resize(size_t(T * half));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = double(branch ? pos : pos + t) * inv_freq[i];
+      cosv[t * half + i] = std::cos(a);
+      sinv[t * half + i] = std::sin(a);
+    }
+}
+
+// The shapes every layer must have (HF layout), checked by ReferenceModel and LayerForward alike.
+void check_layer(const ModelConfig& c, int64_t l, const LayerWeights& L, bool attention, bool ffn) {
+  const int64_t d = c.hidden_size, dh = c.head_dim, ff = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const std::string p = "layers." + std::to_string(l) + ".";
+  if (attention) {
+    check_shape(L.attn_norm, {d}, p + "attn_norm");
+    check_shape(L.wq, {qd, d}, p + "wq");
+    check_shape(L.wk, {kvd, d}, p + "wk");
+    check_shape(L.wv, {kvd, d}, p + "wv");
+    check_shape(L.wo, {d, qd}, p + "wo");
+    if (!L.bq.data.empty()) check_shape(L.bq, {qd}, p + "bq");
+    if (!L.bk.data.empty()) check_shape(L.bk, {kvd}, p + "bk");
+    if (!L.bv.data.empty()) check_shape(L.bv, {kvd}, p + "bv");
+    if (!L.bo.data.empty()) check_shape(L.bo, {d}, p + "bo");
+    if (c.qk_norm) {
+      check_shape(L.q_norm, {dh}, p + "q_norm");
+      check_shape(L.k_norm, {dh}, p + "k_norm");
+    }
+  }
+  if (!ffn) return;
+  check_shape(L.ffn_norm, {d}, p + "ffn_norm");
+  if (c.is_moe_layer(l)) {
+    const int64_t E = c.num_experts, fe = c.moe_intermediate_size;
+    check_shape(L.router, {E, d}, p + "router");
+    require(int64_t(L.experts.size()) == E, "weights: " + p + "experts",
+            "has " + std::to_string(L.experts.size()) + " experts, config says " + std::to_string(E));
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string pe = p + "experts." + std::to_string(e) + ".";
+      check_shape(L.experts[e].w_gate, {fe, d}, pe + "w_gate");
+      check_shape(L.experts[e].w_up, {fe, d}, pe + "w_up");
+      check_shape(L.experts[e].w_down, {d, fe}, pe + "w_down");
+    }
+  } else {
+    check_shape(L.w_gate, {ff, d}, p + "w_gate");
+    check_shape(L.w_up, {ff, d}, p + "w_up");
+    check_shape(L.w_down, {d, ff}, p + "w_down");
+  }
+}
+
+// The HF-layout matrix `p` (of expert e) of a layer.
+const Tensor& layer_matrix(const LayerWeights& L, Proj p, int64_t e) {
+  switch (p) {
+    case Proj::Q: return L.wq;
+    case Proj::K: return L.wk;
+    case Proj::V: return L.wv;
+    case Proj::O: return L.wo;
+    case Proj::Router: return L.router;
+    case Proj::Gate: return e < 0 ? L.w_gate : L.experts[size_t(e)].w_gate;
+    case Proj::Up: return e < 0 ? L.w_up : L.experts[size_t(e)].w_up;
+    case Proj::Down: return e < 0 ? L.w_down : L.experts[size_t(e)].w_down;
+  }
+  throw Error("forward", "unknown projection");
+}
+
+}  // namespace
+
+struct ReferenceModel::DoubleWeights {
+  struct Expert {
+    std::vector<double> w_gate, w_up, w_down;
+  };
+  struct Layer {
+    LayerVecs vecs;
+    std::vector<double> wq, wk, wv, wo, w_gate, w_up, w_down, router;  // [in, out]
+    std::vector<Expert> experts;  // sparse layers
+  };
+  std::vector<double> embed, final_norm, head;  // head [d, n]
+  std::vector<Layer> layers;
+};
+
+ReferenceModel::ReferenceModel(ModelWeights w) : w_(std::move(w)) {
+  const ModelConfig& c = w_.config;
+  const int64_t d = c.hidden_size, n = c.vocab_size, dh = c.head_dim, ff = c.intermediate_size;
+  require(d > 0 && n > 0 && dh > 0 && ff > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0,
+          "config", "hidden_size, vocab_size, head_dim, intermediate_size and head counts must be positive");
+  require(c.num_attention_heads % c.num_key_value_heads == 0, "config: num_key_value_heads",
+          "must divide num_attention_heads");
+  require(int64_t(w_.layers.size()) == c.num_hidden_layers, "weights",
+          "have " + std::to_string(w_.layers.size()) + " layers, config says " +
+              std::to_string(c.num_hidden_layers));
+
+  check_shape(w_.embed, {n, d}, "embed");
+  check_shape(w_.final_norm, {d}, "final_norm");
+  if (w_.head.data.empty() && c.tie_word_embeddings) w_.head = w_.embed;
+  check_shape(w_.head, {n, d}, "head");
+
+  auto dw = std::make_shared<DoubleWeights>();
+  dw->embed = to_double(w_.embed);
+  dw->final_norm = to_double(w_.final_norm);
+  dw->head = to_double_t(w_.head);
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    const LayerWeights& L = w_.layers[l];
+    check_layer(c, int64_t(l), L, true, true);
+    DoubleWeights::Layer D;
+    D.vecs = layer_vecs(L);
+    D.wq = to_double_t(L.wq);
+    D.wk = to_double_t(L.wk);
+    D.wv = to_double_t(L.wv);
+    D.wo = to_double_t(L.wo);
+    D.w_gate = to_double_t(L.w_gate);
+    D.w_up = to_double_t(L.w_up);
+    D.w_down = to_double_t(L.w_down);
+    D.router = to_double_t(L.router);
+    for (const ExpertWeights& e : L.experts)
+      D.experts.push_back({to_double_t(e.w_gate), to_double_t(e.w_up), to_double_t(e.w_down)});
+    dw->layers.push_back(std::move(D));
+  }
+  dw_ = std::move(dw);
+  inv_freq_ = rope_inv_freq(c);
+  window_ = attention_windows(c);
+  reset();
+}
+
+void ReferenceModel::reset() {
+  pos_ = 0;
+  k_cache_.assign(w_.layers.size(), {});
+  v_cache_.assign(w_.layers.size(), {});
+}
+
+int64_t ReferenceModel::argmax(const double* logits, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (logits[i] > logits[best]) best = i;  // strict: ties keep the lowest id
+  return best;
+}
+
+std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bool branch) {
+  const ModelConfig& c = w_.config;
+  const DoubleWeights& W = *dw_;
+  const int64_t d = c.hidden_size;
+
+  std::vector<double> X(T * d), tmp(T * d);
+  for (int64_t t = 0; t < T; ++t) std::copy_n(W.embed.data() + ids[t] * d, d, X.data() + t * d);
+  std::vector<double> cosv, sinv;
+  rope_angles(inv_freq_, pos_, T, branch, cosv, sinv);
+  Scratch sc;
+  for (size_t l = 0; l < W.layers.size(); ++l) {
+    const auto& D = W.layers[l];
+    const Project proj = [&D, d](Proj p, int64_t e, const double* In, int64_t rows, double* Y) {
+      const DoubleWeights::Expert* x = e >= 0 ? &D.experts[size_t(e)] : nullptr;
+      const std::vector<double>* m = nullptr;
+      switch (p) {
+        case Proj::Q: m = &D.wq; break;
+        case Proj::K: m = &D.wk; break;
+        case Proj::V: m = &D.wv; break;
+        case Proj::O: m = &D.wo; break;
+        case Proj::Router: m = &D.router; break;
+        case Proj::Gate: m = x ? &x->w_gate : &D.w_gate; break;
+        case Proj::Up: m = x ? &x->w_up : &D.w_up; break;
+        case Proj::Down: m = x ? &x->w_down : &D.w_down; break;
+      }
+      // in x out, with in known from the projection: the residual side is d for all but O and Down.
+      const int64_t in = (p == Proj::O || p == Proj::Down) ? int64_t(m->size()) / d : d;
+      matmul(In, rows, in, m->data(), int64_t(m->size()) / in, Y);
+    };
+    const int64_t win = window_.empty() ? 0 : window_[l];
+    attention_sublayer(c, D.vecs, proj, X.data(), T, pos_, branch, cosv, sinv, win, k_cache_[l], v_cache_[l], sc,
+                       tmp.data());
+    for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
+    ffn_sublayer(c, int64_t(l), D.vecs, proj, X.data(), T, &router_hook_, sc, tmp.data());
+    for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
+    if (hook_ && !branch) hook_(int64_t(l), X);
+  }
+  if (!branch) pos_ += T;
+  std::vector<double> Xn(T * d);
+  rms_norm(X.data(), T, d, W.final_norm, c.rms_norm_eps, Xn.data());
+  return Xn;
+}
+
+LayerForward::LayerForward(const ModelConfig& c) : c_(c), inv_freq_(rope_inv_freq(c)), window_(attention_windows(c)) {
+  require(c.hidden_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
+              c.num_attention_heads % c.num_key_value_heads == 0,
+          "config", "hidden_size and head counts must be positive, num_key_value_heads must divide num_attention_heads");
+}
+
+namespace {
+// Products on an HF-layout layer: each matrix converted to f64 [in, out] only for its product
+// (the buffer is reused), so the caller's layer is never held twice.
+Project converting_project(const LayerWeights& L, std::vector<double>& buf) {
+  return [&L, &buf](Proj p, int64_t e, const double* In, int64_t rows, double* Y) {
+    const Tensor& W = layer_matrix(L, p, e);
+    to_double_t(W, buf);
+    matmul(In, rows, W.cols(), buf.data(), W.rows(), Y);
+  };
+}
+}  // namespace
+
+std::vector<double> LayerForward::attention(int64_t layer, const LayerWeights& L, const std::vector<double>& X) const {
+  const int64_t d = c_.hidden_size;
+  require(layer >= 0 && layer < c_.num_hidden_layers, "LayerForward", "layer " + std::to_string(layer) + " out of range");
+  require(int64_t(X.size()) % d == 0, "LayerForward", "residual stream is not [T, hidden_size]");
+  check_layer(c_, layer, L, true, false);
+  const int64_t T = int64_t(X.size()) / d;
+  std::vector<double> cosv, sinv, kc, vc, buf, out(X.size());
+  rope_angles(inv_freq_, 0, T, false, cosv, sinv);
+  Scratch sc;
+  const LayerVecs D = layer_vecs(L);
+  attention_sublayer(c_, D, converting_project(L, buf), X.data(), T, 0, false, cosv, sinv,
+                     window_.empty() ? 0 : window_[size_t(layer)], kc, vc, sc, out.data());
+  return out;
+}
+
+std::vector<double> LayerForward::ffn(int64_t layer, const LayerWeights& L, const std::vector<double>& X) const {
+  const int64_t d = c_.hidden_size;
+  require(layer >= 0 && layer < c_.num_hidden_layers, "LayerForward", "layer " + std::to_string(layer) + " out of range");
+  require(int64_t(X.size()) % d == 0, "LayerForward", "residual stream is not [T, hidden_size]");
+  check_layer(c_, layer, L, false, true);
+  const int64_t T = int64_t(X.size()) / d;
+  std::vector<double> buf, out(X.size());
+  Scratch sc;
+  const LayerVecs D = layer_vecs(L);
+  ffn_sublayer(c_, layer, D, converting_project(L, buf), X.data(), T, nullptr, sc, out.data());
+  return out;
 }
 
 std::vector<double> ReferenceModel::branch_hidden(const std::vector<int64_t>& ids) {

@@ -16,6 +16,7 @@
 #include <map>
 
 #include "aloepri/error.h"
+#include "aloepri/forward.h"
 #include "aloepri/linalg.h"
 #include "aloepri/keyfile.h"
 #include "aloepri/mmap.h"
@@ -47,147 +48,56 @@ double fro2(const Tensor& t) {
   return s;
 }
 
-// y (T x out) = x (T x in) W^T (+ b), W in HF layout (out x in).
-Tensor linear(const Tensor& x, const Tensor& W, const Tensor* b) {
-  const int64_t T = x.rows(), in = x.cols(), out = W.rows();
-  Tensor y({T, out});
-  linalg::gemm(false, true, int(T), int(out), int(in), 1.0f, x.ptr(), int(in), W.ptr(),
-              int(in), 0.0f, y.ptr(), int(out));
-  if (b && !b->data.empty())
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t o = 0; o < out; ++o) y.ptr()[t * out + o] += b->data[o];
-  return y;
-}
-
-// Plaintext forward of the calibration ids, one layer at a time, alongside the obfuscated
-// residual stream sum_k x_k P_k, so kappa = sqrt(d/d') mean_t ||x~_t|| / ||x_t|| is measured at
-// every RMSNorm on real activations (method.md section 5 [choice]).
+// The plaintext forward of the calibration ids, one layer at a time (the engine's LayerForward, the
+// code the reference forward runs), alongside the obfuscated residual stream sum_k x_k P_k, so
+// kappa = sqrt(d/d') mean_t ||x~_t|| / ||x_t|| is measured at every RMSNorm on real activations
+// (method.md section 5 [choice]). Holds the two streams only; the layer is the caller's.
 class Calibrator {
  public:
   Calibrator(const ModelConfig& c, const std::vector<int64_t>& ids, const TensorView& embed, const Tensor& Pemb)
-      : c_(c), T_(int64_t(ids.size())), inv_freq_(obf::rope_inv_freq(c)) {
-    const int64_t d = c.hidden_size;
+      : fwd_(c), T_(int64_t(ids.size())), d_(c.hidden_size), dp_(Pemb.cols()) {
     const size_t es = dtype_size(embed.dtype);
-    R_ = Tensor({T_, d});
+    R_.assign(size_t(T_ * d_), 0.0);
+    std::vector<float> row(static_cast<size_t>(d_));
     for (int64_t t = 0; t < T_; ++t) {
       require(ids[t] >= 0 && ids[t] < c.vocab_size, "--calib-ids",
               "token id " + std::to_string(ids[t]) + " is outside the vocabulary", kExitUsage);
-      convert_to_f32(embed.dtype, embed.data + size_t(ids[t] * d) * es, R_.ptr() + t * d, size_t(d));
+      convert_to_f32(embed.dtype, embed.data + size_t(ids[t] * d_) * es, row.data(), size_t(d_));
+      std::copy(row.begin(), row.end(), R_.begin() + t * d_);
     }
-    Rt_ = Tensor({T_, Pemb.cols()});
+    Rt_.assign(size_t(T_ * dp_), 0.0);
     add_write(R_, Pemb);
   }
 
   double kappa() const {
-    const int64_t d = R_.cols(), dp = Rt_.cols();
     double acc = 0;
     for (int64_t t = 0; t < T_; ++t) {
       double a = 0, b = 0;
-      for (int64_t k = 0; k < d; ++k) a += double(R_.at(t, k)) * R_.at(t, k);
-      for (int64_t k = 0; k < dp; ++k) b += double(Rt_.at(t, k)) * Rt_.at(t, k);
+      for (int64_t k = 0; k < d_; ++k) a += R_[t * d_ + k] * R_[t * d_ + k];
+      for (int64_t k = 0; k < dp_; ++k) b += Rt_[t * dp_ + k] * Rt_[t * dp_ + k];
       acc += std::sqrt(b / a);
     }
-    return std::sqrt(double(d) / double(dp)) * acc / double(T_);
+    return std::sqrt(double(d_) / double(dp_)) * acc / double(T_);
   }
 
-  void attention(const obf::AttnHF& W, const Tensor& norm_w, const Tensor& o_bias, const Tensor& Po) {
-    const int64_t dh = c_.head_dim, m = c_.num_attention_heads, mkv = c_.num_key_value_heads, g = m / mkv;
-    const int64_t M = dh / 2;
-    Tensor xn = normed(norm_w);
-    Tensor q = linear(xn, W.q, &W.bq), k = linear(xn, W.k, &W.bk), v = linear(xn, W.v, &W.bv);
-    if (!W.q_norm.data.empty()) {  // Qwen3: RMSNorm over each head, before RoPE
-      head_norm(q, m, W.q_norm);
-      head_norm(k, mkv, W.k_norm);
-    }
-    auto rope = [&](Tensor& x, int64_t heads) {
-      for (int64_t t = 0; t < T_; ++t)
-        for (int64_t h = 0; h < heads; ++h) {
-          float* p = x.ptr() + (t * heads + h) * dh;
-          for (int64_t i = 0; i < M; ++i) {
-            const double a = double(t) * inv_freq_[i], cs = std::cos(a), sn = std::sin(a);
-            const double x0 = p[i], x1 = p[i + M];
-            p[i] = float(x0 * cs - x1 * sn);
-            p[i + M] = float(x1 * cs + x0 * sn);
-          }
-        }
-    };
-    rope(q, m);
-    rope(k, mkv);
-    Tensor ctx({T_, m * dh});
-    std::vector<double> sc(static_cast<size_t>(T_));
-    const double scale = 1.0 / std::sqrt(double(dh));
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t h = 0; h < m; ++h) {
-        const int64_t j = h / g;
-        const float* qp = q.ptr() + (t * m + h) * dh;
-        double mx = -1e300;
-        for (int64_t u = 0; u <= t; ++u) {
-          const float* kp = k.ptr() + (u * mkv + j) * dh;
-          double s = 0;
-          for (int64_t e = 0; e < dh; ++e) s += double(qp[e]) * kp[e];
-          sc[u] = s * scale;
-          mx = std::max(mx, sc[u]);
-        }
-        double z = 0;
-        for (int64_t u = 0; u <= t; ++u) z += (sc[u] = std::exp(sc[u] - mx));
-        float* cp = ctx.ptr() + (t * m + h) * dh;
-        for (int64_t u = 0; u <= t; ++u) {
-          const float* vp = v.ptr() + (u * mkv + j) * dh;
-          const double w = sc[u] / z;
-          for (int64_t e = 0; e < dh; ++e) cp[e] += float(w * vp[e]);
-        }
-      }
-    Tensor a = linear(ctx, W.o, &o_bias);
-    add_residual(a);
-    add_write(a, Po);
-  }
-
-  void ffn(const obf::FfnHF& W, const Tensor& norm_w, const Tensor& Pd) {
-    Tensor xn = normed(norm_w);
-    Tensor gt = linear(xn, W.gate, nullptr), up = linear(xn, W.up, nullptr);
-    for (size_t i = 0; i < gt.data.size(); ++i) {
-      const double x = gt.data[i];
-      gt.data[i] = float(x / (1 + std::exp(-x)) * up.data[i]);
-    }
-    Tensor f = linear(gt, W.down, nullptr);
-    add_residual(f);
-    add_write(f, Pd);
-  }
+  // The layer's attention (ffn) sublayer adds x_k to the plaintext stream and x_k Po (Pd) to the
+  // obfuscated one.
+  void attention(int64_t l, const LayerWeights& L, const Tensor& Po) { add(fwd_.attention(l, L, R_), Po); }
+  void ffn(int64_t l, const LayerWeights& L, const Tensor& Pd) { add(fwd_.ffn(l, L, R_), Pd); }
 
  private:
-  void head_norm(Tensor& x, int64_t heads, const Tensor& w) const {
-    const int64_t dh = c_.head_dim;
-    for (int64_t r = 0; r < T_ * heads; ++r) {
-      float* p = x.ptr() + r * dh;
-      double ss = 0;
-      for (int64_t e = 0; e < dh; ++e) ss += double(p[e]) * p[e];
-      const double inv = 1.0 / std::sqrt(ss / double(dh) + c_.rms_norm_eps);
-      for (int64_t e = 0; e < dh; ++e) p[e] = float(p[e] * inv * w.data[e]);
-    }
+  void add(const std::vector<double>& a, const Tensor& P) {
+    for (size_t i = 0; i < R_.size(); ++i) R_[i] += a[i];
+    add_write(a, P);
   }
-  Tensor normed(const Tensor& w) const {
-    const int64_t d = R_.cols();
-    Tensor y({T_, d});
-    for (int64_t t = 0; t < T_; ++t) {
-      double ss = 0;
-      for (int64_t k = 0; k < d; ++k) ss += double(R_.at(t, k)) * R_.at(t, k);
-      const double inv = 1.0 / std::sqrt(ss / double(d) + c_.rms_norm_eps);
-      for (int64_t k = 0; k < d; ++k) y.at(t, k) = float(R_.at(t, k) * inv * w.data[k]);
-    }
-    return y;
-  }
-  void add_residual(const Tensor& a) {
-    for (size_t i = 0; i < R_.data.size(); ++i) R_.data[i] += a.data[i];
-  }
-  void add_write(const Tensor& a, const Tensor& P) {  // Rt += a P
-    linalg::gemm(false, false, int(T_), int(P.cols()), int(a.cols()), 1.0f, a.ptr(),
-                int(a.cols()), P.ptr(), int(P.cols()), 1.0f, Rt_.ptr(), int(P.cols()));
+  void add_write(const std::vector<double>& a, const Tensor& P) {  // Rt += a P
+    const std::vector<double> P64(P.data.begin(), P.data.end());
+    linalg::gemm(false, false, T_, dp_, d_, 1.0, a.data(), d_, P64.data(), dp_, 1.0, Rt_.data(), dp_);
   }
 
-  const ModelConfig& c_;
-  int64_t T_;
-  std::vector<double> inv_freq_;
-  Tensor R_, Rt_;
+  LayerForward fwd_;
+  int64_t T_, d_, dp_;
+  std::vector<double> R_, Rt_;  // [T, d], [T, d']
 };
 
 }  // namespace
@@ -360,24 +270,30 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
     const double k_in = kappa_now();
     note_kappa(1 + l, k_in);
     put_vec(name(Role::AttnNorm), std::vector<float>(static_cast<size_t>(dp), float(k_in)));
-    Tensor attn_norm = T(Role::AttnNorm);
-    obf::AttnHF A;
-    A.q = T(Role::Query);
-    A.k = T(Role::Key);
-    A.v = T(Role::Value);
-    A.o = T(Role::Output);
+    // The layer in the engine's structure (HF layout), so that the calibrator runs the engine's
+    // forward on it; the transforms then take its tensors over.
+    LayerWeights LW;
+    LW.attn_norm = T(Role::AttnNorm);
+    LW.wq = T(Role::Query);
+    LW.wk = T(Role::Key);
+    LW.wv = T(Role::Value);
+    LW.wo = T(Role::Output);
     if (c.attention_bias) {
-      A.bq = T(Role::QueryBias);
-      A.bk = T(Role::KeyBias);
-      A.bv = T(Role::ValueBias);
+      LW.bq = T(Role::QueryBias);
+      LW.bk = T(Role::KeyBias);
+      LW.bv = T(Role::ValueBias);
     }
     if (c.qk_norm) {
-      A.q_norm = T(Role::QNorm);
-      A.k_norm = T(Role::KNorm);
+      LW.q_norm = T(Role::QNorm);
+      LW.k_norm = T(Role::KNorm);
     }
-    Tensor o_bias = c.o_bias() ? T(Role::OutputBias) : Tensor();
+    if (c.o_bias()) LW.bo = T(Role::OutputBias);
     Tensor Po = mat_f32(K.P(ls + "/o"));
-    if (calib) calib->attention(A, attn_norm, o_bias, Po);
+    if (calib) calib->attention(l, LW, Po);
+    const Tensor attn_norm = std::move(LW.attn_norm), o_bias = std::move(LW.bo);
+    obf::AttnHF A{std::move(LW.wq),     std::move(LW.wk), std::move(LW.wv),     std::move(LW.wo),
+                  std::move(LW.bq),     std::move(LW.bk), std::move(LW.bv),     std::move(LW.q_norm),
+                  std::move(LW.k_norm)};
     writer_fro += fro2(Po);
     ++writers;
     {
@@ -420,9 +336,14 @@ ObfuscateResult obfuscate_model(const std::string& model_dir, const Seed& seed, 
       prog.advance();
       continue;
     }
-    obf::FfnHF F{T(Role::Gate), T(Role::Up), T(Role::Down)};
+    LW.ffn_norm = std::move(ffn_norm);
+    LW.w_gate = T(Role::Gate);
+    LW.w_up = T(Role::Up);
+    LW.w_down = T(Role::Down);
     Tensor Pd = mat_f32(K.P(ls + "/down"));
-    if (calib) calib->ffn(F, ffn_norm, Pd);
+    if (calib) calib->ffn(l, LW, Pd);
+    ffn_norm = std::move(LW.ffn_norm);
+    obf::FfnHF F{std::move(LW.w_gate), std::move(LW.w_up), std::move(LW.w_down)};
     writer_fro += fro2(Pd);
     ++writers;
     {
