@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/gguf_export.h"
-#include "aloepri/model.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/model/model.h"
 
 namespace fs = std::filesystem;
 using namespace aloepri;

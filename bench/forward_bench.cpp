@@ -5,8 +5,8 @@
 
 #include <cmath>
 
-#include "aloepri/forward.h"
-#include "aloepri/rng.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/core/rng.h"
 
 using namespace aloepri;
 

@@ -25,10 +25,10 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/hf_config.h"
-#include "aloepri/linalg.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/synth.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/linalg/linalg.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/engine/synth.h"
 
 namespace fs = std::filesystem;
 using namespace aloepri;

@@ -20,7 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/proxy.h"
+#include "aloepri/client/proxy.h"
 
 using namespace aloepri;
 using nlohmann::json;

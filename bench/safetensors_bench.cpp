@@ -6,9 +6,9 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "aloepri/model.h"
-#include "aloepri/rng.h"
-#include "aloepri/safetensors.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/formats/safetensors.h"
 
 namespace fs = std::filesystem;
 using namespace aloepri;

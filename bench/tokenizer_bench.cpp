@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <map>
 
-#include "aloepri/output.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/core/output.h"
+#include "aloepri/client/tokenizer.h"
 
 using namespace aloepri;
 

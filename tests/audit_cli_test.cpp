@@ -9,10 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/audit_report.h"
-#include "aloepri/error.h"
-#include "aloepri/model.h"
-#include "aloepri/output.h"
+#include "aloepri/audit/report.h"
+#include "aloepri/core/error.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/output.h"
 #include "support/paths.h"
 
 using namespace aloepri;

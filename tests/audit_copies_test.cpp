@@ -1,4 +1,4 @@
-// Copy grouping of a homophonic vocabulary (audit_copies.h): the attacker who groups the copies
+// Copy grouping of a homophonic vocabulary (audit/copy_groups.h): the attacker who groups the copies
 // from the served weights, or from the traffic, and attacks the merged stream (issue 14).
 #include <gtest/gtest.h>
 
@@ -9,10 +9,10 @@
 #include <numeric>
 #include <random>
 
-#include "aloepri/audit_copies.h"
-#include "aloepri/audit_stream.h"
-#include "aloepri/error.h"
-#include "aloepri/homophones.h"
+#include "aloepri/audit/copy_groups.h"
+#include "aloepri/audit/stream_attacks.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/homophones.h"
 
 using namespace aloepri;
 using namespace aloepri::audit;

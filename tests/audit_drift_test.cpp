@@ -7,13 +7,13 @@
 #include <cmath>
 #include <numeric>
 
-#include "aloepri/audit.h"
-#include "aloepri/audit_drift.h"
-#include "aloepri/audit_weights.h"
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
+#include "aloepri/audit/metrics.h"
+#include "aloepri/audit/drift.h"
+#include "aloepri/audit/weights.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -1,4 +1,4 @@
-// The oracle attack (audit_oracle.h): the branch forward it relies on equals ordinary decoding,
+// The oracle attack (audit/oracle.h): the branch forward it relies on equals ordinary decoding,
 // it recovers the whole vocabulary from an exact (permutation-only) obfuscation and from the
 // plaintext model itself, and heavy noise costs it ground.
 #include <gtest/gtest.h>
@@ -7,14 +7,14 @@
 #include <iostream>
 #include <numeric>
 
-#include "aloepri/audit_oracle.h"
-#include "aloepri/audit_weights.h"
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/homophones.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
+#include "aloepri/audit/oracle.h"
+#include "aloepri/audit/weights.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
 #include "support/paths.h"
 
 using namespace aloepri;

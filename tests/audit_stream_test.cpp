@@ -9,10 +9,10 @@
 #include <random>
 #include <set>
 
-#include "aloepri/audit_pii.h"
-#include "aloepri/audit_stream.h"
-#include "aloepri/error.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/audit/pii.h"
+#include "aloepri/audit/stream_attacks.h"
+#include "aloepri/core/error.h"
+#include "aloepri/client/tokenizer.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "aloepri/audit/sweep.h"
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -1,4 +1,4 @@
-// Weight attacks of the privacy audit (audit_weights.h) on small random checkpoints obfuscated
+// Weight attacks of the privacy audit (audit/weights.h) on small random checkpoints obfuscated
 // by the real executor: each attack must succeed on the weak setting it is built for
 // (method.md section 9) and lose ground when the defence it targets is on. Also the building
 // blocks (signatures, nearest rows, assignment) and the metrics.
@@ -8,13 +8,16 @@
 #include <filesystem>
 #include <numeric>
 
-#include "aloepri/audit.h"
-#include "aloepri/audit_weights.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obf_math.h"
-#include "aloepri/obf_transform.h"
-#include "aloepri/obfuscate.h"
+#include "aloepri/audit/metrics.h"
+#include "aloepri/audit/weights.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/math.h"
+#include "aloepri/obfuscate/attention.h"
+#include "aloepri/obfuscate/ffn.h"
+#include "aloepri/obfuscate/residual.h"
+#include "aloepri/obfuscate/vocab.h"
+#include "aloepri/obfuscate/executor.h"
 #include "support/paths.h"
 
 using namespace aloepri;

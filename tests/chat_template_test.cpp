@@ -4,9 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/chat_template.h"
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/client/chat_template.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 #include "support/paths.h"
 
 using namespace aloepri;

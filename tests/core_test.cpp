@@ -6,10 +6,10 @@
 #include <filesystem>
 #include <set>
 
-#include "aloepri/dtype.h"
-#include "aloepri/error.h"
-#include "aloepri/output.h"
-#include "aloepri/rng.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
+#include "aloepri/core/rng.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -7,15 +7,18 @@
 #include <fstream>
 #include <numeric>
 
-#include "aloepri/error.h"
-#include "aloepri/eval.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obf_transform.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
-#include "aloepri/safetensors.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/audit/eval.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/attention.h"
+#include "aloepri/obfuscate/ffn.h"
+#include "aloepri/obfuscate/residual.h"
+#include "aloepri/obfuscate/vocab.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
+#include "aloepri/formats/safetensors.h"
+#include "aloepri/engine/synth.h"
 #include "support/paths.h"
 
 using namespace aloepri;

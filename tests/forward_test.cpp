@@ -9,8 +9,8 @@
 #include <complex>
 #include <random>
 
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
 
 using namespace aloepri;
 

@@ -11,12 +11,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/dtype.h"
-#include "aloepri/error.h"
-#include "aloepri/gguf.h"
-#include "aloepri/gguf_export.h"
-#include "aloepri/model.h"
-#include "aloepri/output.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/gguf.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/output.h"
 #include "support/paths.h"
 
 using namespace aloepri;

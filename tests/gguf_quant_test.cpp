@@ -10,13 +10,13 @@
 #include <random>
 #include <vector>
 
-#include "aloepri/dtype.h"
-#include "aloepri/error.h"
-#include "aloepri/gguf.h"
-#include "aloepri/gguf_export.h"
-#include "aloepri/gguf_quant.h"
-#include "aloepri/model.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/gguf.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/formats/gguf_quant.h"
+#include "aloepri/model/model.h"
+#include "aloepri/engine/synth.h"
 #include "support/llamacpp.h"
 #include "support/paths.h"
 

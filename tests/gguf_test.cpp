@@ -6,10 +6,10 @@
 #include <filesystem>
 #include <limits>
 
-#include "aloepri/dtype.h"
-#include "aloepri/error.h"
-#include "aloepri/gguf.h"
-#include "aloepri/output.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/gguf.h"
+#include "aloepri/core/output.h"
 #include "support/paths.h"
 
 using namespace aloepri;

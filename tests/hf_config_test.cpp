@@ -4,9 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/model/model.h"
 
 using namespace aloepri;
 using nlohmann::json;

@@ -13,18 +13,18 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/eval.h"
-#include "aloepri/forward.h"
-#include "aloepri/gguf_export.h"
-#include "aloepri/homophones.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
-#include "aloepri/proxy.h"
-#include "aloepri/synth.h"
-#include "aloepri/token_file.h"
+#include "aloepri/core/error.h"
+#include "aloepri/audit/eval.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
+#include "aloepri/client/proxy.h"
+#include "aloepri/engine/synth.h"
+#include "aloepri/formats/token_file.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -4,9 +4,9 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/core/output.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <set>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 #include "aloepri/model/layout.h"
 
 using namespace aloepri;

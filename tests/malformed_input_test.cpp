@@ -8,9 +8,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/model.h"
-#include "aloepri/safetensors.h"
+#include "aloepri/core/error.h"
+#include "aloepri/model/model.h"
+#include "aloepri/formats/safetensors.h"
 #include "support/paths.h"
 
 using namespace aloepri;

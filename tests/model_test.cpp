@@ -8,8 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/model/model.h"
 #include "support/paths.h"
 
 using namespace aloepri;

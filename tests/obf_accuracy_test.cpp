@@ -11,11 +11,11 @@
 #include <cstdlib>
 #include <map>
 
-#include "aloepri/forward.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/synth.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/engine/synth.h"
+#include "aloepri/client/tokenizer.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -7,10 +7,10 @@
 
 #include <cmath>
 
-#include "aloepri/model.h"
-#include "aloepri/obf_keymat.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/synth.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/keymat.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/engine/synth.h"
 #include "support/paths.h"
 
 using namespace aloepri;

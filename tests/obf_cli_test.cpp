@@ -4,10 +4,10 @@
 
 #include <filesystem>
 
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/engine/synth.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -10,13 +10,13 @@
 #include <filesystem>
 #include <fstream>
 
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
+#include "aloepri/engine/synth.h"
 #include "support/paths.h"
 #include "support/logit_error.h"
 

@@ -8,9 +8,9 @@
 #include <numeric>
 #include <set>
 
-#include "aloepri/error.h"
-#include "aloepri/obf_keymat.h"
-#include "aloepri/obf_math.h"
+#include "aloepri/core/error.h"
+#include "aloepri/obfuscate/keymat.h"
+#include "aloepri/obfuscate/math.h"
 
 using namespace aloepri;
 using namespace aloepri::obf;

@@ -10,13 +10,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/gguf.h"
-#include "aloepri/gguf_export.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/gguf.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/engine/synth.h"
 #include "support/paths.h"
 
 using namespace aloepri;

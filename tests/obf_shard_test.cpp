@@ -10,13 +10,16 @@
 #include <filesystem>
 #include <random>
 
-#include "aloepri/error.h"
-#include "aloepri/obf_transform.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
-#include "aloepri/rng.h"
-#include "aloepri/sha256.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/obfuscate/attention.h"
+#include "aloepri/obfuscate/ffn.h"
+#include "aloepri/obfuscate/residual.h"
+#include "aloepri/obfuscate/vocab.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/core/sha256.h"
+#include "aloepri/engine/synth.h"
 #include "support/paths.h"
 
 using namespace aloepri;

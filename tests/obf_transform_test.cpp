@@ -7,10 +7,13 @@
 #include <cmath>
 #include <cstdio>
 
-#include "aloepri/error.h"
-#include "aloepri/obf_keymat.h"
-#include "aloepri/obf_math.h"
-#include "aloepri/obf_transform.h"
+#include "aloepri/core/error.h"
+#include "aloepri/obfuscate/keymat.h"
+#include "aloepri/obfuscate/math.h"
+#include "aloepri/obfuscate/attention.h"
+#include "aloepri/obfuscate/ffn.h"
+#include "aloepri/obfuscate/residual.h"
+#include "aloepri/obfuscate/vocab.h"
 
 using namespace aloepri;
 using namespace aloepri::obf;

@@ -16,9 +16,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/backend.h"
-#include "aloepri/error.h"
-#include "aloepri/proxy.h"
+#include "aloepri/client/backend.h"
+#include "aloepri/core/error.h"
+#include "aloepri/client/proxy.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -9,9 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/rng.h"
-#include "aloepri/safetensors.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/formats/safetensors.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/sse.h"
+#include "aloepri/client/sse.h"
 
 using aloepri::SseEvent;
 using aloepri::SseParser;

@@ -9,11 +9,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/model.h"
-#include "aloepri/output.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/output.h"
+#include "aloepri/engine/synth.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -4,8 +4,8 @@
 #include <fstream>
 #include <string>
 
-#include "aloepri/error.h"
-#include "aloepri/token_file.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/token_file.h"
 #include "support/paths.h"
 
 using aloepri::read_token_file;

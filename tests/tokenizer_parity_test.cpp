@@ -10,8 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/output.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/core/output.h"
+#include "aloepri/client/tokenizer.h"
 #include "support/paths.h"
 
 namespace fs = std::filesystem;

@@ -7,10 +7,10 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
-#include "aloepri/rng.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/client/tokenizer.h"
 #include "support/paths.h"
 
 using namespace aloepri;

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "aloepri/write_behind.h"
+#include "aloepri/obfuscate/write_behind.h"
 
 using namespace aloepri;
 

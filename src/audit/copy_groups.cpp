@@ -1,6 +1,6 @@
 // Copy grouping of a homophonic vocabulary, from the weights and from the traffic
-// (audit_copies.h).
-#include "aloepri/audit_copies.h"
+// (audit/copy_groups.h).
+#include "aloepri/audit/copy_groups.h"
 
 #include <algorithm>
 #include <chrono>
@@ -12,8 +12,8 @@
 #include <tuple>
 #include <unordered_map>
 
-#include "aloepri/audit_weights.h"
-#include "aloepri/error.h"
+#include "aloepri/audit/weights.h"
+#include "aloepri/core/error.h"
 #include "weight_internal.h"
 
 namespace aloepri::audit {

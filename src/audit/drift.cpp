@@ -1,16 +1,16 @@
-// Drifted copies of a checkpoint (audit_drift.h): the simulated private fine-tune the drift
+// Drifted copies of a checkpoint (audit/drift.h): the simulated private fine-tune the drift
 // measurements of the NN attack run against.
-#include "aloepri/audit_drift.h"
+#include "aloepri/audit/drift.h"
 
 
 #include <cmath>
 #include <filesystem>
 
-#include "aloepri/error.h"
-#include "aloepri/linalg.h"
-#include "aloepri/model.h"
-#include "aloepri/output.h"
-#include "aloepri/rng.h"
+#include "aloepri/core/error.h"
+#include "aloepri/linalg/linalg.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/output.h"
+#include "aloepri/core/rng.h"
 
 namespace fs = std::filesystem;
 

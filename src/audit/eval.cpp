@@ -7,18 +7,18 @@
 #include <fstream>
 #include <limits>
 
-#include "aloepri/engine_process.h"
-#include "aloepri/error.h"
-#include "aloepri/eval.h"
-#include "aloepri/gguf_export.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/linalg.h"
-#include "aloepri/model.h"
-#include "aloepri/obf_keymat.h"
-#include "aloepri/output.h"
-#include "aloepri/progress.h"
-#include "aloepri/token_file.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/client/engine_process.h"
+#include "aloepri/core/error.h"
+#include "aloepri/audit/eval.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/linalg/linalg.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/keymat.h"
+#include "aloepri/core/output.h"
+#include "aloepri/core/progress.h"
+#include "aloepri/formats/token_file.h"
+#include "aloepri/client/tokenizer.h"
 
 namespace fs = std::filesystem;
 

@@ -5,7 +5,7 @@
 #include <map>
 #include <sstream>
 
-#include "aloepri/eval.h"
+#include "aloepri/audit/eval.h"
 
 namespace aloepri::eval {
 

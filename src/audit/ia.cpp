@@ -8,7 +8,7 @@
 // Features are standardized with the plaintext statistics and matched by nearest neighbour.
 #include <chrono>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 #include "weight_internal.h"
 
 namespace aloepri::audit {

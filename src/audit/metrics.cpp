@@ -1,10 +1,10 @@
-// Scoring helpers of the privacy audit (audit.h): token recovery, BLEU-4, bag-of-tokens cosine.
+// Scoring helpers of the privacy audit (audit/metrics.h): token recovery, BLEU-4, bag-of-tokens cosine.
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <unordered_map>
 
-#include "aloepri/audit.h"
+#include "aloepri/audit/metrics.h"
 
 namespace aloepri::audit {
 

@@ -33,8 +33,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "aloepri/error.h"
-#include "aloepri/obf_math.h"
+#include "aloepri/core/error.h"
+#include "aloepri/obfuscate/math.h"
 #include "weight_internal.h"
 
 namespace aloepri::audit {

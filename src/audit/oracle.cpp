@@ -1,5 +1,5 @@
-// The oracle attack: vocabulary matching by running both models (see audit_oracle.h).
-#include "aloepri/audit_oracle.h"
+// The oracle attack: vocabulary matching by running both models (see audit/oracle.h).
+#include "aloepri/audit/oracle.h"
 
 #include <algorithm>
 #include <chrono>
@@ -11,10 +11,10 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "aloepri/audit_copies.h"
-#include "aloepri/error.h"
-#include "aloepri/linalg.h"
-#include "aloepri/forward.h"
+#include "aloepri/audit/copy_groups.h"
+#include "aloepri/core/error.h"
+#include "aloepri/linalg/linalg.h"
+#include "aloepri/engine/forward.h"
 #include "weight_internal.h"
 
 namespace aloepri::audit {
@@ -301,7 +301,7 @@ Guesses guesses_of(const Matching& m, const std::vector<int32_t>& mo, const Side
 
 // Copies of a homophonic vocabulary (homophones.h) are the same embedding row and head column,
 // each with its own noise when the obfuscation adds noise. The attacker knows n (the public
-// model's vocabulary) and sees n' ids: group_copies_by_weights (audit_copies.h) groups identical
+// model's vocabulary) and sees n' ids: group_copies_by_weights (audit/copy_groups.h) groups identical
 // rows, then the closest, down to n groups (no gate: the matching needs n tokens a side).
 Groups cluster_copies(const aloepri::ModelWeights& w, int64_t n, nlohmann::json& info) {
   const int64_t np = w.embed.rows(), d = w.embed.cols();

@@ -1,4 +1,4 @@
-// PII rules (audit_pii.h): regular expressions (PCRE2) for e-mail addresses, phone numbers and
+// PII rules (audit/pii.h): regular expressions (PCRE2) for e-mail addresses, phone numbers and
 // postal addresses, a first-name list for person names, and the mapping to tokens.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -7,9 +7,9 @@
 #include <fstream>
 #include <unordered_set>
 
-#include "aloepri/audit_pii.h"
-#include "aloepri/error.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/audit/pii.h"
+#include "aloepri/core/error.h"
+#include "aloepri/client/tokenizer.h"
 
 namespace aloepri::audit {
 

@@ -10,13 +10,13 @@
 
 #include <unistd.h>
 
-#include "aloepri/audit_report.h"
-#include "aloepri/audit_oracle.h"
-#include "aloepri/forward.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/error.h"
-#include "aloepri/output.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/audit/report.h"
+#include "aloepri/audit/oracle.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
+#include "aloepri/client/tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -264,7 +264,7 @@ namespace {
 std::optional<double> goal_figure(const AttackResult& r) {
   if (r.attack == "TFMA") {
     // The report's "top-100 recovery": share of the 100 most frequent observed ids recovered
-    // (audit_stream.h writes it as details.top100_vocab); else truth within the top 100 guesses.
+    // (audit/stream_attacks.h writes it as details.top100_vocab); else truth within the top 100 guesses.
     if (r.details.is_object() && r.details.contains("top100_vocab") && r.details["top100_vocab"].is_number())
       return r.details["top100_vocab"].get<double>();
     for (const auto& [k, v] : r.topk)

@@ -1,4 +1,4 @@
-// TFMA and SDA on the obfuscated token stream, and their scoring (audit_stream.h).
+// TFMA and SDA on the obfuscated token stream, and their scoring (audit/stream_attacks.h).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -7,9 +7,9 @@
 #include <random>
 #include <unordered_map>
 
-#include "aloepri/audit_pii.h"
-#include "aloepri/audit_stream.h"
-#include "aloepri/error.h"
+#include "aloepri/audit/pii.h"
+#include "aloepri/audit/stream_attacks.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri::audit {
 
@@ -53,7 +53,7 @@ void nearest_ranks(int64_t r, int64_t n, int k, F&& f) {
 }
 
 // Corpus-level BLEU-4 over all requests (clipped n-gram matches summed over requests, add-1
-// smoothing on orders 2-4 as audit.h's sentence-level bleu4, brevity penalty); the sentence-level
+// smoothing on orders 2-4 as audit/metrics.h's sentence-level bleu4, brevity penalty); the sentence-level
 // helper would treat the whole stream as one sentence.
 double corpus_bleu4(const std::vector<TokenSeq>& hyp, const std::vector<TokenSeq>& ref) {
   double match[4] = {0, 0, 0, 0}, total[4] = {0, 0, 0, 0};

@@ -1,4 +1,4 @@
-// Traffic files and plaintext corpora for the token-stream attacks (audit_stream.h).
+// Traffic files and plaintext corpora for the token-stream attacks (audit/stream_attacks.h).
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -8,11 +8,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/audit_stream.h"
-#include "aloepri/homophones.h"
-#include "aloepri/error.h"
-#include "aloepri/output.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/audit/stream_attacks.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
+#include "aloepri/client/tokenizer.h"
 
 namespace aloepri::audit {
 

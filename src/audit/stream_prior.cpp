@@ -1,11 +1,11 @@
 // The attacker's prior for the token-stream attacks: unigram and bigram counts of a plaintext
-// corpus, as a Witten-Bell smoothed bigram language model (audit_stream.h).
+// corpus, as a Witten-Bell smoothed bigram language model (audit/stream_attacks.h).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
-#include "aloepri/audit_stream.h"
-#include "aloepri/error.h"
+#include "aloepri/audit/stream_attacks.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri::audit {
 

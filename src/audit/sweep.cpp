@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <sstream>
 
-#include "aloepri/audit_report.h"
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/audit/report.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 
 namespace fs = std::filesystem;
 

@@ -20,7 +20,7 @@
 #include <cmath>
 #include <functional>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 #include "weight_internal.h"
 
 namespace aloepri::audit {

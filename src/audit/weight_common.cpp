@@ -7,9 +7,9 @@
 #include <numeric>
 #include <unordered_set>
 
-#include "aloepri/error.h"
-#include "aloepri/linalg.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/linalg/linalg.h"
+#include "aloepri/model/model.h"
 #include "weight_internal.h"
 
 namespace aloepri::audit {

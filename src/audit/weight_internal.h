@@ -5,11 +5,11 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/audit_weights.h"
-#include "aloepri/linalg.h"
-#include "aloepri/obf_math.h"
-#include "aloepri/rng.h"
-#include "aloepri/tensor.h"
+#include "aloepri/audit/weights.h"
+#include "aloepri/linalg/linalg.h"
+#include "aloepri/obfuscate/math.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri::audit::internal {
 

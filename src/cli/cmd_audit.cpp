@@ -18,15 +18,15 @@
 #include <unistd.h>
 
 #include "aloepri/audit/sweep.h"
-#include "aloepri/audit_report.h"
-#include "aloepri/audit_stream.h"
-#include "aloepri/tokenizer.h"
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/proxy.h"
-#include "aloepri/model.h"
-#include "aloepri/output.h"
-#include "aloepri/token_file.h"
+#include "aloepri/audit/report.h"
+#include "aloepri/audit/stream_attacks.h"
+#include "aloepri/client/tokenizer.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/client/proxy.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/output.h"
+#include "aloepri/formats/token_file.h"
 #include "command.h"
 
 namespace fs = std::filesystem;
@@ -132,7 +132,7 @@ int run(const Opts& o) {
   ctx.weight_opt.nn_rounds = o.nn_rounds;
   ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(o.budget * 1000));
 
-  // The registry: weight attacks here; the token-stream attacks (audit_stream.h) and the
+  // The registry: weight attacks here; the token-stream attacks (audit/stream_attacks.h) and the
   // learned attacks (an external `aloe-attack` printing JSON) are appended the same way.
   std::vector<AttackEntry> entries = weight_attacks();
   aloepri::audit::OracleOptions oracle = o.oracle;

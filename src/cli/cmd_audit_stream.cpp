@@ -9,15 +9,15 @@
 #include <random>
 #include <sstream>
 
-#include "aloepri/audit_copies.h"
-#include "aloepri/audit_pii.h"
-#include "aloepri/audit_stream.h"
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/output.h"
-#include "aloepri/proxy.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/audit/copy_groups.h"
+#include "aloepri/audit/pii.h"
+#include "aloepri/audit/stream_attacks.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/output.h"
+#include "aloepri/client/proxy.h"
+#include "aloepri/client/tokenizer.h"
 #include "command.h"
 
 namespace {
@@ -262,7 +262,7 @@ int run(const Opts& o) {
                 {"attacker", "knows the scheme and the table, simulates it on its prior, no clustering of copies"},
                 {"seed", o.homophone_seed}};
   }
-  // The attackers who group the copies first (audit_copies.h) and attack the merged stream with
+  // The attackers who group the copies first (audit/copy_groups.h) and attack the merged stream with
   // the plaintext priors: from the served weights (--obf-model), once; from the traffic, per size.
   const bool homophonic = o.homophones > 0 || real_hom;
   std::optional<CopyGrouping> wgroups;

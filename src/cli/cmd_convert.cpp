@@ -2,10 +2,10 @@
 #include <iostream>
 #include <memory>
 
-#include "aloepri/error.h"
-#include "aloepri/gguf_export.h"
-#include "aloepri/gguf_quant.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/formats/gguf_quant.h"
+#include "aloepri/model/model.h"
 #include "command.h"
 
 namespace {

@@ -12,17 +12,17 @@
 #include <iostream>
 #include <mutex>
 
-#include "aloepri/engine_process.h"
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/gguf_export.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/proxy.h"
-#include "aloepri/sse.h"
-#include "aloepri/synth.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/client/engine_process.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/client/proxy.h"
+#include "aloepri/client/sse.h"
+#include "aloepri/engine/synth.h"
+#include "aloepri/client/tokenizer.h"
 #include "command.h"
 
 namespace fs = std::filesystem;

@@ -1,10 +1,10 @@
 // `aloepri audit-drift MODEL --out DIR --eps E [--kind gaussian|lowrank] [--rank R] [--vocab]`:
-// a copy of a model with every layer weight perturbed by relative drift E (audit_drift.h), the
+// a copy of a model with every layer weight perturbed by relative drift E (audit/drift.h), the
 // stand-in for a client's private fine-tune when measuring how the weight attacks degrade.
 #include <iomanip>
 #include <iostream>
 
-#include "aloepri/audit_drift.h"
+#include "aloepri/audit/drift.h"
 #include "command.h"
 
 namespace {

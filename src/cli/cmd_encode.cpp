@@ -1,9 +1,9 @@
 // `aloepri encode` / `aloepri decode`: map token ids through tau / tau^-1.
 #include <iostream>
 
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
 #include "command.h"
 
 namespace {

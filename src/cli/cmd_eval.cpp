@@ -9,9 +9,9 @@
 #include <filesystem>
 #include <iostream>
 
-#include "aloepri/error.h"
-#include "aloepri/eval.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/audit/eval.h"
+#include "aloepri/core/output.h"
 #include "command.h"
 
 namespace fs = std::filesystem;

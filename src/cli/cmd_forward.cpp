@@ -10,8 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
 #include "command.h"
 
 namespace {

@@ -9,9 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/gguf.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/gguf.h"
+#include "aloepri/model/model.h"
 #include "command.h"
 
 namespace fs = std::filesystem;

@@ -1,7 +1,7 @@
 // `aloepri keygen`: draw a fresh 256-bit master seed and write the key file (0600).
 #include <iostream>
 
-#include "aloepri/keyfile.h"
+#include "aloepri/core/keyfile.h"
 #include "command.h"
 
 namespace {

@@ -4,18 +4,18 @@
 #include <iostream>
 #include <sstream>
 
-#include "aloepri/error.h"
-#include "aloepri/gguf_export.h"
-#include "aloepri/gguf_quant.h"
-#include "aloepri/homophones.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/token_file.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
-#include "aloepri/token_file.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/core/error.h"
+#include "aloepri/export/gguf_export.h"
+#include "aloepri/formats/gguf_quant.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/formats/token_file.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
+#include "aloepri/formats/token_file.h"
+#include "aloepri/client/tokenizer.h"
 #include "command.h"
 
 namespace {

@@ -7,8 +7,8 @@
 #include <filesystem>
 #include <iostream>
 
-#include "aloepri/error.h"
-#include "aloepri/proxy.h"
+#include "aloepri/core/error.h"
+#include "aloepri/client/proxy.h"
 #include "command.h"
 
 namespace {

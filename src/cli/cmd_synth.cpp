@@ -4,8 +4,8 @@
 #include <iostream>
 #include <memory>
 
-#include "aloepri/error.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/synth.h"
 #include "command.h"
 
 namespace {

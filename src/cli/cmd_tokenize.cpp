@@ -2,9 +2,9 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
+#include "aloepri/client/tokenizer.h"
 #include "command.h"
 
 namespace {

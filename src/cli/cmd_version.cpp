@@ -2,7 +2,7 @@
 #include <cstdlib>
 #include <iostream>
 
-#include "aloepri/linalg.h"
+#include "aloepri/linalg/linalg.h"
 #include "command.h"
 
 namespace {

@@ -3,8 +3,8 @@
 #include <cstdio>
 #include <iostream>
 
-#include "aloepri/error.h"
-#include "aloepri/progress.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/progress.h"
 #include "command.h"
 
 namespace aloepri::cli {

@@ -1,14 +1,14 @@
 // Backend wire protocols (see include/aloepri/backend.h): request bodies, SSE parsing, and the
 // mapping of transport failures to the HTTP statuses the proxy answers with.
-#include "aloepri/backend.h"
+#include "aloepri/client/backend.h"
 
 #include <httplib.h>
 
 #include <chrono>
 #include <cmath>
 
-#include "aloepri/error.h"
-#include "aloepri/sse.h"
+#include "aloepri/core/error.h"
+#include "aloepri/client/sse.h"
 
 namespace aloepri {
 

@@ -1,10 +1,10 @@
 // Per-family chat template renderers (see include/aloepri/chat_template.h). Each mirrors the
 // Jinja template it replaces; comments name the template constructs reproduced.
-#include "aloepri/chat_template.h"
+#include "aloepri/client/chat_template.h"
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri {
 

@@ -1,4 +1,4 @@
-#include "aloepri/engine_process.h"
+#include "aloepri/client/engine_process.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 
 extern char** environ;
 

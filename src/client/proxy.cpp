@@ -1,6 +1,6 @@
 // The privacy proxy (include/aloepri/proxy.h): OpenAI request parsing and validation, the
 // plaintext <-> obfuscated id pipeline, streaming (SSE) and non-streaming answers, errors.
-#include "aloepri/proxy.h"
+#include "aloepri/client/proxy.h"
 
 #include <httplib.h>
 
@@ -20,9 +20,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/chat_template.h"
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
+#include "aloepri/client/chat_template.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

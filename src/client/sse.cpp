@@ -1,5 +1,5 @@
 // Server-sent events parser (see sse.h).
-#include "aloepri/sse.h"
+#include "aloepri/client/sse.h"
 
 namespace aloepri {
 

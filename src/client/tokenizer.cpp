@@ -11,8 +11,8 @@
 #include <fstream>
 #include <queue>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 #include "tokenizer_impl.h"
 
 // NFC comes from libutf8proc (Debian: libutf8proc2 / libutf8proc-dev), loaded when a tokenizer

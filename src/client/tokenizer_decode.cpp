@@ -7,7 +7,7 @@
 // piece, turns runs of <0xXX> tokens into text with a TextDecoder (replacement, and a BOM at the
 // start of a run is dropped), concatenates (Fuse) and removes up to `start` leading spaces (Strip).
 // clean_up_tokenization_spaces then applies the " ." -> "." style replacements.
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 #include "tokenizer_impl.h"
 
 namespace aloepri {

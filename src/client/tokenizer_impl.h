@@ -14,7 +14,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "aloepri/tokenizer.h"
+#include "aloepri/client/tokenizer.h"
 
 namespace aloepri {
 

@@ -1,9 +1,9 @@
-#include "aloepri/dtype.h"
+#include "aloepri/core/dtype.h"
 
 #include <cmath>
 #include <cstring>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri {
 

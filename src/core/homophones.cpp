@@ -1,12 +1,12 @@
 // Homophonic vocabulary: copy allocation and the secret id map (homophones.h).
-#include "aloepri/homophones.h"
+#include "aloepri/core/homophones.h"
 
 #include <algorithm>
 #include <cmath>
 #include <queue>
 
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
 
 namespace aloepri {
 

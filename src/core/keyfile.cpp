@@ -1,12 +1,12 @@
-#include "aloepri/keyfile.h"
+#include "aloepri/core/keyfile.h"
 
 #include <sodium.h>
 #include <sys/stat.h>
 
 #include <ctime>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 
 namespace aloepri {
 

@@ -1,4 +1,4 @@
-#include "aloepri/mmap.h"
+#include "aloepri/core/mmap.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -9,7 +9,7 @@
 #include <cstring>
 #include <utility>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri {
 

@@ -1,4 +1,4 @@
-#include "aloepri/output.h"
+#include "aloepri/core/output.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include <sstream>
 #include <vector>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 
 namespace fs = std::filesystem;
 

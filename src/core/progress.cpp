@@ -1,4 +1,4 @@
-#include "aloepri/progress.h"
+#include "aloepri/core/progress.h"
 
 #include <unistd.h>
 

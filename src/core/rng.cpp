@@ -1,4 +1,4 @@
-#include "aloepri/rng.h"
+#include "aloepri/core/rng.h"
 
 #include <sodium.h>
 

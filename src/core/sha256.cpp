@@ -1,5 +1,5 @@
 // SHA-256 (FIPS 180-4) with the x86 SHA-NI round instructions; see sha256.h.
-#include "aloepri/sha256.h"
+#include "aloepri/core/sha256.h"
 
 #include <algorithm>
 #include <cstring>

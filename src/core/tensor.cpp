@@ -1,4 +1,4 @@
-#include "aloepri/tensor.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri {
 

@@ -6,15 +6,15 @@
 // written once (attention_sublayer, ffn_sublayer) and read their matrices through a projection
 // callback: ReferenceModel's resident f64 copies, or LayerForward's one-matrix-at-a-time
 // conversion of an HF-layout layer.
-#include "aloepri/forward.h"
+#include "aloepri/engine/forward.h"
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
 
-#include "aloepri/error.h"
-#include "aloepri/linalg.h"
+#include "aloepri/core/error.h"
+#include "aloepri/linalg/linalg.h"
 
 namespace aloepri {
 

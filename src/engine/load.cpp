@@ -3,9 +3,9 @@
 // in memory does not need the formats module.
 #include <filesystem>
 
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/model/model.h"
 #include "aloepri/model/layout.h"
 
 namespace aloepri {

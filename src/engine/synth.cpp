@@ -1,6 +1,6 @@
 // Synthetic HF checkpoints (see synth.h): the config from a real vocabulary and the tensors from
 // the one synthetic-weight writer (model.h write_synthetic_tensors), streams "synth/<name>".
-#include "aloepri/synth.h"
+#include "aloepri/engine/synth.h"
 
 #include <sodium.h>
 
@@ -8,9 +8,9 @@
 #include <filesystem>
 #include <map>
 
-#include "aloepri/error.h"
-#include "aloepri/model.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/output.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

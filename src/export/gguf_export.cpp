@@ -1,6 +1,6 @@
 // HF -> GGUF export (see include/aloepri/gguf_export.h). Naming follows llama.cpp's
 // convert_hf_to_gguf.py for the llama / qwen2 / qwen3 architectures.
-#include "aloepri/gguf_export.h"
+#include "aloepri/export/gguf_export.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -12,11 +12,11 @@
 #include <optional>
 #include <unordered_set>
 
-#include "aloepri/error.h"
-#include "aloepri/gguf_quant.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/gguf_quant.h"
+#include "aloepri/model/model.h"
 #include "aloepri/model/layout.h"
-#include "aloepri/progress.h"
+#include "aloepri/core/progress.h"
 
 namespace fs = std::filesystem;
 

@@ -1,5 +1,5 @@
 // GGUF v3 writer and validating reader (format summary in include/aloepri/gguf.h).
-#include "aloepri/gguf.h"
+#include "aloepri/formats/gguf.h"
 
 #include <algorithm>
 #include <cstring>
@@ -7,8 +7,8 @@
 #include <set>
 #include <unordered_map>
 
-#include "aloepri/dtype.h"
-#include "aloepri/error.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri::gguf {
 

@@ -1,13 +1,13 @@
 // ggml Q8_0 / Q4_0 blocks (see include/aloepri/gguf_quant.h for the formats and the rules).
-#include "aloepri/gguf_quant.h"
+#include "aloepri/formats/gguf_quant.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstring>
 
-#include "aloepri/dtype.h"
-#include "aloepri/error.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri::gguf {
 

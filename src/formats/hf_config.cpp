@@ -2,14 +2,14 @@
 // Defaults follow the transformers configuration classes, so a config that omits a field means
 // what it means to transformers. Anything that would change the forward pass in a way we do not
 // implement (another activation, MLP biases, an unknown RoPE scaling) is refused, not ignored.
-#include "aloepri/hf_config.h"
+#include "aloepri/formats/hf_config.h"
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

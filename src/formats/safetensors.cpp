@@ -8,7 +8,7 @@
 // numel * dtype size; the byte buffer must be entirely indexed (no holes, no overlaps, nothing
 // after the last tensor). A file that breaks any rule is refused with an Error naming the file
 // and the tensor or field, never read out of bounds.
-#include "aloepri/safetensors.h"
+#include "aloepri/formats/safetensors.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -18,8 +18,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

@@ -1,12 +1,12 @@
-#include "aloepri/token_file.h"
+#include "aloepri/formats/token_file.h"
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <fstream>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 
 namespace aloepri {
 

@@ -1,10 +1,10 @@
 // Loader for HF tokenizer.json + tokenizer_config.json (see include/aloepri/tokenizer_json.h).
-#include "aloepri/tokenizer_json.h"
+#include "aloepri/formats/tokenizer_json.h"
 
 #include <filesystem>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

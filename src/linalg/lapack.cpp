@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "aloepri/error.h"
-#include "aloepri/linalg.h"
+#include "aloepri/core/error.h"
+#include "aloepri/linalg/linalg.h"
 
 namespace aloepri::linalg {
 

@@ -1,14 +1,14 @@
 // Dense linear algebra, the BLAS half (see linalg.h): GEMM and the double matrix. With lapack.cpp
 // the only place of the project that includes <cblas.h> (apart from the libtorch tools). Needs
 // only a CBLAS, so the CUDA trainer build (tools/train/cuda_build.sh) can link netlib's.
-#include "aloepri/linalg.h"
+#include "aloepri/linalg/linalg.h"
 
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 
 // Weak: OpenBLAS's own queries, absent from other CBLAS builds (netlib in cuda_build.sh).
 extern "C" char* openblas_get_corename(void) __attribute__((weak));

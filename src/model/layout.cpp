@@ -1,7 +1,7 @@
 // The decoder families' tensor tables and the functions that instantiate them for a config.
 #include "aloepri/model/layout.h"
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri::layout {
 

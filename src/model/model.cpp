@@ -1,6 +1,6 @@
 // HF checkpoint directories: loading with shape checks against the layout (model/layout.h), the
 // output head, the fingerprint, and the one writer of synthetic weights.
-#include "aloepri/model.h"
+#include "aloepri/model/model.h"
 
 #include "aloepri/model/layout.h"
 
@@ -13,11 +13,11 @@
 #include <filesystem>
 #include <optional>
 
-#include "aloepri/error.h"
-#include "aloepri/output.h"
-#include "aloepri/progress.h"
-#include "aloepri/rng.h"
-#include "aloepri/sha256.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/output.h"
+#include "aloepri/core/progress.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/core/sha256.h"
 
 namespace fs = std::filesystem;
 

@@ -5,8 +5,8 @@
 #include <memory>
 #include <numeric>
 
-#include "aloepri/error.h"
-#include "aloepri/linalg.h"
+#include "aloepri/core/error.h"
+#include "aloepri/linalg/linalg.h"
 #include "aloepri/obfuscate/attention.h"
 #include "draw.h"
 

@@ -4,12 +4,12 @@
 #include <cstdint>
 #include <vector>
 
-#include "aloepri/dtype.h"
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/linalg.h"
-#include "aloepri/safetensors.h"
-#include "aloepri/tensor.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/linalg/linalg.h"
+#include "aloepri/formats/safetensors.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri {
 

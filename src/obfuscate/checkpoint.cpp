@@ -11,11 +11,11 @@
 #include <filesystem>
 #include <future>
 
-#include "aloepri/error.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/model/model.h"
 #include "aloepri/model/layout.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
 #include "executor_internal.h"
 
 namespace fs = std::filesystem;
@@ -128,7 +128,7 @@ void finish_checkpoint(const std::string& model_dir, const HFModel& plain, const
   const ModelConfig& c = plain.config();
   // Published ids (eos, bos, pad) have one copy (allocate_copies' `single`): copy 0 is tau.
   const std::vector<int64_t> tau = vm.first_copies();
-  // RMSNorm eps: exact when eps' = eps kappa^2 (see obf_keymat.h); one eps per config, so the
+  // RMSNorm eps: exact when eps' = eps kappa^2 (see obfuscate/keymat.h); one eps per config, so the
   // mean kappa^2 (all kappas are equal for the exact-norm variant and the exact setting).
   double k2 = 0;
   for (double k : res.kappas) k2 += k * k;

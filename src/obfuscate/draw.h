@@ -3,7 +3,7 @@
 #include <cmath>
 #include <string>
 
-#include "aloepri/rng.h"
+#include "aloepri/core/rng.h"
 
 namespace aloepri::obf::detail {
 

@@ -8,13 +8,13 @@
 #include <climits>
 #include <filesystem>
 
-#include "aloepri/error.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
-#include "aloepri/progress.h"
-#include "aloepri/safetensors.h"
-#include "aloepri/write_behind.h"
+#include "aloepri/core/error.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
+#include "aloepri/core/progress.h"
+#include "aloepri/formats/safetensors.h"
+#include "aloepri/obfuscate/write_behind.h"
 #include "executor_internal.h"
 #include "steps.h"
 

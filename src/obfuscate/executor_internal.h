@@ -9,13 +9,16 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/homophones.h"
-#include "aloepri/model.h"
-#include "aloepri/obf_transform.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
-#include "aloepri/safetensors.h"
-#include "aloepri/tensor.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/attention.h"
+#include "aloepri/obfuscate/ffn.h"
+#include "aloepri/obfuscate/residual.h"
+#include "aloepri/obfuscate/vocab.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
+#include "aloepri/formats/safetensors.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri {
 

@@ -1,8 +1,8 @@
-// Key matrices per Algorithm 1 (see obf_keymat.h for the construction and why it is exact).
+// Key matrices per Algorithm 1 (see obfuscate/keymat.h for the construction and why it is exact).
 #include <cmath>
 
-#include "aloepri/error.h"
-#include "aloepri/obf_keymat.h"
+#include "aloepri/core/error.h"
+#include "aloepri/obfuscate/keymat.h"
 
 namespace aloepri::obf {
 

@@ -10,11 +10,11 @@
 #include <filesystem>
 #include <future>
 
-#include "aloepri/error.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/model/model.h"
 #include "aloepri/model/layout.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
 #include "executor_internal.h"
 
 namespace fs = std::filesystem;

@@ -4,8 +4,8 @@
 #include <memory>
 #include <numeric>
 
-#include "aloepri/error.h"
-#include "aloepri/linalg.h"
+#include "aloepri/core/error.h"
+#include "aloepri/linalg/linalg.h"
 #include "aloepri/obfuscate/residual.h"
 
 namespace aloepri::obf {

@@ -10,15 +10,15 @@
 #include <filesystem>
 #include <future>
 
-#include "aloepri/error.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/model/model.h"
 #include "aloepri/model/layout.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
 #include "executor_internal.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/progress.h"
-#include "aloepri/safetensors.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/core/progress.h"
+#include "aloepri/formats/safetensors.h"
 
 namespace fs = std::filesystem;
 

@@ -4,10 +4,13 @@
 
 #include <cmath>
 
-#include "aloepri/error.h"
-#include "aloepri/linalg.h"
+#include "aloepri/core/error.h"
+#include "aloepri/linalg/linalg.h"
 #include "aloepri/model/layout.h"
-#include "aloepri/obf_transform.h"
+#include "aloepri/obfuscate/attention.h"
+#include "aloepri/obfuscate/ffn.h"
+#include "aloepri/obfuscate/residual.h"
+#include "aloepri/obfuscate/vocab.h"
 #include "calibrator.h"
 #include "executor_internal.h"
 

@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/homophones.h"
-#include "aloepri/model.h"
-#include "aloepri/obf_keymat.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/tensor.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/keymat.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri {
 

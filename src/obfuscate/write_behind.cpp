@@ -1,5 +1,5 @@
 // Ordered write-behind queue (see write_behind.h).
-#include "aloepri/write_behind.h"
+#include "aloepri/obfuscate/write_behind.h"
 
 namespace aloepri {
 

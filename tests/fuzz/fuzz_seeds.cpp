@@ -6,8 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/hf_config.h"
-#include "aloepri/safetensors.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/formats/safetensors.h"
 
 namespace fs = std::filesystem;
 using namespace aloepri;

@@ -6,8 +6,8 @@
 #include <cstdlib>
 #include <vector>
 
-#include "aloepri/error.h"
-#include "aloepri/gguf.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/gguf.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace aloepri::gguf;

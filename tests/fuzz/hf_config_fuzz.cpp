@@ -6,8 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/error.h"
-#include "aloepri/hf_config.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/hf_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   nlohmann::json j = nlohmann::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/error.h"
-#include "aloepri/safetensors.h"
+#include "aloepri/core/error.h"
+#include "aloepri/formats/safetensors.h"
 
 namespace {
 

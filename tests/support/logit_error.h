@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "aloepri/forward.h"
+#include "aloepri/engine/forward.h"
 
 namespace aloepri::test {
 

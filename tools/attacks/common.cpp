@@ -7,7 +7,7 @@
 #include <limits>
 #include <random>
 
-#include "aloepri/error.h"
+#include "aloepri/core/error.h"
 
 namespace aloepri::attacks {
 

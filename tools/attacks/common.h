@@ -9,8 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/audit.h"
-#include "aloepri/token_file.h"
+#include "aloepri/audit/metrics.h"
+#include "aloepri/formats/token_file.h"
 #include "torch_llama.h"
 
 namespace aloepri::attacks {
@@ -38,11 +38,11 @@ torch::Tensor observe(const TorchLlama& model, const torch::Tensor& ids, const s
 double topk_fraction(const torch::Tensor& ranked, const torch::Tensor& truth, int64_t k);
 
 // Fills ttrsr, topk (k in ks, capped by the candidates available), victim_tokens, bleu4 and
-// cosine (audit.h's metrics, per victim window, averaged) from ranked candidates [B*T, K] (row-major over the victim windows) and truth [B, T].
+// cosine (audit/metrics.h's metrics, per victim window, averaged) from ranked candidates [B*T, K] (row-major over the victim windows) and truth [B, T].
 void score(audit::AttackResult& r, const torch::Tensor& ranked, const torch::Tensor& truth,
            const std::vector<int64_t>& ks = {1, 5, 10, 100});
 
-// The AttackResult as JSON (audit.h's AttackResult::to_json, shared with `aloepri audit`).
+// The AttackResult as JSON (audit/metrics.h's AttackResult::to_json, shared with `aloepri audit`).
 nlohmann::json result_json(const audit::AttackResult& r);
 
 // Minimum-cost assignment (Hungarian algorithm) on a square cost matrix [n][n]:

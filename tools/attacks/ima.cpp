@@ -5,10 +5,10 @@
 #include <optional>
 #include <random>
 
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/progress.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/core/progress.h"
+#include "aloepri/engine/synth.h"
 #include "common.h"
 
 namespace fs = std::filesystem;

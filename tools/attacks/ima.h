@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/obfuscate.h"
-#include "aloepri/rng.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/rng.h"
 #include "torch_llama.h"
 
 namespace aloepri::attacks {

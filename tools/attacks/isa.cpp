@@ -3,8 +3,8 @@
 #include <cmath>
 #include <optional>
 
-#include "aloepri/error.h"
-#include "aloepri/progress.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/progress.h"
 #include "common.h"
 
 namespace aloepri::attacks {

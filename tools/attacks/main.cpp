@@ -13,13 +13,13 @@
 #include <iostream>
 #include <optional>
 
-#include "aloepri/error.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/output.h"
-#include "aloepri/progress.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/core/output.h"
+#include "aloepri/core/progress.h"
+#include "aloepri/engine/synth.h"
 #include "common.h"
 #include "ima.h"
 #include "isa.h"

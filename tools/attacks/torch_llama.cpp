@@ -3,9 +3,9 @@
 #include <cmath>
 #include <limits>
 
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/model.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/model/model.h"
 
 namespace aloepri::attacks {
 

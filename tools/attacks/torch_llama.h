@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/hf_config.h"
+#include "aloepri/formats/hf_config.h"
 
 namespace aloepri::attacks {
 

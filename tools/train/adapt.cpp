@@ -38,17 +38,20 @@
 #include <map>
 #include <random>
 
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/model.h"
-#include "aloepri/obf_transform.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/model/model.h"
+#include "aloepri/obfuscate/attention.h"
+#include "aloepri/obfuscate/ffn.h"
+#include "aloepri/obfuscate/residual.h"
+#include "aloepri/obfuscate/vocab.h"
 #ifndef ALOEPRI_ADAPT_STANDALONE
-#include "aloepri/obfuscate.h"
+#include "aloepri/obfuscate/executor.h"
 #endif
-#include "aloepri/output.h"
-#include "aloepri/safetensors.h"
-#include "aloepri/token_file.h"
+#include "aloepri/core/output.h"
+#include "aloepri/formats/safetensors.h"
+#include "aloepri/formats/token_file.h"
 
 namespace fs = std::filesystem;
 using namespace aloepri;
@@ -117,7 +120,7 @@ Tensor noisy(const Tensor& W, double alpha, obf::NoiseScale ns, const Seed& seed
 }
 
 std::string key_id(const Seed& seed) {
-  RngStream r(seed, "adapt/key-id");  // = aloepri::adaptation_key_id (obfuscate.h)
+  RngStream r(seed, "adapt/key-id");  // = aloepri::adaptation_key_id (obfuscate/executor.h)
   char b[17];
   std::snprintf(b, sizeof b, "%016llx", (unsigned long long)r.next_u64());
   return b;

@@ -26,14 +26,14 @@
 #include <unordered_map>
 #include <vector>
 
-#include "aloepri/dtype.h"
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/model.h"
-#include "aloepri/output.h"
-#include "aloepri/safetensors.h"
-#include "aloepri/token_file.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/model/model.h"
+#include "aloepri/core/output.h"
+#include "aloepri/formats/safetensors.h"
+#include "aloepri/formats/token_file.h"
 
 namespace fs = std::filesystem;
 using aloepri::Error;

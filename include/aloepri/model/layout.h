@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/hf_config.h"
+#include "aloepri/formats/hf_config.h"
 
 namespace aloepri::layout {
 

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/obf_math.h"
-#include "aloepri/rng.h"
-#include "aloepri/tensor.h"
+#include "aloepri/obfuscate/math.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri::obf {
 

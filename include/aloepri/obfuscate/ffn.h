@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/rng.h"
-#include "aloepri/tensor.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri::obf {
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/tensor.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri::obf {
 

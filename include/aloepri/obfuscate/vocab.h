@@ -7,9 +7,9 @@
 
 #include <functional>
 
-#include "aloepri/homophones.h"
-#include "aloepri/rng.h"
-#include "aloepri/tensor.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri::obf {
 

@@ -11,11 +11,11 @@
 #include <algorithm>
 #include <random>
 
-#include "aloepri/error.h"
-#include "aloepri/forward.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/obfuscate.h"
-#include "aloepri/synth.h"
+#include "aloepri/core/error.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/obfuscate/executor.h"
+#include "aloepri/engine/synth.h"
 #include "common.h"
 #include "ima.h"
 #include "isa.h"

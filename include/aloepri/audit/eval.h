@@ -20,8 +20,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/forward.h"
-#include "aloepri/obfuscate.h"
+#include "aloepri/engine/forward.h"
+#include "aloepri/obfuscate/executor.h"
 
 namespace aloepri::eval {
 

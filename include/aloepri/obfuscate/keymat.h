@@ -21,8 +21,8 @@
 #include <cstdint>
 #include <string>
 
-#include "aloepri/obf_math.h"
-#include "aloepri/rng.h"
+#include "aloepri/obfuscate/math.h"
+#include "aloepri/core/rng.h"
 
 namespace aloepri::obf {
 

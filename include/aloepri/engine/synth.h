@@ -10,9 +10,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/dtype.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/rng.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/core/rng.h"
 
 namespace aloepri {
 

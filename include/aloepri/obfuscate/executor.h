@@ -10,12 +10,15 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/dtype.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/keyfile.h"
-#include "aloepri/obf_keymat.h"
-#include "aloepri/obf_transform.h"
-#include "aloepri/rng.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/obfuscate/keymat.h"
+#include "aloepri/obfuscate/attention.h"
+#include "aloepri/obfuscate/ffn.h"
+#include "aloepri/obfuscate/residual.h"
+#include "aloepri/obfuscate/vocab.h"
+#include "aloepri/core/rng.h"
 
 namespace aloepri {
 

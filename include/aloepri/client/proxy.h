@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/backend.h"
-#include "aloepri/homophones.h"
-#include "aloepri/rng.h"
-#include "aloepri/tokenizer.h"
+#include "aloepri/client/backend.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/client/tokenizer.h"
 
 namespace aloepri {
 

@@ -19,7 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/rng.h"
+#include "aloepri/core/rng.h"
 
 namespace aloepri {
 

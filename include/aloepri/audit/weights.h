@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/audit.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/tensor.h"
+#include "aloepri/audit/metrics.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri::audit {
 

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/hf_config.h"
-#include "aloepri/tensor.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri {
 

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/dtype.h"
-#include "aloepri/mmap.h"
-#include "aloepri/tensor.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/core/mmap.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri {
 

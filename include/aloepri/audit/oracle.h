@@ -15,12 +15,12 @@
 //      [log P(a | bos, x)]_a (row) and [log P(x | bos, a)]_a (column) on each side; nearest
 //      neighbours give a new assignment, whose most confident mutual pairs become anchors, and
 //      so on for a few rounds.
-// The key never enters; it only scores the guesses afterwards (audit_report.h).
+// The key never enters; it only scores the guesses afterwards (audit/report.h).
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "aloepri/audit_weights.h"
+#include "aloepri/audit/weights.h"
 
 namespace aloepri {
 class ReferenceModel;

@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/dtype.h"
-#include "aloepri/gguf.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/tokenizer_json.h"
+#include "aloepri/core/dtype.h"
+#include "aloepri/formats/gguf.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/formats/tokenizer_json.h"
 
 namespace aloepri {
 

@@ -22,9 +22,9 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/audit.h"
-#include "aloepri/hf_config.h"
-#include "aloepri/token_file.h"
+#include "aloepri/audit/metrics.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/formats/token_file.h"
 
 namespace aloepri {
 class Tokenizer;
@@ -66,7 +66,7 @@ class BigramModel {
   std::vector<int32_t> ranked_;
 };
 
-// Attack outputs: for every obfuscated id, candidate plaintext ids best first (audit.h Guesses).
+// Attack outputs: for every obfuscated id, candidate plaintext ids best first (audit/metrics.h Guesses).
 // TFMA: candidate j of the obfuscated id at traffic rank r is the prior id at rank r, r+1, r-1,
 // r+2, ... (k of them). Ids absent from the traffic get no guess.
 Guesses tfma(const std::vector<TokenSeq>& traffic, const BigramModel& prior, int32_t vocab, int k);
@@ -107,7 +107,7 @@ struct StreamAttackInputs {
   std::string victim_name;           // e.g. "held-out corpus", "PII e-mails"
   // Scoring only (from the key): truth[i][j] = tau^-1(traffic[i][j]); empty = unscored.
   std::vector<TokenSeq> truth;
-  // per traffic token: 0 = not PII, else PII (optional); the value PiiKind + 1 (audit_pii.h, as
+  // per traffic token: 0 = not PII, else PII (optional); the value PiiKind + 1 (audit/pii.h, as
   // PiiTokens::kind gives) also splits the recovery by kind (details "pii_by_kind")
   std::vector<std::vector<uint8_t>> pii_mask;
   // per traffic token: PII item number within its request (1-based, 0 = none; optional): an item
@@ -121,7 +121,7 @@ struct StreamAttackInputs {
   // simulation below: priors and traffic over copies), symbol -> plaintext id applied to every
   // candidate list (duplicates dropped) before scoring. Empty: candidates are plaintext ids.
   std::vector<int32_t> symbol_to_plain;
-  // The attacker's grouping of the traffic's symbols (audit_copies.h: ids it believes are copies
+  // The attacker's grouping of the traffic's symbols (audit/copy_groups.h: ids it believes are copies
   // of one token), symbol -> group, -1 = alone. When given, TFMA and SDA run over the merged
   // stream (each group one symbol, the priors' plaintext alphabet, so at most the priors'
   // vocabulary of groups may occur) and every symbol is answered with its group's candidates,

@@ -26,8 +26,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/audit_stream.h"
-#include "aloepri/tensor.h"
+#include "aloepri/audit/stream_attacks.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri::audit {
 

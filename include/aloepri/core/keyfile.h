@@ -10,8 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/homophones.h"
-#include "aloepri/rng.h"
+#include "aloepri/core/homophones.h"
+#include "aloepri/core/rng.h"
 
 namespace aloepri {
 

@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/gguf.h"
+#include "aloepri/formats/gguf.h"
 
 namespace aloepri::gguf {
 

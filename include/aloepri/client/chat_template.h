@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/tokenizer.h"
+#include "aloepri/client/tokenizer.h"
 
 namespace aloepri {
 

@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/hf_config.h"
-#include "aloepri/linalg.h"
-#include "aloepri/rng.h"
-#include "aloepri/tensor.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/linalg/linalg.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/core/tensor.h"
 
 namespace aloepri::obf {
 

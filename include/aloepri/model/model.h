@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "aloepri/hf_config.h"
-#include "aloepri/rng.h"
-#include "aloepri/safetensors.h"
+#include "aloepri/formats/hf_config.h"
+#include "aloepri/core/rng.h"
+#include "aloepri/formats/safetensors.h"
 
 namespace aloepri {
 

@@ -1,5 +1,5 @@
 // The audit runner behind `aloepri audit`: a registry of attacks (weight attacks here; the
-// token-stream attacks of audit_stream.h and an external learned-attack binary plug in the same
+// token-stream attacks of audit/stream_attacks.h and an external learned-attack binary plug in the same
 // way), a time budget, a console table, and the JSON / self-contained HTML report.
 #pragma once
 #include <chrono>
@@ -11,9 +11,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aloepri/audit.h"
-#include "aloepri/audit_oracle.h"
-#include "aloepri/audit_weights.h"
+#include "aloepri/audit/metrics.h"
+#include "aloepri/audit/oracle.h"
+#include "aloepri/audit/weights.h"
 
 namespace aloepri::audit {
 
@@ -58,7 +58,7 @@ struct AttackEntry {
 // The built-in weight attacks, in running order; callers append others (stream attacks, an
 // external learned-attack binary) before running.
 std::vector<AttackEntry> weight_attacks();
-// The oracle attack (audit_oracle.h) with the given budget options; it runs both models.
+// The oracle attack (audit/oracle.h) with the given budget options; it runs both models.
 AttackEntry oracle_entry(const OracleOptions& opt);
 // "oracle-nn": NN on the weights first, then the oracle with NN's unambiguous matches as seeds
 // (the strongest model attacker: each covers where the other fails to start).

@@ -17,8 +17,8 @@
 #include <variant>
 #include <vector>
 
-#include "aloepri/mmap.h"
-#include "aloepri/output.h"
+#include "aloepri/core/mmap.h"
+#include "aloepri/core/output.h"
 
 namespace aloepri::gguf {
 
