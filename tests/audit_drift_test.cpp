@@ -41,7 +41,7 @@ const std::string& plain_dir() {
 }
 
 const ModelWeights& plain_weights() {
-  static const ModelWeights w = ModelWeights::load(plain_dir());
+  static const ModelWeights w = load_weights(plain_dir());
   return w;
 }
 
@@ -68,7 +68,7 @@ Obf drifted_obf(const std::string& name, double eps, DriftKind kind, const Obfus
   opt.params = p;
   opt.dtype = DType::F32;
   obfuscate_model(root + "/drifted", test_seed(), root + "/obf", opt);
-  return {ModelWeights::load(root + "/obf"), derive_tau(test_seed(), kVocab)};
+  return {load_weights(root + "/obf"), derive_tau(test_seed(), kVocab)};
 }
 
 std::vector<int32_t> all_ids() {
@@ -103,15 +103,15 @@ TEST(AuditDrift, WriterRealisesTheRequestedDriftOnLayerWeightsOnly) {
   d.kind = DriftKind::LowRank;
   d.rank = 2;
   EXPECT_NEAR(write_drifted_model(plain_dir(), root + "/l", d), 0.1, 1e-3);  // exact per tensor
-  const ModelWeights g = ModelWeights::load(root + "/g"), l = ModelWeights::load(root + "/l");
+  const ModelWeights g = load_weights(root + "/g"), l = load_weights(root + "/l");
   const ModelWeights& P = plain_weights();
-  EXPECT_EQ(g.emb.data, P.emb.data);  // vocabulary matrices untouched without `vocab`
-  EXPECT_EQ(g.layers[0].ffn_norm, P.layers[0].ffn_norm);
-  EXPECT_NE(g.layers[1].down.data, P.layers[1].down.data);
+  EXPECT_EQ(g.embed.data, P.embed.data);  // vocabulary matrices untouched without `vocab`
+  EXPECT_EQ(g.layers[0].ffn_norm.data, P.layers[0].ffn_norm.data);
+  EXPECT_NE(g.layers[1].w_down.data, P.layers[1].w_down.data);
   // Low rank: the difference of a 160 x 64 gate has rank 2 (its third singular direction is empty):
   // the Gram matrix of the difference has two non-negligible eigenvalues, i.e. trace^2 / |G|_F^2 <= 2.
-  const Tensor& a = l.layers[0].gate;
-  const Tensor& b = P.layers[0].gate;
+  const Tensor& a = l.layers[0].w_gate;
+  const Tensor& b = P.layers[0].w_gate;
   std::vector<double> G(64 * 64, 0.0);
   for (int64_t r = 0; r < a.rows(); ++r)
     for (int64_t i = 0; i < 64; ++i)

@@ -18,6 +18,7 @@
 #include "aloepri/obfuscate/residual.h"
 #include "aloepri/obfuscate/vocab.h"
 #include "aloepri/obfuscate/executor.h"
+#include "aloepri/engine/forward.h"
 #include "support/paths.h"
 
 using namespace aloepri;
@@ -51,7 +52,7 @@ const std::string& plain_dir() {
 }
 
 const ModelWeights& plain_weights() {
-  static const ModelWeights w = ModelWeights::load(plain_dir());
+  static const ModelWeights w = load_weights(plain_dir());
   return w;
 }
 
@@ -67,7 +68,7 @@ Obf obfuscated(const std::string& name, const ObfuscationParams& p) {
   opt.dtype = DType::F32;
   const Seed s = test_seed(uint8_t(name.size()));
   obfuscate_model(plain_dir(), s, out, opt);
-  return {ModelWeights::load(out), derive_tau(s, kVocab)};
+  return {load_weights(out), derive_tau(s, kVocab)};
 }
 
 // A Zipf-like victim stream over the whole vocabulary, and every id as the vocabulary sample.
@@ -209,7 +210,7 @@ TEST(AuditIa, AttnIaSucceedsWithoutHeadAndBlockPermutation) {
   const Seed seed = test_seed(9);
   Obf o{P, derive_tau(seed, kVocab)};
   for (int64_t t = 0; t < kVocab; ++t) {
-    std::copy(P.emb.ptr() + t * 64, P.emb.ptr() + (t + 1) * 64, o.w.emb.ptr() + o.tau[size_t(t)] * 64);
+    std::copy(P.embed.ptr() + t * 64, P.embed.ptr() + (t + 1) * 64, o.w.embed.ptr() + o.tau[size_t(t)] * 64);
     std::copy(P.head.ptr() + t * 64, P.head.ptr() + (t + 1) * 64, o.w.head.ptr() + o.tau[size_t(t)] * 64);
   }
   obf::AttnKeyOptions ako;
@@ -219,17 +220,17 @@ TEST(AuditIa, AttnIaSucceedsWithoutHeadAndBlockPermutation) {
                                           obf::rope_inv_freq(c), ako);
     std::iota(K.kv_slot.begin(), K.kv_slot.end(), 0);
     for (auto& g : K.group_slot) std::iota(g.begin(), g.end(), 0);
-    obf::AttnHF A{P.layers[size_t(l)].q, P.layers[size_t(l)].k, P.layers[size_t(l)].v, P.layers[size_t(l)].o};
+    obf::AttnHF A{P.layers[size_t(l)].wq, P.layers[size_t(l)].wk, P.layers[size_t(l)].wv, P.layers[size_t(l)].wo};
     obf::AttnHF S = obf::transform_attention_heads(A, K, c.head_dim);
     // Fold the norm like the executor (no key matrix: it cancels anyway).
-    auto fold = [](const Tensor& w, const std::vector<float>& nw) {
+    auto fold = [](const Tensor& w, const Tensor& nw) {
       Tensor r = w;
       for (int64_t i = 0; i < w.rows(); ++i)
-        for (int64_t j = 0; j < w.cols(); ++j) r.at(i, j) *= nw[size_t(j)];
+        for (int64_t j = 0; j < w.cols(); ++j) r.at(i, j) *= nw.data[size_t(j)];
       return r;
     };
-    o.w.layers[size_t(l)].q = fold(S.q, P.layers[size_t(l)].attn_norm);
-    o.w.layers[size_t(l)].k = fold(S.k, P.layers[size_t(l)].attn_norm);
+    o.w.layers[size_t(l)].wq = fold(S.q, P.layers[size_t(l)].attn_norm);
+    o.w.layers[size_t(l)].wk = fold(S.k, P.layers[size_t(l)].attn_norm);
   }
   WeightAttackOptions opt;
   const AttackResult weak = run("Attn-IA", o, opt);
@@ -283,4 +284,28 @@ TEST(AuditScore, TtrsrWeightsFrequentTokens) {
   EXPECT_DOUBLE_EQ(r.topk[1].second, 1.0);  // id 1's truth is 2nd
   EXPECT_NEAR(r.vocab_recovery, 1.0 / 3.0, 1e-12);
   EXPECT_EQ(r.victim_tokens, 4);
+}
+
+// The attacks read the engine's structure (issue 15: one weights structure, one loader): every
+// matrix as the checkpoint stores it, and the reference forward run on what the attacks hold
+// gives the logits of the engine's own loader.
+TEST(AuditWeights, AreTheEnginesWeightsInTheCheckpointLayout) {
+  const ModelWeights& P = plain_weights();
+  HFModel m(plain_dir());
+  using tensor_names::layer;
+  for (int64_t l = 0; l < P.config.num_hidden_layers; ++l) {
+    const LayerWeights& L = P.layers[size_t(l)];
+    for (const auto& [ours, name] : {std::pair<const Tensor*, const char*>{&L.wq, "self_attn.q_proj.weight"},
+                                     {&L.wk, "self_attn.k_proj.weight"}, {&L.wo, "self_attn.o_proj.weight"},
+                                     {&L.w_gate, "mlp.gate_proj.weight"}, {&L.w_down, "mlp.down_proj.weight"},
+                                     {&L.ffn_norm, "post_attention_layernorm.weight"}}) {
+      const Tensor hf = m.tensor_f32(layer(l, name));
+      EXPECT_EQ(ours->shape, hf.shape) << name;
+      EXPECT_EQ(ours->data, hf.data) << name;
+    }
+  }
+  EXPECT_EQ(P.head.shape, (std::vector<int64_t>{kVocab, P.hidden()}));
+  const std::vector<int64_t> ids = {1, 5, 900, 17, 3};
+  ReferenceModel a(P), b = ReferenceModel::load(plain_dir());
+  EXPECT_EQ(a.forward(ids), b.forward(ids));
 }

@@ -238,7 +238,7 @@ TEST(Qwen3MoeAudit, WeightAttacksRefuseSparseLayersNamingTheConfig) {
   // a missing-tensor error from the middle of the loader.
   const std::string dir = synth_moe("audit");
   try {
-    audit::ModelWeights::load(dir);
+    audit::load_weights(dir);
     FAIL() << "a MoE checkpoint was accepted by the weight attacks' loader";
   } catch (const Error& e) {
     const std::string msg = e.what();

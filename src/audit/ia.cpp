@@ -22,7 +22,7 @@ Tensor gate_means(const Tensor& X, const ModelWeights& w, bool plain_side) {
   Tensor out({n, L});
   for (int64_t l = 0; l < L; ++l) {
     const LayerWeights& lw = w.layers[size_t(l)];
-    Tensor F = linalg::matmul(plain_side ? scale_cols(X, lw.ffn_norm) : X, lw.gate, false, true);
+    Tensor F = linalg::matmul(plain_side ? scale_cols(X, lw.ffn_norm) : X, lw.w_gate, false, true);
     const int64_t ff = F.cols();
     for (int64_t r = 0; r < n; ++r) {
       double s = 0;
@@ -41,7 +41,7 @@ Tensor block_forms(const Tensor& X, const ModelWeights& w, const ModelConfig& c,
   for (int64_t l = 0; l < L; ++l) {
     const LayerWeights& lw = w.layers[size_t(l)];
     Tensor Xn = plain_side ? scale_cols(X, lw.attn_norm) : X;
-    Tensor Q = linalg::matmul(Xn, lw.q, false, true), K = linalg::matmul(Xn, lw.k, false, true);
+    Tensor Q = linalg::matmul(Xn, lw.wq, false, true), K = linalg::matmul(Xn, lw.wk, false, true);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t i = 0; i < m; ++i) {
         const float* q = Q.ptr() + r * m * dh + i * dh;
@@ -58,8 +58,8 @@ VocabAttack run_ia(const char* name, const ModelWeights& plain, const ModelWeigh
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t n = plain.vocab();
   require(obf.vocab() == n && obf.layers.size() == plain.layers.size(), name, "models do not match");
-  Tensor fp = gate ? gate_means(plain.emb, plain, true) : block_forms(plain.emb, plain, plain.config, true);
-  Tensor Xq = gather_rows(obf.emb, query.obf_ids);
+  Tensor fp = gate ? gate_means(plain.embed, plain, true) : block_forms(plain.embed, plain, plain.config, true);
+  Tensor Xq = gather_rows(obf.embed, query.obf_ids);
   Tensor fo = gate ? gate_means(Xq, obf, false) : block_forms(Xq, obf, plain.config, false);
   std::vector<double> mean, sd;
   column_stats(fp, mean, sd);

@@ -109,14 +109,14 @@ Mat lstsq(const Mat& Y, const Mat& X, const std::vector<int64_t>& use) {
 void match_vocab_rows(VocabAttack& out, const Tensor& Re, const Tensor& Rh, const ModelWeights& plain,
                       const Query& query, double var_e, double var_h, int topk) {
   // Whitened concatenation: Gaussian log-likelihood of both recovered rows.
-  const double fe = 1.0 / std::sqrt(std::max(var_e, 1e-6 * global_std(plain.emb) * global_std(plain.emb)));
+  const double fe = 1.0 / std::sqrt(std::max(var_e, 1e-6 * global_std(plain.embed) * global_std(plain.embed)));
   const double fh = 1.0 / std::sqrt(std::max(var_h, 1e-6 * global_std(plain.head) * global_std(plain.head)));
   auto scaled = [](const Tensor& A, double f) {
     Tensor B = A;
     for (auto& x : B.data) x = float(x * f);
     return B;
   };
-  const Tensor qe = scaled(Re, fe), qh = scaled(Rh, fh), pe = scaled(plain.emb, fe), ph = scaled(plain.head, fh);
+  const Tensor qe = scaled(Re, fe), qh = scaled(Rh, fh), pe = scaled(plain.embed, fe), ph = scaled(plain.head, fh);
   const int64_t n = plain.vocab();
   out.guesses = guesses_from(n, query.obf_ids, hcat({qe, qh}, {}), hcat({pe, ph}, {}), topk);
   // Each recovered row alone (cheap: always reported).
@@ -142,11 +142,11 @@ VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWe
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t n = plain.vocab(), d = plain.hidden();
   require(obf.vocab() == n && obf.layers.size() == plain.layers.size(), "NN", "models do not match");
-  const double var_e = noise_var(plain.emb, opt.mech.alpha_e, opt.mech.per_row_noise);
+  const double var_e = noise_var(plain.embed, opt.mech.alpha_e, opt.mech.per_row_noise);
   const double var_h = noise_var(plain.head, opt.mech.alpha_h, opt.mech.per_row_noise);
 
   // E^T E / n + var_e I: the predicted second moment of the noisy embedding.
-  Mat Ep = to_mat(plain.emb);
+  Mat Ep = to_mat(plain.embed);
   Mat M = obf::matmul(Ep, Ep, true, false);
   for (auto& x : M.a) x /= double(n);
   for (int64_t i = 0; i < d; ++i) M(i, i) += var_e;
@@ -160,19 +160,19 @@ VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWe
     }
     const LayerWeights& P = plain.layers[l];
     const LayerWeights& O = obf.layers[l];
-    const int64_t ff = P.gate.rows();
+    const int64_t ff = P.w_gate.rows();
     // Plain: U = W_gate Diag(w) (ff x d); predicted Gram U M U^T.
-    Mat U = to_mat(scale_cols(P.gate, P.ffn_norm));
+    Mat U = to_mat(scale_cols(P.w_gate, P.ffn_norm));
     Mat Gp = obf::matmul(obf::matmul(U, M), U, false, true);
-    Mat Ao = to_mat(linalg::matmul(obf.emb, O.gate, false, true));  // n x ff
+    Mat Ao = to_mat(linalg::matmul(obf.embed, O.w_gate, false, true));  // n x ff
     Mat Go = obf::matmul(Ao, Ao, true, false);
     for (auto& x : Go.a) x /= double(n);
     LayerFit fit;
     fit.layer = int64_t(l);
     fit.zf = match_channels(Go, Gp, 4);
     // Least squares gate~ rows (obf channel i) = U row zf[i] Q^T, trimmed twice.
-    Mat Y(ff, d), X(ff, O.gate.cols());
-    Mat Og = to_mat(O.gate);
+    Mat Y(ff, d), X(ff, O.w_gate.cols());
+    Mat Og = to_mat(O.w_gate);
     for (int64_t i = 0; i < ff; ++i) {
       std::copy(U.a.begin() + long(fit.zf[size_t(i)] * d), U.a.begin() + long((fit.zf[size_t(i)] + 1) * d),
                 Y.a.begin() + long(i * d));
@@ -209,16 +209,16 @@ VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWe
   }
   const LayerWeights& P = plain.layers[size_t(best.layer)];
   const LayerWeights& O = obf.layers[size_t(best.layer)];
-  const int64_t ff = P.gate.rows();
+  const int64_t ff = P.w_gate.rows();
   const Tensor Qt = to_ten(best.Qt);  // d x d'
 
   // Recovered noisy embedding rows: all rows (needed for the channel scales), then the query.
-  Tensor Rall = linalg::matmul(obf.emb, Qt, false, true);  // n x d, = Pi (E + N) up to fit error
+  Tensor Rall = linalg::matmul(obf.embed, Qt, false, true);  // n x d, = Pi (E + N) up to fit error
   Tensor Re = gather_rows(Rall, query.obf_ids);
 
   // Channel scales from up: column i of emb~ up~^T ~= s_i * (E+N) Diag(w) W_up[zf[i]]^T.
-  Tensor Au = linalg::matmul(obf.emb, O.up, false, true);                            // n x ff
-  Tensor Bu = linalg::matmul(scale_cols(Rall, P.ffn_norm), P.up, false, true);       // n x ff, plain channel order
+  Tensor Au = linalg::matmul(obf.embed, O.w_up, false, true);                            // n x ff
+  Tensor Bu = linalg::matmul(scale_cols(Rall, P.ffn_norm), P.w_up, false, true);       // n x ff, plain channel order
   std::vector<double> s(static_cast<size_t>(ff), 1.0);
   for (int64_t i = 0; i < ff; ++i) {
     const int64_t c = best.zf[size_t(i)];
@@ -230,18 +230,18 @@ VocabAttack internal::nn_attack_classic(const ModelWeights& plain, const ModelWe
     s[size_t(i)] = den > 0 ? num / den : 1.0;
   }
   // head~ down~ for the query rows, columns back to plaintext order and scale: Pi (H+N) Diag(wf) W_down.
-  Tensor Xh = linalg::matmul(gather_rows(obf.head, query.obf_ids), O.down);  // q x ff
+  Tensor Xh = linalg::matmul(gather_rows(obf.head, query.obf_ids), O.w_down);  // q x ff
   Tensor Xp({Xh.rows(), ff});
   for (int64_t r = 0; r < Xh.rows(); ++r)
     for (int64_t i = 0; i < ff; ++i) Xp.at(r, best.zf[size_t(i)]) = float(Xh.at(r, i) * s[size_t(i)]);
-  // Solve Y W_down = Xp, W_down = P.down (d x ff): Y = Xp W^T (W W^T)^-1.
-  Mat W = to_mat(P.down);
+  // Solve Y W_down = Xp, W_down = P.w_down (d x ff): Y = Xp W^T (W W^T)^-1.
+  Mat W = to_mat(P.w_down);
   Mat WWt = obf::matmul(W, W, false, true);
   Tensor Rh = linalg::matmul(Xp, to_ten(obf::matmul(obf::inverse(WWt), W)), false, true);  // q x d
   // Undo the final norm weight.
   for (int64_t r = 0; r < Rh.rows(); ++r)
     for (int64_t j = 0; j < d; ++j) {
-      const float w = plain.final_norm[size_t(j)];
+      const float w = plain.final_norm.data[size_t(j)];
       Rh.at(r, j) = w != 0 ? Rh.at(r, j) / w : 0.0f;
     }
 

@@ -359,20 +359,20 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
   const int64_t n = plain.vocab(), d = plain.hidden(), L = int64_t(plain.layers.size());
   require(obf.vocab() == n && obf.layers.size() == plain.layers.size(), "NN", "models do not match");
   require(L > 0, "NN", "the model has no layers");
-  const double var_e = noise_var(plain.emb, opt.mech.alpha_e, opt.mech.per_row_noise);
+  const double var_e = noise_var(plain.embed, opt.mech.alpha_e, opt.mech.per_row_noise);
   const double var_h = noise_var(plain.head, opt.mech.alpha_h, opt.mech.per_row_noise);
 
   // Public readers in the executor's convention (norm weight folded): [ff, d] each.
   std::vector<Mat> Ug(static_cast<size_t>(L)), Uu(static_cast<size_t>(L)), Xg(static_cast<size_t>(L)), Xu(static_cast<size_t>(L));
   for (int64_t l = 0; l < L; ++l) {
-    Ug[size_t(l)] = to_mat(scale_cols(plain.layers[size_t(l)].gate, plain.layers[size_t(l)].ffn_norm));
-    Uu[size_t(l)] = to_mat(scale_cols(plain.layers[size_t(l)].up, plain.layers[size_t(l)].ffn_norm));
-    Xg[size_t(l)] = to_mat(obf.layers[size_t(l)].gate);
-    Xu[size_t(l)] = to_mat(obf.layers[size_t(l)].up);
+    Ug[size_t(l)] = to_mat(scale_cols(plain.layers[size_t(l)].w_gate, plain.layers[size_t(l)].ffn_norm));
+    Uu[size_t(l)] = to_mat(scale_cols(plain.layers[size_t(l)].w_up, plain.layers[size_t(l)].ffn_norm));
+    Xg[size_t(l)] = to_mat(obf.layers[size_t(l)].w_gate);
+    Xu[size_t(l)] = to_mat(obf.layers[size_t(l)].w_up);
   }
 
   // 1. Start: second-moment channel matching per layer (as the classic attack), IRLS gate fit.
-  Mat Ep = to_mat(plain.emb);
+  Mat Ep = to_mat(plain.embed);
   Mat M = obf::matmul(Ep, Ep, true, false);
   for (auto& x : M.a) x /= double(n);
   for (int64_t i = 0; i < d; ++i) M(i, i) += var_e;
@@ -385,7 +385,7 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
       continue;
     }
     Mat Gp = obf::matmul(obf::matmul(Ug[size_t(l)], M), Ug[size_t(l)], false, true);
-    Mat Ao = to_mat(linalg::matmul(obf.emb, obf.layers[size_t(l)].gate, false, true));  // [n, ff]
+    Mat Ao = to_mat(linalg::matmul(obf.embed, obf.layers[size_t(l)].w_gate, false, true));  // [n, ff]
     Mat Go = obf::matmul(Ao, Ao, true, false);
     for (auto& x : Go.a) x /= double(n);
     // Starts: two key-free ff x ff matrices conjugate to public predictions by Zf (the vocabulary
@@ -394,11 +394,11 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
     // smallest residual wins (the fit is in the served weights' own coordinates).
     std::vector<const Tensor*> pdown, odown;
     for (int64_t m = 0; m < L; ++m) {
-      pdown.push_back(&plain.layers[size_t(m)].down);
-      odown.push_back(&obf.layers[size_t(m)].down);
+      pdown.push_back(&plain.layers[size_t(m)].w_down);
+      odown.push_back(&obf.layers[size_t(m)].w_down);
     }
-    const Mat Wo = writer_gram(obf.layers[size_t(l)].gate, odown);
-    const Mat Wp = writer_gram(scale_cols(plain.layers[size_t(l)].gate, plain.layers[size_t(l)].ffn_norm), pdown);
+    const Mat Wo = writer_gram(obf.layers[size_t(l)].w_gate, odown);
+    const Mat Wp = writer_gram(scale_cols(plain.layers[size_t(l)].w_gate, plain.layers[size_t(l)].ffn_norm), pdown);
     struct Start {
       const char* name;
       std::vector<int32_t> zf;
@@ -436,12 +436,12 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
   int rounds = 0;
   auto update_keys = [&](int64_t* used) {
     T = combine_readers(readers, used);
-    const Tensor R = linalg::matmul(obf.emb, to_ten(T), false, true);  // [n, d]
+    const Tensor R = linalg::matmul(obf.embed, to_ten(T), false, true);  // [n, d]
     Mat RtR = to_mat(linalg::matmul(R, R, true, false));               // [d, d]
     double tr = 0;
     for (int64_t i = 0; i < d; ++i) tr += RtR(i, i);
     for (int64_t i = 0; i < d; ++i) RtR(i, i) += 1e-9 * tr / double(d);
-    const Mat RtX = to_mat(linalg::matmul(R, obf.emb, true, false));  // [d, d']
+    const Mat RtX = to_mat(linalg::matmul(R, obf.embed, true, false));  // [d, d']
     Phat = to_ten(obf::matmul(obf::inverse(RtR), RtX));
   };
   int64_t used = 0;
@@ -464,8 +464,8 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
     };
     for (int64_t l = 0; l < L; ++l) {
       if (zf[size_t(l)].empty()) continue;  // skipped at the start (budget)
-      const Mat Yg = to_mat(linalg::matmul(obf.layers[size_t(l)].gate, Phat, false, true));  // [ff, d]
-      const Mat Yu = to_mat(linalg::matmul(obf.layers[size_t(l)].up, Phat, false, true));
+      const Mat Yg = to_mat(linalg::matmul(obf.layers[size_t(l)].w_gate, Phat, false, true));  // [ff, d]
+      const Mat Yu = to_mat(linalg::matmul(obf.layers[size_t(l)].w_up, Phat, false, true));
       auto m = rematch_channels(Yg, Yu, Ug[size_t(l)], Uu[size_t(l)]);
       for (size_t i = 0; i < m.size(); ++i) moved += m[i] != zf[size_t(l)][i];
       zf[size_t(l)] = std::move(m);
@@ -508,11 +508,11 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
 
   // 5. Rows of the queried ids, matched with per-part variances floored by what we measure.
   const Tensor Tt = to_ten(T);
-  const Tensor Re = linalg::matmul(gather_rows(obf.emb, query.obf_ids), Tt, false, true);  // [q, d]
+  const Tensor Re = linalg::matmul(gather_rows(obf.embed, query.obf_ids), Tt, false, true);  // [q, d]
   Tensor Rh = linalg::matmul(gather_rows(obf.head, query.obf_ids), Phat, false, true);    // [q, d]
   for (int64_t r = 0; r < Rh.rows(); ++r)
     for (int64_t j = 0; j < d; ++j) {
-      const float w = plain.final_norm[size_t(j)];
+      const float w = plain.final_norm.data[size_t(j)];
       Rh.at(r, j) = w != 0 ? Rh.at(r, j) / w : 0.0f;
     }
   double ve = var_e, vh = var_h;
@@ -531,7 +531,7 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
     std::vector<int32_t> top1(ns, -1);
     for (size_t i = 0; i < ns; ++i)
       if (!probe.guesses[size_t(sq.obf_ids[i])].empty()) top1[i] = probe.guesses[size_t(sq.obf_ids[i])][0];
-    ve = std::max(var_e, matched_residual_var(se, plain.emb, top1));
+    ve = std::max(var_e, matched_residual_var(se, plain.embed, top1));
     vh = std::max(var_h, matched_residual_var(sh, plain.head, top1));
   }
   VocabAttack out;
@@ -556,7 +556,7 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
                             {"mechanism_noise", noise},
                             {"beyond_noise", std::sqrt(std::max(0.0, rel * rel - noise * noise))}};
     };
-    drift["embedding"] = vocab_drift(Re, plain.emb, var_e);
+    drift["embedding"] = vocab_drift(Re, plain.embed, var_e);
     drift["head"] = vocab_drift(Rh, plain.head, var_h);
     const ModelConfig& c = plain.config;
     const int64_t dh = c.head_dim, m = c.num_attention_heads, mkv = c.num_key_value_heads;
@@ -574,20 +574,20 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
         body_den += s;
       };
       // Readers in plaintext coordinates: X P^^T.
-      add("q", head_block_drift(to_mat(linalg::matmul(O.q, Phat, false, true)), to_mat(scale_cols(P.q, P.attn_norm)), m, dh), P.q);
-      add("k", head_block_drift(to_mat(linalg::matmul(O.k, Phat, false, true)), to_mat(scale_cols(P.k, P.attn_norm)), mkv, dh), P.k);
-      add("v", head_block_drift(to_mat(linalg::matmul(O.v, Phat, false, true)), to_mat(scale_cols(P.v, P.attn_norm)), mkv, dh), P.v);
+      add("q", head_block_drift(to_mat(linalg::matmul(O.wq, Phat, false, true)), to_mat(scale_cols(P.wq, P.attn_norm)), m, dh), P.wq);
+      add("k", head_block_drift(to_mat(linalg::matmul(O.wk, Phat, false, true)), to_mat(scale_cols(P.wk, P.attn_norm)), mkv, dh), P.wk);
+      add("v", head_block_drift(to_mat(linalg::matmul(O.wv, Phat, false, true)), to_mat(scale_cols(P.wv, P.attn_norm)), mkv, dh), P.wv);
       // Writers in plaintext coordinates: T X (HF layout [d', in] -> [d, in]), compared by input block.
-      const Mat To = obf::matmul(to_mat(O.o), T, true, true);  // [m dh, d] = (T o~)^T
-      add("o", head_block_drift(To, obf::transpose(to_mat(P.o)), m, dh), P.o);
+      const Mat To = obf::matmul(to_mat(O.wo), T, true, true);  // [m dh, d] = (T o~)^T
+      add("o", head_block_drift(To, obf::transpose(to_mat(P.wo)), m, dh), P.wo);
       if (!zf[size_t(l)].empty()) {
-        const Mat Yg = to_mat(linalg::matmul(O.gate, Phat, false, true)), Yu = to_mat(linalg::matmul(O.up, Phat, false, true));
-        add("gate", rel_diff(Yg, take_rows(Ug[size_t(l)], zf[size_t(l)])), P.gate);
+        const Mat Yg = to_mat(linalg::matmul(O.w_gate, Phat, false, true)), Yu = to_mat(linalg::matmul(O.w_up, Phat, false, true));
+        add("gate", rel_diff(Yg, take_rows(Ug[size_t(l)], zf[size_t(l)])), P.w_gate);
         const Mat Uuz = take_rows(Uu[size_t(l)], zf[size_t(l)]);
-        add("up", rel_diff(Yu, scale_rows(Uuz, row_scales(Yu, Uuz))), P.up);
-        const Mat Dn = obf::matmul(to_mat(O.down), T, true, true);  // [ff, d] = (T down~)^T
-        const Mat Wz = take_rows(obf::transpose(to_mat(P.down)), zf[size_t(l)]);
-        add("down", rel_diff(Dn, scale_rows(Wz, row_scales(Dn, Wz))), P.down);
+        add("up", rel_diff(Yu, scale_rows(Uuz, row_scales(Yu, Uuz))), P.w_up);
+        const Mat Dn = obf::matmul(to_mat(O.w_down), T, true, true);  // [ff, d] = (T down~)^T
+        const Mat Wz = take_rows(obf::transpose(to_mat(P.w_down)), zf[size_t(l)]);
+        add("down", rel_diff(Dn, scale_rows(Wz, row_scales(Dn, Wz))), P.w_down);
       }
       lay.push_back(lj);
     }

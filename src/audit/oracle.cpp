@@ -29,8 +29,11 @@ constexpr float kLogFloor = -40.0f;  // log-probabilities below this carry no us
 Tensor transposed_head(const Tensor& h) {
   const int64_t n = h.rows(), d = h.cols();
   Tensor t({d, n});
-  for (int64_t v = 0; v < n; ++v)
-    for (int64_t i = 0; i < d; ++i) t.data[size_t(i * n + v)] = h.data[size_t(v * d + i)];
+  const int64_t B = 64;  // blocked, so neither side strides through memory one element per cache line
+  for (int64_t v0 = 0; v0 < n; v0 += B)
+    for (int64_t i0 = 0; i0 < d; i0 += B)
+      for (int64_t v = v0; v < std::min(n, v0 + B); ++v)
+        for (int64_t i = i0; i < std::min(d, i0 + B); ++i) t.data[size_t(i * n + v)] = h.data[size_t(v * d + i)];
   return t;
 }
 

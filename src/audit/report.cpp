@@ -23,11 +23,11 @@ namespace fs = std::filesystem;
 namespace aloepri::audit {
 
 const ModelWeights& AuditContext::plain() const {
-  if (!plain_) plain_ = std::make_shared<ModelWeights>(ModelWeights::load(plain_dir));
+  if (!plain_) plain_ = std::make_shared<ModelWeights>(load_weights(plain_dir));
   return *plain_;
 }
 const ModelWeights& AuditContext::obf() const {
-  if (!obf_) obf_ = std::make_shared<ModelWeights>(ModelWeights::load(obf_dir));
+  if (!obf_) obf_ = std::make_shared<ModelWeights>(load_weights(obf_dir));
   return *obf_;
 }
 

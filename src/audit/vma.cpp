@@ -80,7 +80,7 @@ VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const
   Seed s{};
   for (size_t i = 0; i < 8; ++i) s[i] = uint8_t(opt.sim_seed >> (8 * i));
   RngStream rng(s, "audit/vma/sim");
-  const Tensor E_sim = add_noise(plain.emb, opt.mech.alpha_e, opt.mech.per_row_noise, rng);
+  const Tensor E_sim = add_noise(plain.embed, opt.mech.alpha_e, opt.mech.per_row_noise, rng);
   const Tensor H_sim = add_noise(plain.head, opt.mech.alpha_h, opt.mech.per_row_noise, rng);
   const Tensor Hf = scale_cols(plain.head, plain.final_norm);
   const Tensor Hf_sim = scale_cols(H_sim, plain.final_norm);
@@ -98,8 +98,8 @@ VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const
                        [&, Pp, Op, is_gate](bool o, bool noisy, const std::vector<int32_t>*) {
                          const LayerWeights& P = *Pp;
                          const LayerWeights& O = *Op;
-                         if (o) return linalg::matmul(obf.emb, is_gate ? O.gate : O.up, false, true);
-                         return linalg::matmul(scale_cols(noisy ? E_sim : plain.emb, P.ffn_norm), is_gate ? P.gate : P.up, false, true);
+                         if (o) return linalg::matmul(obf.embed, is_gate ? O.w_gate : O.w_up, false, true);
+                         return linalg::matmul(scale_cols(noisy ? E_sim : plain.embed, P.ffn_norm), is_gate ? P.w_gate : P.w_up, false, true);
                        },
                        true, true});
     }
@@ -110,18 +110,18 @@ VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const
                          const LayerWeights& P = *Pp;
                          const LayerWeights& O = *Op;
                          if (o) {
-                           Tensor X = rows_of(obf.emb, rows);
-                           return qk_features(linalg::matmul(X, O.q, false, true), linalg::matmul(X, O.k, false, true), m, mkv, dh, f);
+                           Tensor X = rows_of(obf.embed, rows);
+                           return qk_features(linalg::matmul(X, O.wq, false, true), linalg::matmul(X, O.wk, false, true), m, mkv, dh, f);
                          }
-                         Tensor X = scale_cols(rows_of(noisy ? E_sim : plain.emb, rows), P.attn_norm);
-                         return qk_features(linalg::matmul(X, P.q, false, true), linalg::matmul(X, P.k, false, true), m, mkv, dh, f);
+                         Tensor X = scale_cols(rows_of(noisy ? E_sim : plain.embed, rows), P.attn_norm);
+                         return qk_features(linalg::matmul(X, P.wq, false, true), linalg::matmul(X, P.wk, false, true), m, mkv, dh, f);
                        },
                        f != QkFeat::Dot, f != QkFeat::Dot});
     }
     pairs.push_back({"head.down/" + ls,
                      [&, Pp, Op](bool o, bool noisy, const std::vector<int32_t>*) {
-                       if (o) return linalg::matmul(obf.head, Op->down);
-                       return linalg::matmul(noisy ? Hf_sim : Hf, Pp->down);
+                       if (o) return linalg::matmul(obf.head, Op->w_down);
+                       return linalg::matmul(noisy ? Hf_sim : Hf, Pp->w_down);
                      },
                      true, true});
   }
@@ -139,7 +139,7 @@ VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const
 
   // Signature of emb x head, streamed over row blocks.
   auto emb_head_sig = [&](bool o, bool noisy, const std::vector<int32_t>* rows) {
-    const Tensor& A = o ? obf.emb : (noisy ? E_sim : plain.emb);
+    const Tensor& A = o ? obf.embed : (noisy ? E_sim : plain.embed);
     const Tensor& B = o ? obf.head : (noisy ? Hf_sim : Hf);
     std::vector<int32_t> all;
     if (!rows) {

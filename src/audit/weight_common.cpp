@@ -14,45 +14,26 @@
 
 namespace aloepri::audit {
 
-ModelWeights ModelWeights::load(const std::string& dir) {
+ModelWeights load_weights(const std::string& dir) {
   HFModel m(dir);
-  ModelWeights w;
-  w.config = m.config();
   // The weight attacks read each layer's dense FFN (Gate-IA, NN's channel alignment); a sparse
   // layer has a router and experts instead, which no attack here reads yet.
-  if (w.config.is_moe())
+  if (m.config().is_moe())
     throw Error(dir + "/config.json",
                 "the weight attacks (vma, gate-ia, attn-ia, nn, oracle) read dense FFN layers; " +
-                    family_name(w.config.family) + " checkpoints (router + experts) are not supported by them yet",
+                    family_name(m.config().family) + " checkpoints (router + experts) are not supported by them yet",
                 kExitUsage);
-  w.emb = m.tensor_f32(tensor_names::embed());
-  w.head = m.lm_head_f32();
-  w.final_norm = m.tensor_f32(tensor_names::final_norm()).data;
-  using tensor_names::layer;
-  for (int64_t l = 0; l < w.config.num_hidden_layers; ++l) {
-    LayerWeights L;
-    L.q = m.tensor_f32(layer(l, "self_attn.q_proj.weight"));
-    L.k = m.tensor_f32(layer(l, "self_attn.k_proj.weight"));
-    L.v = m.tensor_f32(layer(l, "self_attn.v_proj.weight"));
-    L.o = m.tensor_f32(layer(l, "self_attn.o_proj.weight"));
-    L.gate = m.tensor_f32(layer(l, "mlp.gate_proj.weight"));
-    L.up = m.tensor_f32(layer(l, "mlp.up_proj.weight"));
-    L.down = m.tensor_f32(layer(l, "mlp.down_proj.weight"));
-    L.attn_norm = m.tensor_f32(layer(l, "input_layernorm.weight")).data;
-    L.ffn_norm = m.tensor_f32(layer(l, "post_attention_layernorm.weight")).data;
-    w.layers.push_back(std::move(L));
-  }
-  return w;
+  return ModelWeights::load(m);
 }
 
 namespace internal {
 
-Tensor scale_cols(const Tensor& A, const std::vector<float>& w) {
+Tensor scale_cols(const Tensor& A, const Tensor& w) {
   Tensor B = A;
   const int64_t c = A.cols();
-  require(int64_t(w.size()) == c, "audit", "norm weight size mismatch");
+  require(int64_t(w.data.size()) == c, "audit", "norm weight size mismatch");
   for (int64_t r = 0; r < A.rows(); ++r)
-    for (int64_t j = 0; j < c; ++j) B.ptr()[r * c + j] *= w[size_t(j)];
+    for (int64_t j = 0; j < c; ++j) B.ptr()[r * c + j] *= w.data[size_t(j)];
   return B;
 }
 

@@ -13,7 +13,7 @@
 
 namespace aloepri::audit::internal {
 
-Tensor scale_cols(const Tensor& A, const std::vector<float>& w);  // A Diag(w)
+Tensor scale_cols(const Tensor& A, const Tensor& w);  // A Diag(w), w a norm gain [cols]
 Tensor gather_rows(const Tensor& A, const std::vector<int32_t>& rows);
 Tensor hcat(const std::vector<Tensor>& parts, const std::vector<double>& weights);  // sqrt(w_i) * part_i
 double global_std(const Tensor& A);

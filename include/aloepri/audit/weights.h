@@ -16,26 +16,19 @@
 #include "aloepri/audit/metrics.h"
 #include "aloepri/formats/hf_config.h"
 #include "aloepri/core/tensor.h"
+#include "aloepri/engine/forward.h"
 
 namespace aloepri::audit {
 
-// One decoder layer in Hugging Face layout (nn.Linear weight = out x in), f32.
-struct LayerWeights {
-  Tensor q, k, v, o, gate, up, down;
-  std::vector<float> attn_norm, ffn_norm;
-};
+// The attacks read the engine's weights structure (forward.h: Hugging Face layout, f32), the one
+// the reference forward and the calibrator run on.
+using aloepri::LayerWeights;
+using aloepri::ModelWeights;
 
-// A dense checkpoint in memory (f32), plaintext or obfuscated.
-struct ModelWeights {
-  ModelConfig config;
-  Tensor emb;                    // [n, d]
-  Tensor head;                   // [n, d] (the embedding again when tied)
-  std::vector<float> final_norm;  // [d]
-  std::vector<LayerWeights> layers;
-  static ModelWeights load(const std::string& dir);  // via HFModel (checks every tensor)
-  int64_t vocab() const { return emb.rows(); }
-  int64_t hidden() const { return emb.cols(); }
-};
+// A dense checkpoint (plaintext or obfuscated) as the weight attacks read it: ModelWeights::load
+// (every tensor checked; the head filled with the embedding when tied). Refuses a sparse (MoE)
+// checkpoint, naming its config, since no attack reads routers or experts yet.
+ModelWeights load_weights(const std::string& dir);
 
 // What the attacker knows about the mechanism (public parameters, not the seed).
 struct Mechanism {
