@@ -128,7 +128,7 @@ small=(--windows 2 --seq 16)
 attack_run attack-isa-hidden-plain isa --target hidden --layer 1 --no-obf --align none --iters 3 "${small[@]}"
 attack_run attack-isa-hidden-exact isa --target hidden --layer 0 --exact --align orthogonal --iters 3 "${small[@]}"
 attack_run attack-isa-attn-exact isa --target attn --layer 1 --exact --iters 4 --optim adam "${small[@]}"
-attack_run attack-isa-vocab-plain isa --target hidden --layer 0 --no-obf --relax vocab --optim adam --iters 4 "${small[@]}"
+attack_run attack-isa-vocab-plain isa --target hidden --layer 0 --no-obf --align none --relax vocab --optim adam --iters 4 "${small[@]}"
 attack_run attack-ima-samekey ima --layer 0 --same-key --steps 20 --public-windows 8 --batch 4 --width 32 --depth 1 "${small[@]}"
 
 (cd "$out" && sha256sum -- * | grep -v ' SUMS$') > "$out/SUMS"
