@@ -60,7 +60,7 @@ torch::Tensor map_ids(const torch::Tensor& ids, const std::vector<int64_t>& tau)
   return out;
 }
 
-torch::Tensor observe(const TorchLlama& model, const torch::Tensor& ids, const std::string& target, int64_t layer) {
+torch::Tensor observe(const Llama& model, const torch::Tensor& ids, const std::string& target, int64_t layer) {
   torch::NoGradGuard ng;
   auto x = model.embed_ids(ids);
   if (target == "hidden") return layer < 0 ? x : model.run(x, layer);

@@ -11,9 +11,13 @@
 
 #include "aloepri/audit/metrics.h"
 #include "aloepri/formats/token_file.h"
-#include "torch_llama.h"
+#include "torch_model/llama.h"
 
 namespace aloepri::attacks {
+
+// The plaintext and obfuscated models run in the shared libtorch module (tools/torch_model).
+using torch_model::Llama;
+using torch_model::Trace;
 
 // Token files (build/corpus/{train,heldout}.bin): aloepri::read_token_file (aloepri/token_file.h).
 
@@ -32,7 +36,7 @@ torch::Tensor map_ids(const torch::Tensor& ids, const std::vector<int64_t>& tau)
 // What the server sees when it runs `model` on `ids` [B, T]:
 //   target "hidden": residual stream after layer `layer` ([B, T, d]; layer -1 = the embedding rows);
 //   target "attn":   pre-softmax attention scores of layer `layer` ([B, H, T, T], masked = 0).
-torch::Tensor observe(const TorchLlama& model, const torch::Tensor& ids, const std::string& target, int64_t layer);
+torch::Tensor observe(const Llama& model, const torch::Tensor& ids, const std::string& target, int64_t layer);
 
 // Fraction of positions whose truth is among the first k columns of ranked [N, K] candidates.
 double topk_fraction(const torch::Tensor& ranked, const torch::Tensor& truth, int64_t k);

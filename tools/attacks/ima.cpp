@@ -43,7 +43,7 @@ LabelledStates attacker_states(const std::string& plain_dir, const ObfuscationPa
   const auto tau = derive_tau(seed, res.vocab_size);
   LabelledStates s;
   {
-    auto obf = TorchLlama::load(out);
+    auto obf = Llama::load(out);
     s.states = observe(obf, map_ids(ids, tau), "hidden", layer);
   }
   s.ids = ids;

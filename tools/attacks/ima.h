@@ -14,7 +14,7 @@
 
 #include "aloepri/obfuscate/executor.h"
 #include "aloepri/core/rng.h"
-#include "torch_llama.h"
+#include "torch_model/llama.h"
 
 namespace aloepri::attacks {
 

@@ -40,7 +40,7 @@ torch::Tensor alignment_loss(const torch::Tensor& X, const torch::Tensor& O, con
   throw Error("--align", "unknown alignment '" + align + "' (linear | orthogonal | none)", kExitUsage);
 }
 
-IsaOutput run_isa(const TorchLlama& plain, const torch::Tensor& observed_in, int64_t B, int64_t T,
+IsaOutput run_isa(const Llama& plain, const torch::Tensor& observed_in, int64_t B, int64_t T,
                   const IsaOptions& opt) {
   const auto& c = plain.config();
   const int64_t d = plain.hidden(), n = plain.vocab(), L = c.num_hidden_layers;

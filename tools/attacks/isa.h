@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "torch_llama.h"
+#include "torch_model/llama.h"
 
 namespace aloepri::attacks {
 
@@ -58,7 +58,7 @@ torch::Tensor alignment_loss(const torch::Tensor& X, const torch::Tensor& O, con
                              double ridge = 1e-4);
 
 // observed: hidden [B, T, d_obs] or attn [B, H, T, T] (from observe()); B, T: victim windows.
-IsaOutput run_isa(const TorchLlama& plain, const torch::Tensor& observed, int64_t B, int64_t T,
+IsaOutput run_isa(const torch_model::Llama& plain, const torch::Tensor& observed, int64_t B, int64_t T,
                   const IsaOptions& opt);
 
 }  // namespace aloepri::attacks

@@ -97,7 +97,7 @@ Seed victim_seed_of(uint64_t v) { return attacker_seed(v, -1); }  // disjoint fr
 // The victim: what the server runs (obfuscated model, or the plaintext one with --no-obf),
 // the ids it is sent, the mechanism's parameters and the victim's seed (for --same-key only).
 struct Victim {
-  std::optional<TorchLlama> model;
+  std::optional<Llama> model;
   torch::Tensor plain_ids, sent_ids;
   ObfuscationParams params;
   std::optional<Seed> seed;
@@ -121,7 +121,7 @@ Victim make_victim(Common& c) {
   v.plain_ids = spread_windows(held, c.windows, c.seq, plain_cfg.vocab_size, c.data + "/heldout.bin");
   if (c.no_obf) {
     if (!c.obf.empty()) throw Error("--no-obf", "conflicts with --obf", kExitUsage);
-    v.model = TorchLlama::load(c.plain);
+    v.model = Llama::load(c.plain);
     v.sent_ids = v.plain_ids;
     v.label = "no obfuscation";
     return v;
@@ -135,7 +135,7 @@ Victim make_victim(Common& c) {
       throw Error(c.key, "has a homophonic vocabulary (obfuscate --homophones): not supported by aloe-attack yet",
                   kExitUsage);
     v.params = params_from_json(rec.params, c.key);
-    v.model = TorchLlama::load(c.obf);
+    v.model = Llama::load(c.obf);
     check_key_matches_model(key, c.key, HFModel(c.obf).fingerprint(), c.obf);
     v.sent_ids = map_ids(v.plain_ids, derive_tau(key.seed, rec.vocab_size));
     v.seed = key.seed;
@@ -156,7 +156,7 @@ Victim make_victim(Common& c) {
   }
   if (!c.quiet) std::cerr << "obfuscating the victim model into " << dir << std::endl;
   obfuscate_model(c.plain, *v.seed, dir, o);
-  v.model = TorchLlama::load(dir);
+  v.model = Llama::load(dir);
   v.sent_ids = map_ids(v.plain_ids, derive_tau(*v.seed, plain_cfg.vocab_size));
   fs::remove_all(dir);
   v.label = "obfuscated here (victim seed " + std::to_string(c.victim_seed) + ")";
@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
     const bool bars = !c.quiet && !c.json;
     if (!c.out.empty() && fs::exists(c.out) && !c.force)
       throw Error(c.out, "exists (use --force to replace)", kExitOutputExists);
-    auto plain = TorchLlama::load(c.plain);
+    auto plain = Llama::load(c.plain);
     Victim v = make_victim(c);
     audit::AttackResult r;
     r.setting = params_label(c, v);

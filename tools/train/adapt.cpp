@@ -39,7 +39,6 @@
 #include <random>
 
 #include "aloepri/core/error.h"
-#include "aloepri/engine/forward.h"
 #include "aloepri/core/keyfile.h"
 #include "aloepri/model/model.h"
 #include "aloepri/obfuscate/attention.h"
@@ -52,6 +51,7 @@
 #include "aloepri/core/output.h"
 #include "aloepri/formats/safetensors.h"
 #include "aloepri/formats/token_file.h"
+#include "torch_model/llama.h"
 
 namespace fs = std::filesystem;
 using namespace aloepri;
@@ -126,18 +126,6 @@ std::string key_id(const Seed& seed) {
   return b;
 }
 
-struct Layer {
-  torch::Tensor attn_norm, ffn_norm, q, k, v, o, bq, bk, bv, bo, gate, up, down;
-};
-
-torch::Tensor rms(const torch::Tensor& x, const torch::Tensor& w, double eps) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, true) + eps) * w;
-}
-
-torch::Tensor lin(const torch::Tensor& x, const torch::Tensor& W, const torch::Tensor& b) {
-  return b.defined() ? torch::linear(x, W, b) : torch::linear(x, W);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -187,10 +175,7 @@ int main(int argc, char** argv) {
     KeyFile key = KeyFile::load(key_path);
     HFModel hf(model);
     const ModelConfig& c = hf.config();
-    ModelWeights W = ModelWeights::load(hf);
-    const int64_t n = c.vocab_size, L = c.num_hidden_layers, dh = c.head_dim;
-    const int64_t m = c.num_attention_heads, mkv = c.num_key_value_heads, g = m / mkv;
-    const double eps = c.rms_norm_eps;
+    const int64_t n = c.vocab_size;
 
     // The noisy embedding / head (HF layout [n, d]): frozen, or with --train-vocab trained from
     // the draw. --body-in with --train-vocab resumes from the trained ones it holds.
@@ -205,66 +190,21 @@ int main(int argc, char** argv) {
     torch::Tensor E = vocab_start(tensor_names::embed(), emb_noisy).to(dev);
     torch::Tensor H = vocab_start(tensor_names::lm_head(), head_noisy).to(dev);
 
-    // Trainable body, HF layout (nn.Linear weight = out x in).
-    std::vector<Layer> layers;
-    std::vector<torch::Tensor> params;
-    auto P = [&](const std::string& name) {
-      torch::Tensor t = to_torch(bin_body ? bin_body->get(name).to_f32() : hf.tensor_f32(name)).to(dev);
-      t.set_requires_grad(true);
-      params.push_back(t);
-      return t;
-    };
-    auto has = [&](const std::string& name) { return hf.weights().has(name); };
-    for (int64_t l = 0; l < L; ++l) {
-      using tensor_names::layer;
-      Layer y;
-      y.attn_norm = P(layer(l, "input_layernorm.weight"));
-      y.ffn_norm = P(layer(l, "post_attention_layernorm.weight"));
-      y.q = P(layer(l, "self_attn.q_proj.weight"));
-      y.k = P(layer(l, "self_attn.k_proj.weight"));
-      y.v = P(layer(l, "self_attn.v_proj.weight"));
-      y.o = P(layer(l, "self_attn.o_proj.weight"));
-      if (has(layer(l, "self_attn.q_proj.bias"))) {
-        y.bq = P(layer(l, "self_attn.q_proj.bias"));
-        y.bk = P(layer(l, "self_attn.k_proj.bias"));
-        y.bv = P(layer(l, "self_attn.v_proj.bias"));
-      }
-      if (has(layer(l, "self_attn.o_proj.bias"))) y.bo = P(layer(l, "self_attn.o_proj.bias"));
-      y.gate = P(layer(l, "mlp.gate_proj.weight"));
-      y.up = P(layer(l, "mlp.up_proj.weight"));
-      y.down = P(layer(l, "mlp.down_proj.weight"));
-      layers.push_back(y);
+    // The model the body is trained in: the shared libtorch module (tools/torch_model) with the
+    // noisy embedding and head as two tensors of their own, whatever the config ties (the two
+    // noise draws differ), and the body from the plaintext model or --body-in.
+    ModelConfig untied = c;
+    untied.tie_word_embeddings = false;
+    std::map<std::string, torch::Tensor> init;
+    for (const auto& [name, shape] : expected_tensors(untied)) {
+      if (name == tensor_names::embed()) init[name] = E;
+      else if (name == tensor_names::lm_head()) init[name] = H;
+      else init[name] = to_torch(bin_body ? bin_body->get(name).to_f32() : hf.tensor_f32(name)).to(dev);
     }
-    torch::Tensor final_norm = P(tensor_names::final_norm());
-    const auto inv = rope_inv_freq(c);
-    torch::Tensor invf = torch::tensor(std::vector<float>(inv.begin(), inv.end()));
-    torch::Tensor pos = torch::arange(seq, torch::kFloat);
-    torch::Tensor ang = torch::outer(pos, invf);  // [T, dh/2]
-    torch::Tensor cs = torch::cos(ang).to(dev), sn = torch::sin(ang).to(dev);
-    torch::Tensor mask = torch::full({seq, seq}, -INFINITY).triu(1).to(dev);
-
-    auto rope = [&](const torch::Tensor& x) {  // x [B, heads, T, dh], rotate_half pairs
-      auto x1 = x.narrow(-1, 0, dh / 2), x2 = x.narrow(-1, dh / 2, dh / 2);
-      return torch::cat({x1 * cs - x2 * sn, x2 * cs + x1 * sn}, -1);
-    };
-    auto forward = [&](const torch::Tensor& ids) {  // [B, T] -> logits [B, T, n]
-      const int64_t B = ids.size(0), T = ids.size(1);
-      torch::Tensor h = torch::embedding(E, ids);
-      for (const auto& y : layers) {
-        auto xn = rms(h, y.attn_norm, eps);
-        auto q = lin(xn, y.q, y.bq).view({B, T, m, dh}).transpose(1, 2);
-        auto k = lin(xn, y.k, y.bk).view({B, T, mkv, dh}).transpose(1, 2);
-        auto v = lin(xn, y.v, y.bv).view({B, T, mkv, dh}).transpose(1, 2);
-        q = rope(q), k = rope(k);
-        if (g > 1) k = k.repeat_interleave(g, 1), v = v.repeat_interleave(g, 1);
-        auto att = torch::softmax(q.matmul(k.transpose(-2, -1)) / std::sqrt(double(dh)) + mask, -1);
-        auto ctx = att.matmul(v).transpose(1, 2).reshape({B, T, m * dh});
-        h = h + lin(ctx, y.o, y.bo);
-        xn = rms(h, y.ffn_norm, eps);
-        h = h + torch::linear(torch::silu(torch::linear(xn, y.gate)) * torch::linear(xn, y.up), y.down);
-      }
-      return torch::linear(rms(h, final_norm, eps), H);
-    };
+    torch_model::Llama net(untied, std::move(init), model);
+    const std::vector<std::string> body = net.body_names();
+    net.train_only(train_vocab ? net.names() : body);
+    std::vector<torch::Tensor> params = net.tensors(body);
 
     // Training text.
     const std::vector<uint16_t> ids = steps == 0 && minutes == 0 ? std::vector<uint16_t>(2 * size_t(seq), 0)
@@ -275,14 +215,11 @@ int main(int argc, char** argv) {
     std::mt19937_64 rng{static_cast<uint64_t>(seed_opt)};
     std::uniform_int_distribution<int64_t> start(0, N - seq - 2);
 
-    const size_t body_params = params.size();
     std::vector<torch::optim::OptimizerParamGroup> groups;
     groups.emplace_back(params, std::make_unique<torch::optim::AdamWOptions>(
                                     torch::optim::AdamWOptions(lr).betas({0.9, 0.95}).weight_decay(wd)));
     std::vector<double> base_lr = {lr};
     if (train_vocab) {
-      E.set_requires_grad(true);
-      H.set_requires_grad(true);
       groups.emplace_back(std::vector<torch::Tensor>{E, H},
                           std::make_unique<torch::optim::AdamWOptions>(
                               torch::optim::AdamWOptions(vocab_lr).betas({0.9, 0.95}).weight_decay(wd)));
@@ -313,7 +250,7 @@ int main(int argc, char** argv) {
       for (size_t gi = 0; gi < opt.param_groups().size(); ++gi)
         static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[gi].options()).lr(base_lr[gi] * sched);
       opt.zero_grad();
-      auto loss = torch::nn::functional::cross_entropy(forward(xi).view({batch * seq, n}), ti);
+      auto loss = torch::nn::functional::cross_entropy(net.logits(xi).view({batch * seq, n}), ti);
       loss.backward();
       torch::nn::utils::clip_grad_norm_(params, 1.0);
       opt.step();
@@ -343,20 +280,7 @@ int main(int argc, char** argv) {
       vocab = {{tensor_names::embed(), to_torch(emb_pub)}};
       if (!c.tie_word_embeddings) vocab.push_back({tensor_names::lm_head(), to_torch(head_pub)});
     }
-    size_t pi = 0;
-    for (int64_t l = 0; l < L; ++l) {
-      using tensor_names::layer;
-      std::vector<std::string> names = {"input_layernorm.weight", "post_attention_layernorm.weight",
-                                        "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                                        "self_attn.v_proj.weight", "self_attn.o_proj.weight"};
-      if (layers[size_t(l)].bq.defined())
-        for (const char* b : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) names.push_back(b);
-      if (layers[size_t(l)].bo.defined()) names.push_back("self_attn.o_proj.bias");
-      for (const char* s : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}) names.push_back(s);
-      for (const auto& s : names) outs.push_back({layer(l, s), cpu(params[pi++])});
-    }
-    outs.push_back({tensor_names::final_norm(), cpu(params[pi++])});
-    require(pi == body_params, "aloe-adapt", "internal: body tensor count", kExitError);
+    for (const auto& name : body) outs.push_back({name, cpu(net.at(name))});
 
     // Relative Frobenius drift of the weights that will be served (before the exact transforms)
     // from the public ones: per vocabulary matrix (also of the bare draw, which is what is served

@@ -17,12 +17,12 @@ deps=$(cd "${DEPS:-.devdeps}" && pwd)/usr
 torch_dir=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 abi=$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
 mkdir -p "$out"
-export CXXFLAGS="-O2 -std=c++20 -DNDEBUG $extra -D_GLIBCXX_USE_CXX11_ABI=$abi -Iinclude -I$deps/include \
+export CXXFLAGS="-O2 -std=c++20 -DNDEBUG $extra -D_GLIBCXX_USE_CXX11_ABI=$abi -Iinclude -Itools -I$deps/include \
  -I$deps/include/x86_64-linux-gnu -I$torch_dir/include -I$torch_dir/include/torch/csrc/api/include"
 export OUTDIR=$out
-# Only what the trainers need: core, formats, engine (the reference forward for `verify`) and the
-# BLAS half of linalg (the engine's GEMMs; lapack.cpp is not needed).
-ls src/core/*.cpp src/formats/*.cpp src/linalg/linalg.cpp src/engine/*.cpp "$main_src" |
+# Only what the trainers need: core, formats, engine (the reference forward for `verify`), the
+# BLAS half of linalg (the engine's GEMMs; lapack.cpp is not needed) and the shared libtorch model.
+ls src/core/*.cpp src/formats/*.cpp src/linalg/linalg.cpp src/engine/*.cpp tools/torch_model/llama.cpp "$main_src" |
   xargs -P"$(nproc)" -I{} sh -c 'g++ $CXXFLAGS -c {} -o "$OUTDIR/$(echo {} | tr / _).o"'
 lib=$deps/lib/x86_64-linux-gnu
 g++ -o "$out/$exe" "$out"/*.o -L"$torch_dir/lib" -Wl,-rpath,"$torch_dir/lib" \

@@ -2,10 +2,9 @@
 // evaluates it against unigram/bigram baselines, exports it as a standard HF checkpoint, and
 // checks the export against the project's reference forward pass.
 //
-// The network is written out by hand with exactly the Hugging Face Llama semantics the rest of
-// the project assumes (RMSNorm x*rsqrt(mean(x^2)+eps)*w, rotate_half RoPE over [freqs, freqs],
-// GQA where query head h uses kv head h / group, SiLU-gated MLP, tied or untied head), and its
-// parameters carry their HF tensor names, so export is a straight copy.
+// The network is the project's shared libtorch Llama module (tools/torch_model/llama.h: the Hugging
+// Face Llama semantics the rest of the project assumes), whose parameters carry their HF tensor
+// names, so export is a straight copy.
 //
 // Subcommands (see --help): train, eval, export, verify.
 #include <torch/torch.h>
@@ -34,11 +33,13 @@
 #include "aloepri/core/output.h"
 #include "aloepri/formats/safetensors.h"
 #include "aloepri/formats/token_file.h"
+#include "torch_model/llama.h"
 
 namespace fs = std::filesystem;
 using aloepri::Error;
 using aloepri::ModelConfig;
 using aloepri::read_token_file;
+using aloepri::torch_model::Llama;
 using json = nlohmann::json;
 
 namespace {
@@ -68,109 +69,28 @@ torch::Tensor sample_batch(const std::vector<uint16_t>& ids, int64_t batch, int6
 
 // ---------------------------------------------------------------- model
 
-struct Model {
-  ModelConfig cfg;
-  std::vector<std::string> names;               // HF tensor names, in export order
-  std::map<std::string, torch::Tensor> p;       // name -> parameter
-
-  torch::Tensor& at(const std::string& n) {
-    auto it = p.find(n);
-    if (it == p.end()) throw Error("model", "no parameter '" + n + "'");
-    return it->second;
-  }
-
-  void add(const std::string& name, torch::Tensor t) {
-    names.push_back(name);
-    p[name] = std::move(t);
-  }
-
-  // HF initialisation: normal(0, 0.02) for matrices, ones for norms.
-  static Model init(const ModelConfig& c, uint64_t seed) {
-    torch::manual_seed(seed);
-    Model m;
-    m.cfg = c;
-    auto mat = [](int64_t o, int64_t i) { return torch::randn({o, i}) * 0.02; };
-    for (const auto& [name, shape] : aloepri::expected_tensors(c)) {
-      if (shape.size() == 1)
-        m.add(name, torch::ones({shape[0]}));
-      else
-        m.add(name, mat(shape[0], shape[1]));
-    }
-    for (auto& [n, t] : m.p) t = t.to(g_device).set_requires_grad(true);
-    return m;
-  }
-
-  std::vector<torch::Tensor> params() const {
-    std::vector<torch::Tensor> v;
-    for (const auto& n : names) v.push_back(p.at(n));
-    return v;
-  }
-};
-
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * w;
-}
-
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  const int64_t h = x.size(-1) / 2;
-  return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
-}
-
-// Logits [B, T, vocab] for ids [B, T]; computed in the dtype of the parameters (f32 to train,
-// f64 to verify against the reference forward).
-torch::Tensor forward(Model& m, const torch::Tensor& ids) {
-  const ModelConfig& c = m.cfg;
-  namespace tn = aloepri::tensor_names;
-  const auto dt = m.at(tn::embed()).scalar_type();
-  const int64_t B = ids.size(0), T = ids.size(1), H = c.num_attention_heads,
-                KV = c.num_key_value_heads, Dh = c.head_dim;
-  // RoPE tables as HF builds them: inv_freq_i = theta^(-2i/Dh), emb = cat(freqs, freqs).
-  auto inv_freq = 1.0 / torch::pow(c.rope_theta, torch::arange(0, Dh, 2, torch::kDouble) / double(Dh));
-  auto freqs = torch::outer(torch::arange(T, torch::kDouble), inv_freq);
-  auto emb = torch::cat({freqs, freqs}, -1);
-  auto cos = emb.cos().to(ids.device(), dt), sin = emb.sin().to(ids.device(), dt);  // [T, Dh]
-  auto mask = torch::ones({T, T}, torch::kBool).triu(1).to(ids.device());
-  const double scale = 1.0 / std::sqrt(double(Dh));
-
-  auto x = torch::embedding(m.at(tn::embed()), ids);  // [B, T, d]
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    auto L = [&](const char* s) -> torch::Tensor& { return m.at(tn::layer(i, s)); };
-    auto h = rms_norm(x, L("input_layernorm.weight"), c.rms_norm_eps);
-    auto q = torch::matmul(h, L("self_attn.q_proj.weight").t()).view({B, T, H, Dh}).transpose(1, 2);
-    auto k = torch::matmul(h, L("self_attn.k_proj.weight").t()).view({B, T, KV, Dh}).transpose(1, 2);
-    auto v = torch::matmul(h, L("self_attn.v_proj.weight").t()).view({B, T, KV, Dh}).transpose(1, 2);
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
-    if (H != KV) {  // HF repeat_kv: query head j reads kv head j / group
-      k = k.repeat_interleave(H / KV, 1);
-      v = v.repeat_interleave(H / KV, 1);
-    }
-    auto s = torch::matmul(q, k.transpose(-2, -1)) * scale;
-    s = s.masked_fill(mask, -std::numeric_limits<double>::infinity());
-    auto a = torch::matmul(torch::softmax(s, -1), v);  // [B, H, T, Dh]
-    a = a.transpose(1, 2).reshape({B, T, H * Dh});
-    x = x + torch::matmul(a, L("self_attn.o_proj.weight").t());
-    h = rms_norm(x, L("post_attention_layernorm.weight"), c.rms_norm_eps);
-    auto g = torch::silu(torch::matmul(h, L("mlp.gate_proj.weight").t()));
-    auto u = torch::matmul(h, L("mlp.up_proj.weight").t());
-    x = x + torch::matmul(g * u, L("mlp.down_proj.weight").t());
-  }
-  x = rms_norm(x, m.at(tn::final_norm()), c.rms_norm_eps);
-  const auto& head = c.tie_word_embeddings ? m.at(tn::embed()) : m.at(tn::lm_head());
-  return torch::matmul(x, head.t());
+// The network is the shared libtorch module (tools/torch_model); a fresh one gets the HF
+// initialisation: normal(0, 0.02) for matrices, ones for norms, drawn in expected_tensors order.
+Llama init_model(const ModelConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  std::map<std::string, torch::Tensor> p;
+  for (const auto& [name, shape] : aloepri::expected_tensors(c))
+    p[name] = shape.size() == 1 ? torch::ones({shape[0]}) : torch::randn({shape[0], shape[1]}) * 0.02;
+  for (auto& [n, t] : p) t = t.to(g_device).set_requires_grad(true);
+  return Llama(c, std::move(p), "aloe-train flags");
 }
 
 // ---------------------------------------------------------------- checkpoints
 
 // A checkpoint holds the config, the step, the parameters (by index, in export order) and the
 // AdamW state. Written to a temporary name and renamed, so a kill never leaves a torn file.
-void save_checkpoint(const std::string& path, const Model& m, torch::optim::AdamW& opt, int64_t step,
+void save_checkpoint(const std::string& path, const Llama& m, torch::optim::AdamW& opt, int64_t step,
                      const json& args) {
   torch::serialize::OutputArchive ar;
-  json meta = {{"config", m.cfg.to_json()}, {"step", step}, {"args", args}, {"names", m.names}};
+  json meta = {{"config", m.config().to_json()}, {"step", step}, {"args", args}, {"names", m.names()}};
   const std::string ms = meta.dump();
   ar.write("meta", torch::from_blob(const_cast<char*>(ms.data()), {int64_t(ms.size())}, torch::kChar).clone());
-  for (size_t i = 0; i < m.names.size(); ++i) ar.write("p" + std::to_string(i), m.p.at(m.names[i]).detach().cpu());
+  for (size_t i = 0; i < m.names().size(); ++i) ar.write("p" + std::to_string(i), m.at(m.names()[i]).detach().cpu());
   torch::serialize::OutputArchive oa;
   opt.save(oa);
   ar.write("optim", oa);
@@ -185,24 +105,19 @@ json read_meta(torch::serialize::InputArchive& ar) {
   return json::parse(std::string(static_cast<const char*>(t.data_ptr()), size_t(t.numel())));
 }
 
-// Loads parameters (and optionally the optimizer state); returns the meta block.
-json load_checkpoint(const std::string& path, Model& m, torch::optim::AdamW* opt) {
+// Reads a checkpoint's meta block and parameters (by name, on g_device), and optionally the
+// optimizer state.
+json read_checkpoint(const std::string& path, std::map<std::string, torch::Tensor>& params,
+                     torch::optim::AdamW* opt) {
   if (!fs::exists(path)) throw Error(path, "checkpoint not found");
   torch::serialize::InputArchive ar;
   ar.load_from(path);
   json meta = read_meta(ar);
-  m.cfg = ModelConfig::from_json(meta.at("config"), path);
-  m.names = meta.at("names").get<std::vector<std::string>>();
-  for (size_t i = 0; i < m.names.size(); ++i) {
+  const auto names = meta.at("names").get<std::vector<std::string>>();
+  for (size_t i = 0; i < names.size(); ++i) {
     torch::Tensor t;
     ar.read("p" + std::to_string(i), t);
-    auto it = m.p.find(m.names[i]);
-    if (it == m.p.end()) {
-      m.p[m.names[i]] = t.to(g_device).set_requires_grad(true);
-    } else {
-      torch::NoGradGuard ng;
-      it->second.copy_(t);
-    }
+    params[names[i]] = t.to(g_device);
   }
   if (opt) {
     torch::serialize::InputArchive oa;
@@ -210,6 +125,15 @@ json load_checkpoint(const std::string& path, Model& m, torch::optim::AdamW* opt
     opt->load(oa);
   }
   return meta;
+}
+
+// A checkpoint's model (for eval and export).
+Llama load_checkpoint(const std::string& path, json* meta_out = nullptr) {
+  std::map<std::string, torch::Tensor> p;
+  json meta = read_checkpoint(path, p, nullptr);
+  Llama m(ModelConfig::from_json(meta.at("config"), path), std::move(p), path);
+  if (meta_out) *meta_out = meta;
+  return m;
 }
 
 // ---------------------------------------------------------------- evaluation
@@ -233,7 +157,7 @@ std::vector<int64_t> eval_windows_of(size_t n_ids, int64_t seq, int64_t max_wind
   return w;
 }
 
-EvalResult eval_model(Model& m, const std::vector<uint16_t>& ids, int64_t seq, int64_t max_windows,
+EvalResult eval_model(const Llama& m, const std::vector<uint16_t>& ids, int64_t seq, int64_t max_windows,
                       int64_t batch = 8) {
   torch::NoGradGuard ng;
   const auto wins = eval_windows_of(ids.size(), seq, max_windows);
@@ -247,7 +171,7 @@ EvalResult eval_model(Model& m, const std::vector<uint16_t>& ids, int64_t seq, i
     for (int64_t j = 0; j < b; ++j)
       for (int64_t t = 0; t < seq; ++t) p[j * seq + t] = ids[size_t(wins[size_t(w0 + j)] * seq + t)];
     x = x.to(g_device);
-    auto logits = forward(m, x.narrow(1, 0, seq - 1)).to(torch::kFloat);
+    auto logits = m.logits(x.narrow(1, 0, seq - 1)).to(torch::kFloat);
     auto tgt = x.narrow(1, 1, seq - 1);
     auto lp = torch::log_softmax(logits, -1);
     nll -= lp.gather(-1, tgt.unsqueeze(-1)).sum().item<double>();
@@ -314,10 +238,10 @@ std::pair<EvalResult, EvalResult> eval_baselines(const std::vector<uint16_t>& tr
 // ---------------------------------------------------------------- export / import
 
 // Writes config.json + model.safetensors (bf16) + the tokenizer files into a new directory.
-void export_model(const Model& m, const std::string& out_dir, const std::string& tokenizer_dir,
+void export_model(const Llama& m, const std::string& out_dir, const std::string& tokenizer_dir,
                   bool overwrite, const std::map<std::string, std::string>& metadata) {
   aloepri::AtomicDir dir(out_dir, overwrite);
-  ModelConfig c = m.cfg;
+  ModelConfig c = m.config();
   c.torch_dtype = "bfloat16";
   aloepri::write_file_atomic(dir.file("config.json"), c.to_json().dump(2) + "\n", true);
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
@@ -331,29 +255,14 @@ void export_model(const Model& m, const std::string& out_dir, const std::string&
   std::map<std::string, std::string> md = metadata;
   md["format"] = "pt";
   aloepri::SafetensorsWriter w(dir.temp_path(), 0, md);
-  for (const auto& n : m.names) {
-    const auto& t = m.p.at(n);
-    w.add({n, aloepri::DType::BF16, t.sizes().vec()});
-  }
-  for (const auto& n : m.names) {
-    auto t = m.p.at(n).detach().cpu().to(torch::kFloat).contiguous();
+  for (const auto& n : m.names()) w.add({n, aloepri::DType::BF16, m.at(n).sizes().vec()});
+  for (const auto& n : m.names()) {
+    auto t = m.at(n).detach().cpu().to(torch::kFloat).contiguous();
     w.write_f32(n, t.data_ptr<float>(), size_t(t.numel()));
   }
   w.finish();
   if (overwrite && fs::exists(out_dir)) fs::remove_all(out_dir);
   dir.commit();
-}
-
-// Loads an exported HF directory into a Model (values as stored, widened to `dt`).
-Model import_model(const std::string& dir, torch::ScalarType dt) {
-  aloepri::HFModel hf(dir);
-  Model m;
-  m.cfg = hf.config();
-  for (const auto& [name, shape] : aloepri::expected_tensors(m.cfg)) {
-    aloepri::Tensor t = hf.tensor_f32(name);
-    m.add(name, torch::from_blob(t.data.data(), shape, torch::kFloat).clone().to(g_device, dt));
-  }
-  return m;
 }
 
 std::vector<int64_t> parse_ids(const std::string& s) {
@@ -492,10 +401,10 @@ int main(int argc, char** argv) {
                    {"warmup", warmup}, {"weight_decay", wd}, {"clip", clip}, {"seed", seed},
                    {"data", data_dir}, {"train_tokens", train_ids.size()}, {"threads", threads},
                    {"minutes", minutes}};
-      Model m = Model::init(cfg, seed);
+      Llama m = init_model(cfg, seed);
       // Decay matrices only (norm gains stay at their scale), as is usual for AdamW on LLMs.
       std::vector<torch::Tensor> decay, no_decay;
-      for (const auto& n : m.names) (m.p[n].dim() >= 2 ? decay : no_decay).push_back(m.p[n]);
+      for (const auto& n : m.names()) (m.at(n).dim() >= 2 ? decay : no_decay).push_back(m.at(n));
       std::vector<torch::optim::OptimizerParamGroup> groups;
       groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
                                      torch::optim::AdamWOptions(lr).betas({0.9, 0.95}).weight_decay(wd)));
@@ -505,11 +414,14 @@ int main(int argc, char** argv) {
       int64_t step = 0;
       double train_s = 0;  // time spent in training steps, carried across resumes
       if (resume) {
-        json meta = load_checkpoint(last, m, &opt);
+        std::map<std::string, torch::Tensor> saved;
+        json meta = read_checkpoint(last, saved, &opt);
         step = meta.at("step").get<int64_t>();
         train_s = meta.at("args").value("train_seconds", 0.0);
         if (meta.at("config") != cfg.to_json())
           throw Error(last, "checkpoint config differs from the flags given with --resume");
+        torch::NoGradGuard ng;
+        for (const auto& [n, t] : saved) m.at(n).copy_(t);
         std::cout << "resumed from " << last << " at step " << step << std::endl;
       }
       std::cout << "model: " << cfg.parameter_count() << " parameters; train " << train_ids.size()
@@ -536,12 +448,12 @@ int main(int argc, char** argv) {
         for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(cur);
         const double ts = now_s();
         auto b = sample_batch(train_ids, batch, seq, seed, step).to(g_device);
-        auto logits = forward(m, b.narrow(1, 0, seq));
+        auto logits = m.logits(b.narrow(1, 0, seq));
         auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, cfg.vocab_size}),
                                                          b.narrow(1, 1, seq).reshape({-1}));
         opt.zero_grad();
         loss.backward();
-        torch::nn::utils::clip_grad_norm_(m.params(), clip);
+        torch::nn::utils::clip_grad_norm_(m.tensors(m.names()), clip);
         opt.step();
         ++step;
         loss_acc += loss.item<double>();
@@ -584,17 +496,9 @@ int main(int argc, char** argv) {
     }
 
     if (*ev) {
-      Model m;
-      std::string what;
-      if (!ckpt.empty()) {
-        load_checkpoint(ckpt, m, nullptr);
-        what = ckpt;
-      } else if (!model_dir.empty()) {
-        m = import_model(model_dir, torch::kFloat);
-        what = model_dir;
-      } else {
-        throw Error("eval", "give --checkpoint or --model");
-      }
+      if (ckpt.empty() && model_dir.empty()) throw Error("eval", "give --checkpoint or --model");
+      const std::string what = ckpt.empty() ? model_dir : ckpt;
+      const Llama m = ckpt.empty() ? Llama::load(model_dir, torch::kFloat, g_device) : load_checkpoint(ckpt);
       const auto held = read_token_file(data_dir + "/heldout.bin");
       const double t0 = now_s();
       auto r = eval_model(m, held, ev_seq, ev_windows);
@@ -607,7 +511,7 @@ int main(int argc, char** argv) {
                 {"eval_seconds", now_s() - t0}};
       if (baselines) {
         const auto train = read_token_file(data_dir + "/train.bin");
-        auto [u, b] = eval_baselines(train, held, ev_seq, ev_windows, m.cfg.vocab_size);
+        auto [u, b] = eval_baselines(train, held, ev_seq, ev_windows, m.config().vocab_size);
         j["unigram_ppl"] = u.ppl(), j["unigram_top1"] = u.top1;
         j["bigram_ppl"] = b.ppl(), j["bigram_top1"] = b.top1;
       }
@@ -617,8 +521,8 @@ int main(int argc, char** argv) {
     }
 
     if (*ex) {
-      Model m;
-      json meta = load_checkpoint(ckpt, m, nullptr);
+      json meta;
+      const Llama m = load_checkpoint(ckpt, &meta);
       export_model(m, out_dir, tok_dir, overwrite,
                    {{"aloepri.trained_by", "tools/train aloe-train"},
                     {"aloepri.step", std::to_string(meta.at("step").get<int64_t>())},
@@ -630,17 +534,17 @@ int main(int argc, char** argv) {
     if (*vf) {
       // Both sides read the same stored bf16 weights; libtorch computes in f64, the reference
       // holds f32 weights (exact for bf16 values) and accumulates in f64.
-      Model m = import_model(model_dir, torch::kDouble);
+      const Llama m = Llama::load(model_dir, torch::kDouble, g_device);
       const auto ids = parse_ids(ids_str);
       torch::Tensor x = torch::tensor(ids, torch::kLong).unsqueeze(0);
       torch::Tensor lt;
       {
         torch::NoGradGuard ng;
-        lt = forward(m, x.to(g_device)).squeeze(0).cpu().contiguous();  // [T, V]
+        lt = m.logits(x.to(g_device)).squeeze(0).cpu().contiguous();  // [T, V]
       }
       auto ref = aloepri::ReferenceModel::load(model_dir);
       const auto rl = ref.forward(ids);
-      const int64_t V = m.cfg.vocab_size;
+      const int64_t V = m.config().vocab_size;
       if (int64_t(rl.size()) != int64_t(ids.size()) * V)
         throw Error("verify", "reference returned " + std::to_string(rl.size()) + " logits");
       const double* a = lt.data_ptr<double>();

@@ -20,7 +20,7 @@
 #include "ima.h"
 #include "isa.h"
 #include "support/paths.h"
-#include "torch_llama.h"
+#include "torch_model/llama.h"
 
 namespace fs = std::filesystem;
 using namespace aloepri;
@@ -72,7 +72,7 @@ std::string Attacks::root_, Attacks::plain_;
 TEST_F(Attacks, TorchForwardMatchesReferenceOnPlainAndObfuscatedModels) {
   const std::vector<int64_t> ids = {1, 415, 2936, 9060, 285, 13, 4, 29871, 700, 2};
   auto check = [&](const std::string& dir, const std::vector<int64_t>& sent) {
-    auto tm = TorchLlama::load(dir);
+    auto tm = Llama::load(dir);
     auto ref = ReferenceModel::load(dir);
     const auto rl = ref.forward(sent);
     torch::Tensor lt;
@@ -96,7 +96,7 @@ TEST_F(Attacks, TorchForwardMatchesReferenceOnPlainAndObfuscatedModels) {
   std::vector<int64_t> sent;
   for (auto t : ids) sent.push_back(tau[size_t(t)]);
   check(dir, sent);
-  EXPECT_EQ(TorchLlama::load(dir).hidden(), 64 + 2 * 128);
+  EXPECT_EQ(Llama::load(dir).hidden(), 64 + 2 * 128);
 }
 
 TEST_F(Attacks, AssignmentIsOptimal) {
@@ -108,7 +108,7 @@ TEST_F(Attacks, AssignmentIsOptimal) {
 }
 
 TEST_F(Attacks, IsaRecoversTokensFromPlaintextHiddenStates) {
-  auto m = TorchLlama::load(plain_);
+  auto m = Llama::load(plain_);
   auto ids = toy_windows(2, 16, 5, 4000);
   auto obs = observe(m, ids, "hidden", 0);
   IsaOptions o;
@@ -140,7 +140,7 @@ TEST_F(Attacks, AlignmentLossesAbsorbTheirKindOfKey) {
 }
 
 TEST_F(Attacks, IsaOnAttentionScoresOptimisesAHeadAssignedMatch) {
-  auto m = TorchLlama::load(plain_);
+  auto m = Llama::load(plain_);
   auto ids = toy_windows(2, 16, 7, 4000);
   auto obs = observe(m, ids, "attn", 0);                              // [B, H, T, T]
   auto perm = torch::tensor(std::vector<int64_t>{2, 0, 3, 1}, torch::kLong);
@@ -169,7 +169,7 @@ TEST_F(Attacks, ImaTrainedOnTheVictimKeyInvertsEmbeddings) {
   const Seed s = seed(3);
   auto train_ids = toy_windows(64, 16, 8);
   auto st = attacker_states(plain_, p, s, root_, "ima-victim", train_ids, -1, /*keep=*/true);
-  auto victim = TorchLlama::load(root_ + "/ima-victim");
+  auto victim = Llama::load(root_ + "/ima-victim");
   auto vids = toy_windows(4, 16, 9);
   auto obs = observe(victim, map_ids(vids, derive_tau(s, victim.vocab())), "hidden", -1);
   ImaOptions o;
