@@ -5,6 +5,7 @@
 
 #include "aloepri/core/error.h"
 #include "aloepri/engine/forward.h"
+#include "aloepri/model/layout.h"
 #include "aloepri/model/model.h"
 
 namespace aloepri::torch_model {
@@ -72,27 +73,28 @@ Llama::Llama(const ModelConfig& config, std::map<std::string, torch::Tensor> ten
       throw Error(where, "tensor '" + n + "' differs in dtype or device from the embedding");
   }
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    auto L = [&](const char* s) { return t_.at(tn::layer(i, s)); };
+    using layout::Role;
+    auto L = [&](Role r) { return t_.at(layout::hf_name(c, r, i)); };
     Layer l;
-    l.attn_norm = L("input_layernorm.weight");
-    l.ffn_norm = L("post_attention_layernorm.weight");
-    l.wq = L("self_attn.q_proj.weight");
-    l.wk = L("self_attn.k_proj.weight");
-    l.wv = L("self_attn.v_proj.weight");
-    l.wo = L("self_attn.o_proj.weight");
+    l.attn_norm = L(Role::AttnNorm);
+    l.ffn_norm = L(Role::FfnNorm);
+    l.wq = L(Role::Query);
+    l.wk = L(Role::Key);
+    l.wv = L(Role::Value);
+    l.wo = L(Role::Output);
     if (c.attention_bias) {
-      l.bq = L("self_attn.q_proj.bias");
-      l.bk = L("self_attn.k_proj.bias");
-      l.bv = L("self_attn.v_proj.bias");
+      l.bq = L(Role::QueryBias);
+      l.bk = L(Role::KeyBias);
+      l.bv = L(Role::ValueBias);
     }
-    if (c.o_bias()) l.bo = L("self_attn.o_proj.bias");
+    if (c.o_bias()) l.bo = L(Role::OutputBias);
     if (c.qk_norm) {
-      l.q_norm = L("self_attn.q_norm.weight");
-      l.k_norm = L("self_attn.k_norm.weight");
+      l.q_norm = L(Role::QNorm);
+      l.k_norm = L(Role::KNorm);
     }
-    l.w_gate = L("mlp.gate_proj.weight");
-    l.w_up = L("mlp.up_proj.weight");
-    l.w_down = L("mlp.down_proj.weight");
+    l.w_gate = L(Role::Gate);
+    l.w_up = L(Role::Up);
+    l.w_down = L(Role::Down);
     layers_.push_back(std::move(l));
   }
   inv_freq_ = rope_inv_freq(c);

@@ -12,6 +12,9 @@
 
 namespace aloepri {
 
+// Shorthands for the names of the decoder layout (model/layout.h), which is where every name
+// lives: product code asks the layout for a tensor by role; `layer(i, suffix)` spells an HF
+// suffix and is kept for tests that check the table against Hugging Face's naming.
 namespace tensor_names {
 std::string embed();        // model.embed_tokens.weight
 std::string final_norm();   // model.norm.weight
