@@ -49,33 +49,11 @@ hash_dir() {
   local name=$1 d=$2
   (cd "$d" && find . -type f | LC_ALL=C sort) | while read -r f; do put "$name/${f#./}" "$(hash_file "$d/$f")"; done
 }
-# JSON without what changes from run to run (times, dates, machine, paths), keys sorted.
-norm_json() {
-  python3 - "$1" "$work" <<'PY'
-import json, re, sys
-path, work = sys.argv[1], sys.argv[2]
-volatile = re.compile(r"(^|_)(date|created|machine|cpus|seconds|secs|time|times|elapsed|ms|wall|threads)($|_)")
-def clean(x):
-    if isinstance(x, dict):
-        return {k: clean(v) for k, v in x.items() if not volatile.search(k)}
-    if isinstance(x, list):
-        return [clean(v) for v in x]
-    if isinstance(x, str):
-        return x.replace(work, "$W")
-    return x
-print(json.dumps(clean(json.load(open(path))), sort_keys=True, indent=1))
-PY
-}
+source "$root/tools/golden/lib.sh"  # norm_json, make_key, seed_hex
 put_json() {  # NAME FILE
   norm_json "$2" > "$out/$1.json"
   put "$1" "$(hash_file "$out/$1.json")"
 }
-# A key with a fixed seed (a key file is JSON; `obfuscate` writes its record into it).
-make_key() {
-  printf '{"format":"aloepri-key","version":1,"created":"2026-01-01T00:00:00Z","seed":"%s"}\n' "$2" > "$1"
-  chmod 600 "$1"
-}
-seed_hex() { printf '%064x' "$1"; }
 
 ids=1,450,3681,1029,263,1243,29892,322,278,4940,2501,263,931,29889
 victim=$work/victim.txt

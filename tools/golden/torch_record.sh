@@ -57,27 +57,8 @@ payload_sha() {
   n=$(od -An -tu8 -N8 "$1" | tr -d ' ')
   tail -c +$((n + 9)) "$1" | sha256sum | cut -d' ' -f1
 }
-# JSON without what changes from run to run (times, paths), keys sorted.
-norm_json() {
-  python3 - "$1" "$work" <<'PY'
-import json, re, sys
-path, work = sys.argv[1], sys.argv[2]
-volatile = re.compile(r"(^|_)(seconds|secs|time|elapsed|threads)($|_)")
-def clean(x):
-    if isinstance(x, dict):
-        return {k: clean(v) for k, v in x.items() if not volatile.search(k)}
-    if isinstance(x, list):
-        return [clean(v) for v in x]
-    if isinstance(x, str):
-        return x.replace(work, "$W")
-    return x
-print(json.dumps(clean(json.load(open(path))), sort_keys=True, indent=1))
-PY
-}
-make_key() {  # FILE SEED: a key file with a fixed seed
-  printf '{"format":"aloepri-key","version":1,"created":"2026-01-01T00:00:00Z","seed":"%064x"}\n' "$2" > "$1"
-  chmod 600 "$1"
-}
+source "$root/tools/golden/lib.sh"  # norm_json, make_key, seed_hex
+volatile="seconds|secs|time|elapsed|threads"
 
 # ---- aloe-train: a tiny GQA model, tied and untied
 tiny=(--hidden 64 --layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 128 --batch 2 --seq 32 --warmup 2
@@ -92,12 +73,12 @@ for v in tied untied; do
   payload_sha "$work/export-$v/model.safetensors" > "$out/train-$v.tensors.sha256"
   "$train" --threads 1 eval --model "$work/export-$v" --data "$corpus" --seq 32 --windows 4 --no-baselines \
     --json "$work/eval-$v.json" >/dev/null
-  norm_json "$work/eval-$v.json" > "$out/train-$v.eval.json"
+  norm_json "$work/eval-$v.json" "$volatile" > "$out/train-$v.eval.json"
   "$train" --threads 1 verify --model "$work/export-$v" --tol 1 | sed "s#$work#\$W#" > "$out/train-$v.verify.txt"
 done
 
 # ---- aloe-adapt: aloe-mini (body; body + vocabulary) and a synthesized qwen2 (biases)
-make_key "$work/k.key" 5
+make_key "$work/k.key" "$(seed_hex 5)"
 "$aloepri" synth --arch qwen2 --kv-heads 2 --seed 4 --out "$work/qwen2" 2>/dev/null
 adapt_run() {  # NAME MODEL FLAGS...
   local name=$1 model=$2
@@ -109,7 +90,7 @@ adapt_run() {  # NAME MODEL FLAGS...
   sha256sum < "$work/$name/model.safetensors" | cut -d' ' -f1 > "$out/$name.tensors.sha256"
   python3 -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["aloepri_adapted"], open(sys.argv[2], "w"))' \
     "$work/$name/config.json" "$work/$name.rec.json"
-  norm_json "$work/$name.rec.json" > "$out/$name.record.json"
+  norm_json "$work/$name.rec.json" "$volatile" > "$out/$name.record.json"
 }
 adapt_run adapt-mini-body "$root/models/aloe-mini"
 adapt_run adapt-mini-vocab "$root/models/aloe-mini" --train-vocab --vocab-lr 2e-3
@@ -122,7 +103,7 @@ attack_run() {  # NAME ARGS...
   log "aloe-attack $name"
   "$attack" "$@" --plain "$root/models/aloe-mini" --data "$corpus" --work "$work/attack-work" --threads 1 \
     --quiet --out "$work/$name.json" >/dev/null
-  norm_json "$work/$name.json" > "$out/$name.json"
+  norm_json "$work/$name.json" "$volatile" > "$out/$name.json"
 }
 small=(--windows 2 --seq 16)
 attack_run attack-isa-hidden-plain isa --target hidden --layer 1 --no-obf --align none --iters 3 "${small[@]}"
