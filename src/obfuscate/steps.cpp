@@ -119,21 +119,7 @@ void layer_step(StepContext& s, int64_t l) {
   // The layer in the engine's structure (HF layout), so that the calibrator runs the engine's
   // forward on it; the transforms then take its tensors over.
   LayerWeights LW;
-  LW.attn_norm = T(Role::AttnNorm);
-  LW.wq = T(Role::Query);
-  LW.wk = T(Role::Key);
-  LW.wv = T(Role::Value);
-  LW.wo = T(Role::Output);
-  if (c.attention_bias) {
-    LW.bq = T(Role::QueryBias);
-    LW.bk = T(Role::KeyBias);
-    LW.bv = T(Role::ValueBias);
-  }
-  if (c.qk_norm) {
-    LW.q_norm = T(Role::QNorm);
-    LW.k_norm = T(Role::KNorm);
-  }
-  if (c.o_bias()) LW.bo = T(Role::OutputBias);
+  layout::load_attention(LW, c, T);
   Tensor Po = mat_f32(K.P(ls + "/o"));
   if (s.kappa.calib) s.kappa.calib->attention(l, LW, Po);
   const Tensor attn_norm = std::move(LW.attn_norm), o_bias = std::move(LW.bo);

@@ -76,22 +76,8 @@ Llama::Llama(const ModelConfig& config, std::map<std::string, torch::Tensor> ten
     using layout::Role;
     auto L = [&](Role r) { return t_.at(layout::hf_name(c, r, i)); };
     Layer l;
-    l.attn_norm = L(Role::AttnNorm);
+    layout::load_attention(l, c, L);
     l.ffn_norm = L(Role::FfnNorm);
-    l.wq = L(Role::Query);
-    l.wk = L(Role::Key);
-    l.wv = L(Role::Value);
-    l.wo = L(Role::Output);
-    if (c.attention_bias) {
-      l.bq = L(Role::QueryBias);
-      l.bk = L(Role::KeyBias);
-      l.bv = L(Role::ValueBias);
-    }
-    if (c.o_bias()) l.bo = L(Role::OutputBias);
-    if (c.qk_norm) {
-      l.q_norm = L(Role::QNorm);
-      l.k_norm = L(Role::KNorm);
-    }
     l.w_gate = L(Role::Gate);
     l.w_up = L(Role::Up);
     l.w_down = L(Role::Down);

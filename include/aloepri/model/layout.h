@@ -110,4 +110,27 @@ std::vector<TensorRef> tensors(const ModelConfig& c, const Dims& d, bool include
 // The tensors of one layer, in canonical order.
 std::vector<TensorRef> layer_tensors(const ModelConfig& c, const Dims& d, int64_t layer);
 
+// The attention block's tensors that exist in this config, by role, into a layer struct whose
+// members are named as the engine's LayerWeights (attn_norm, wq, wk, wv, wo, bq, bk, bv, bo,
+// q_norm, k_norm); get(Role) returns one tensor of the struct's type. Shared by the obfuscation
+// step (f32 tensors) and the libtorch model (torch tensors).
+template <class Layer, class Get>
+void load_attention(Layer& L, const ModelConfig& c, Get&& get) {
+  L.attn_norm = get(Role::AttnNorm);
+  L.wq = get(Role::Query);
+  L.wk = get(Role::Key);
+  L.wv = get(Role::Value);
+  L.wo = get(Role::Output);
+  if (c.attention_bias) {
+    L.bq = get(Role::QueryBias);
+    L.bk = get(Role::KeyBias);
+    L.bv = get(Role::ValueBias);
+  }
+  if (c.qk_norm) {
+    L.q_norm = get(Role::QNorm);
+    L.k_norm = get(Role::KNorm);
+  }
+  if (c.o_bias()) L.bo = get(Role::OutputBias);
+}
+
 }  // namespace aloepri::layout
