@@ -428,6 +428,27 @@ TEST(GGUFMalformed, TensorPlacement) {
   expect_error(b, "duplicate tensor 'a'");
 }
 
+// Found by gguf_fuzz in CI: one dimension of 2^62 F32 elements is 2^64 bytes, which wrapped to 0
+// when only the later factors were checked, so the file parsed and read_f32 tried to allocate 2^62.
+TEST(GGUFMalformed, SingleDimensionSizeOverflow) {
+  for (uint32_t type : {0u /*F32*/, 1u /*F16*/}) {
+    Bytes f;
+    f.put<uint32_t>(kMagic).put<uint32_t>(3).put<uint64_t>(1).put<uint64_t>(0);
+    f.str("t").put<uint32_t>(1).put<uint64_t>(type == 0 ? (1ull << 62) : (1ull << 63) - 1).put<uint32_t>(type);
+    f.put<uint64_t>(0);
+    f.pad(32);
+    try {
+      GGUFReader r(reinterpret_cast<const uint8_t*>(f.b.data()), f.b.size(), "test.gguf");
+      ADD_FAILURE() << "a tensor of 2^64 bytes parsed";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.where(), "test.gguf: tensor 't'") << e.what();  // the file and the tensor
+      EXPECT_NE(std::string(e.what()).find("tensor size overflows"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(ggml_nbytes(GGMLType::F32, {int64_t(1) << 62}, "x"), Error);
+  EXPECT_EQ(ggml_nbytes(GGMLType::F32, {int64_t(1) << 60}, "x"), uint64_t(1) << 62);
+}
+
 TEST(GGUFMalformed, FileErrorsNameThePath) {
   std::string dir = at::scratch_dir("gguf_file_errors");
   std::string p = dir + "/broken.gguf";

@@ -29,6 +29,8 @@ mkdir -p "$corpus" "$build/artifacts"
 status=0
 for t in "${targets[@]}"; do
   mkdir -p "$corpus/$t"
+  # Inputs that once crashed a target run first, every time (libFuzzer starts with the corpus).
+  if [ -d "tests/fuzz/regressions/$t" ]; then cp tests/fuzz/regressions/"$t"/* "$corpus/$t/"; fi
   echo "[fuzz] $t for ${budget}s"
   if ! "$build/tests/fuzz/$t" "$corpus/$t" -max_total_time="$budget" -timeout=10 -rss_limit_mb=2048 \
         -max_len=65536 -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" \

@@ -268,11 +268,13 @@ uint64_t ggml_nbytes(GGMLType t, const std::vector<int64_t>& ne, const std::stri
   if (ne[0] % tr.block != 0)
     throw Error(where, "ne[0]=" + std::to_string(ne[0]) + " is not a multiple of the " + tr.name +
                            " block size " + std::to_string(tr.block));
+  // Checked after every factor, the first included: a single huge ne[0] times the type size
+  // must not wrap to a small byte count that the bounds checks would then accept.
+  constexpr auto kMax = (unsigned __int128)(std::numeric_limits<int64_t>::max());
   unsigned __int128 total = (unsigned __int128)(ne[0] / tr.block) * tr.size;
-  for (size_t i = 1; i < ne.size(); ++i) {
-    total *= (unsigned __int128)ne[i];
-    if (total > (unsigned __int128)(std::numeric_limits<int64_t>::max()))
-      throw Error(where, "tensor size overflows");
+  for (size_t i = 0; i < ne.size(); ++i) {
+    if (i > 0) total *= (unsigned __int128)ne[i];
+    if (total > kMax) throw Error(where, "tensor size overflows");
   }
   return uint64_t(total);
 }
