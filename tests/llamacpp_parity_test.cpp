@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,9 @@ struct Shape {
 // Small dims keep each case to seconds; every shape-defining feature of the exporter is hit:
 // GQA + untied head + Q/K row permutation (llama, mistral), q/k/v biases + tied head + NEOX rope
 // (qwen2), q_norm/k_norm with head_dim != hidden/heads (qwen3), llama3 rope scaling, routed
-// experts (qwen3moe).
+// experts (qwen3moe), multi-head latent attention with kv_b split into attn_k_b / attn_v_b, a dense
+// first layer, shared experts and softmax routing (deepseek_v2; q_proj without a latent: the
+// V2-Lite shape), sigmoid routing over 2 of 4 groups with e_score_correction_bias (deepseek_v3).
 const Shape kShapes[] = {
     {"llama_gqa_untied", {"llama", "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
                           "--no-tie", "--rope-scaling", "llama3"}},
@@ -37,6 +40,9 @@ const Shape kShapes[] = {
     // Qwen3-MoE (llama.cpp arch qwen3moe): router, 8 stacked experts, top 2, untied head.
     {"qwen3moe", {"qwen3moe", "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
                   "--head-dim", "32", "--experts", "8", "--experts-per-tok", "2", "--moe-ffn", "32"}},
+    {"deepseek_v2", {"deepseek_v2"}},
+    {"deepseek_v2_lite", {"deepseek_v2", "--q-lora", "0"}},
+    {"deepseek_v3", {"deepseek_v3"}},
 };
 const char* kVocabs[] = {"qwen3", "llama3", "llama2"};
 
@@ -153,7 +159,7 @@ TEST(LlamaCppParityCompare, WorstPositionAndNaN) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ShapesByVocab, LlamaCppParity,
-                         ::testing::Combine(::testing::Range(0, 5), ::testing::Range(0, 3)),
+                         ::testing::Combine(::testing::Range(0, int(std::size(kShapes))), ::testing::Range(0, int(std::size(kVocabs)))),
                          [](const ::testing::TestParamInfo<Param>& info) {
                            return std::string(kShapes[std::get<0>(info.param)].name) + "_" +
                                   kVocabs[std::get<1>(info.param)];

@@ -138,6 +138,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ObfLlamaCpp,
                                            // q/k norms (llama.cpp arch qwen3), with and without expansion
                                            Case{"qwen3_qk_norm", Family::Qwen3, "qwen3", 4, 2, 0},
                                            Case{"qwen3_exact_norm_h16", Family::Qwen3, "qwen3", 4, 2, 16},
+                                           // latent attention, shared experts, grouped routing with
+                                           // e_score_correction_bias (llama.cpp arch deepseek2)
+                                           Case{"deepseek_v3", Family::DeepseekV3, "llama2", 4, 4, 0},
+                                           Case{"deepseek_v2_exact_norm_h16", Family::DeepseekV2, "qwen3", 4, 4, 16},
                                            // routed experts (llama.cpp arch qwen3moe): Z_router, per-expert keys
                                            Case{"qwen3moe", Family::Qwen3Moe, "qwen3", 4, 2, 0},
                                            Case{"qwen3moe_exact_norm_h16", Family::Qwen3Moe, "qwen3", 4, 2, 16}),

@@ -18,7 +18,7 @@ ModelWeights load_weights(const std::string& dir) {
   HFModel m(dir);
   // The weight attacks read each layer's dense FFN (Gate-IA, NN's channel alignment); a sparse
   // layer has a router and experts instead, which no attack here reads yet.
-  if (m.config().is_moe())
+  if (m.config().is_moe() || m.config().mla())
     throw Error(dir + "/config.json",
                 "the weight attacks (vma, gate-ia, attn-ia, nn, oracle) read dense FFN layers; " +
                     family_name(m.config().family) + " checkpoints (router + experts) are not supported by them yet",

@@ -202,6 +202,10 @@ int run(const Options& o) {
     j["tie_word_embeddings"] = c.tie_word_embeddings;
     j["attention_bias"] = c.attention_bias;
     j["qk_norm"] = c.qk_norm;
+    if (c.mla())
+      j["mla"] = {{"q_lora_rank", c.q_lora_rank},           {"kv_lora_rank", c.kv_lora_rank},
+                  {"qk_nope_head_dim", c.qk_nope_head_dim}, {"qk_rope_head_dim", c.qk_rope_head_dim},
+                  {"v_head_dim", c.v_head_dim}};
     if (c.is_moe()) {
       int64_t sparse = 0;
       for (int64_t l = 0; l < c.num_hidden_layers; ++l) sparse += c.is_moe_layer(l);
@@ -210,6 +214,14 @@ int run(const Options& o) {
                   {"moe_intermediate_size", c.moe_intermediate_size},
                   {"norm_topk_prob", c.norm_topk_prob},
                   {"sparse_layers", sparse}};
+      if (c.mla()) {
+        j["moe"]["n_shared_experts"] = c.n_shared_experts;
+        j["moe"]["scoring_func"] = c.scoring_func;
+        j["moe"]["topk_method"] = c.topk_method;
+        j["moe"]["n_group"] = c.n_group;
+        j["moe"]["topk_group"] = c.topk_group;
+        j["moe"]["routed_scaling_factor"] = c.routed_scaling_factor;
+      }
     }
     j["parameters"] = c.parameter_count();
     j["tensor_count"] = names.size();
@@ -262,6 +274,11 @@ int run(const Options& o) {
   row("tied head", c.tie_word_embeddings ? "yes (lm_head = embed_tokens)" : "no");
   row("attn bias", c.o_bias() ? "q, k, v, o" : c.attention_bias ? "q, k, v" : "none");
   row("qk norm", c.qk_norm ? "yes" : "no");
+  if (c.mla())
+    row("latent attn", "q latent " + (c.q_lora_rank > 0 ? std::to_string(c.q_lora_rank) : std::string("none")) +
+                           ", kv latent " + std::to_string(c.kv_lora_rank) + ", per head nope " +
+                           std::to_string(c.qk_nope_head_dim) + " + rope " + std::to_string(c.qk_rope_head_dim) +
+                           ", v " + std::to_string(c.v_head_dim));
   if (c.is_moe()) {
     int64_t sparse = 0;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) sparse += c.is_moe_layer(l);
@@ -269,6 +286,10 @@ int run(const Options& o) {
                        " per token, expert ffn " + std::to_string(c.moe_intermediate_size) + ", top-k " +
                        (c.norm_topk_prob ? "renormalised" : "not renormalised") + ", " + std::to_string(sparse) +
                        " of " + std::to_string(c.num_hidden_layers) + " layers sparse");
+    if (c.mla())
+      row("routing", c.scoring_func + " scores, " + c.topk_method + ", " + std::to_string(c.topk_group) + " of " +
+                         std::to_string(c.n_group) + " groups, scale " + std::to_string(c.routed_scaling_factor) +
+                         ", " + std::to_string(c.n_shared_experts) + " shared expert(s)");
   }
   double pc = double(c.parameter_count());
   std::snprintf(buf, sizeof buf, pc >= 1e9 ? " (%.2f B)" : " (%.2f M)", pc >= 1e9 ? pc / 1e9 : pc / 1e6);

@@ -1,5 +1,5 @@
 // `aloepri synth`: write a randomly initialised HF checkpoint (llama / mistral / qwen2 / qwen3 /
-// qwen3moe)
+// qwen3moe / deepseek_v2 / deepseek_v3)
 // with a real tokenizer, for tests and benchmarks. Deterministic for a given --seed.
 #include <iostream>
 #include <memory>
@@ -13,7 +13,7 @@ namespace {
 struct Options {
   std::string arch, preset = "tiny", vocab_from, dtype = "f32", out, rope_scaling;
   int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, ffn = 0;
-  int64_t experts = 0, experts_per_tok = 0, moe_ffn = 0;
+  int64_t experts = 0, experts_per_tok = 0, moe_ffn = 0, q_lora = -1;
   bool no_norm_topk = false;
   int64_t max_position = 4096;
   double rope_theta = 0, rope_factor = 8.0;
@@ -30,7 +30,10 @@ int run(const Options& o) {
   else if (o.arch == "qwen2") s.family = Family::Qwen2;
   else if (o.arch == "qwen3") s.family = Family::Qwen3;
   else if (o.arch == "qwen3moe") s.family = Family::Qwen3Moe;
-  else throw Error("--arch", "unknown architecture '" + o.arch + "' (supported: llama, mistral, qwen2, qwen3, qwen3moe)",
+  else if (o.arch == "deepseek_v2") s.family = Family::DeepseekV2;
+  else if (o.arch == "deepseek_v3") s.family = Family::DeepseekV3;
+  else throw Error("--arch", "unknown architecture '" + o.arch +
+                                 "' (supported: llama, mistral, qwen2, qwen3, qwen3moe, deepseek_v2, deepseek_v3)",
                    kExitUsage);
   s.preset = o.preset;
   auto set = [](std::optional<int64_t>& dst, int64_t v, const char* flag) {
@@ -48,6 +51,7 @@ int run(const Options& o) {
   set(s.experts_per_tok, o.experts_per_tok, "--experts-per-tok");
   set(s.moe_ffn, o.moe_ffn, "--moe-ffn");
   if (o.no_norm_topk) s.norm_topk_prob = false;
+  if (o.q_lora >= 0) s.q_lora = o.q_lora;
   if (o.tie && o.no_tie) throw Error("--tie", "conflicts with --no-tie", kExitUsage);
   if (o.tie) s.tie = true;
   if (o.no_tie) s.tie = false;
@@ -78,7 +82,7 @@ int run(const Options& o) {
 
 auto setup(CLI::App& sub) {
   auto o = std::make_shared<Options>();
-  sub.add_option("--arch", o->arch, "llama | mistral | qwen2 | qwen3 | qwen3moe")->required();
+  sub.add_option("--arch", o->arch, "llama | mistral | qwen2 | qwen3 | qwen3moe | deepseek_v2 | deepseek_v3")->required();
   sub.add_option("--preset", o->preset, "tiny (d=64, 2 layers) | small (d=256, 4 layers)")->capture_default_str();
   sub.add_option("--hidden", o->hidden, "Hidden size (overrides the preset)");
   sub.add_option("--layers", o->layers, "Number of layers");
@@ -89,7 +93,8 @@ auto setup(CLI::App& sub) {
   sub.add_option("--experts", o->experts, "qwen3moe: experts per layer (tiny 8, small 16)");
   sub.add_option("--experts-per-tok", o->experts_per_tok, "qwen3moe: experts each token uses (tiny 2, small 4)");
   sub.add_option("--moe-ffn", o->moe_ffn, "qwen3moe: expert intermediate size (tiny 32, small 128)");
-  sub.add_flag("--no-norm-topk", o->no_norm_topk, "qwen3moe: norm_topk_prob false (top-k weights not renormalised)");
+  sub.add_flag("--no-norm-topk", o->no_norm_topk, "qwen3moe / deepseek: norm_topk_prob false (top-k weights not renormalised)");
+  sub.add_option("--q-lora", o->q_lora, "deepseek: query latent rank (tiny 32, small 96; 0: q_proj from the residual, as V2-Lite)");
   sub.add_option("--vocab-from", o->vocab_from,
                  "Directory with tokenizer.json + tokenizer_config.json (default: vocab/llama2)");
   sub.add_flag("--tie", o->tie, "Tie the output head to the embedding (default for qwen2/qwen3)");

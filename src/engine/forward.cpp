@@ -120,19 +120,67 @@ std::vector<std::pair<int64_t, double>> route_token(const double* logits, int64_
   return out;
 }
 
+std::vector<std::pair<int64_t, double>> route_token_deepseek(const ModelConfig& c, const double* logits,
+                                                             const double* bias) {
+  const int64_t E = c.num_experts, k = c.num_experts_per_tok;
+  require(k > 0 && k <= E, "router", "top-k " + std::to_string(k) + " of " + std::to_string(E) + " experts");
+  std::vector<double> score(static_cast<size_t>(E));
+  if (c.scoring_func == "sigmoid") {
+    for (int64_t e = 0; e < E; ++e) score[e] = 1.0 / (1.0 + std::exp(-logits[e]));
+  } else {
+    double mx = logits[0], z = 0;
+    for (int64_t e = 1; e < E; ++e) mx = std::max(mx, logits[e]);
+    for (int64_t e = 0; e < E; ++e) z += (score[e] = std::exp(logits[e] - mx));
+    for (double& x : score) x /= z;
+  }
+  std::vector<double> choice = score;
+  if (c.topk_method == "noaux_tc" && bias)
+    for (int64_t e = 0; e < E; ++e) choice[e] += bias[e];
+  if (c.topk_method != "greedy" && c.n_group > 1) {
+    // Keep the topk_group best groups; the others' experts cannot be chosen.
+    const int64_t G = c.n_group, per = E / G;
+    std::vector<double> gscore(static_cast<size_t>(G));
+    for (int64_t g = 0; g < G; ++g) {
+      std::vector<double> v(choice.begin() + g * per, choice.begin() + (g + 1) * per);
+      std::sort(v.begin(), v.end(), std::greater<>());
+      gscore[g] = c.topk_method == "noaux_tc" ? v[0] + (per > 1 ? v[1] : 0.0) : v[0];
+    }
+    std::vector<int64_t> gorder(static_cast<size_t>(G));
+    for (int64_t g = 0; g < G; ++g) gorder[g] = g;
+    std::stable_sort(gorder.begin(), gorder.end(), [&](int64_t a, int64_t b) { return gscore[a] > gscore[b]; });
+    for (int64_t i = c.topk_group; i < G; ++i)
+      for (int64_t e = gorder[i] * per; e < (gorder[i] + 1) * per; ++e) choice[e] = -std::numeric_limits<double>::infinity();
+  }
+  std::vector<int64_t> order(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) order[e] = e;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return choice[a] > choice[b]; });
+  std::vector<std::pair<int64_t, double>> out;
+  double sum = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    out.push_back({order[i], score[order[i]]});
+    sum += score[order[i]];
+  }
+  // transformers divides by (sum + 1e-20) for noaux_tc; the difference is far below f64 noise here.
+  for (auto& [e, w] : out) w = (c.norm_topk_prob ? w / sum : w) * c.routed_scaling_factor;
+  return out;
+}
+
 namespace {
 
 // A layer's vectors in f64 (norm gains, biases); its matrices are reached through a Project.
 struct LayerVecs {
   std::vector<double> attn_norm, ffn_norm, bq, bk, bv, bo, q_norm, k_norm;
+  std::vector<double> q_a_norm, kv_a_norm, router_bias;  // DeepSeek
 };
 
 LayerVecs layer_vecs(const LayerWeights& L) {
-  return {to_double(L.attn_norm), to_double(L.ffn_norm), to_double(L.bq), to_double(L.bk),
-          to_double(L.bv),        to_double(L.bo),       to_double(L.q_norm), to_double(L.k_norm)};
+  return {to_double(L.attn_norm), to_double(L.ffn_norm),  to_double(L.bq),          to_double(L.bk),
+          to_double(L.bv),        to_double(L.bo),        to_double(L.q_norm),      to_double(L.k_norm),
+          to_double(L.q_a_norm),  to_double(L.kv_a_norm), to_double(L.router_bias)};
 }
 
-enum class Proj { Q, K, V, O, Gate, Up, Down, Router };
+// QA/QB/KvA/KvB: DeepSeek's latent projections; ShGate/ShUp/ShDown: its shared experts.
+enum class Proj { Q, K, V, O, Gate, Up, Down, Router, QA, QB, KvA, KvB, ShGate, ShUp, ShDown };
 // Y [T, out] = X [T, in] W for matrix `p` of the layer (of expert `e` for Gate/Up/Down in a
 // sparse layer, e = -1 otherwise).
 using Project = std::function<void(Proj p, int64_t e, const double* X, int64_t T, double* Y)>;
@@ -269,16 +317,88 @@ void attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Project&
   add_bias(Out, T, D.bo);
 }
 
+// DeepSeek multi-head latent attention on the residual rows X [T, d] at positions pos ..
+// pos+T-1: the decompressed (MHA) form, HF semantics. Per head h the query is [q_nope_h | q_pe_h]
+// and the key [k_nope_h | k_pe] with one k_pe shared by every head; RoPE rotates adjacent pairs
+// (2i, 2i+1) of the rope parts (HF de-interleaves first, which gives the same scores). The cache
+// holds the decompressed keys [H*dh] and values [H*v] per position. cosv / sinv: [T, rope/2].
+void mla_attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Project& proj, const double* X,
+                            int64_t T, int64_t pos, const std::vector<double>& cosv, const std::vector<double>& sinv,
+                            std::vector<double>& kc, std::vector<double>& vc, Scratch& sc, double* Out) {
+  const int64_t d = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim, nope = c.qk_nope_head_dim;
+  const int64_t rope = c.qk_rope_head_dim, dv = c.v_head_dim, ql = c.q_lora_rank, kvl = c.kv_lora_rank;
+  const int64_t qd = H * dh, vd = H * dv, kva = kvl + rope, kvb = H * (nope + dv), half = rope / 2;
+  const double eps = c.rms_norm_eps, scale = 1.0 / std::sqrt(double(dh));
+  double* Xn = sized(sc.Xn, T * d);
+  double* Q = sized(sc.Q, T * qd);
+  double* K = sized(sc.K, T * qd);
+  double* V = sized(sc.V, T * vd);
+  double* A = sized(sc.A, T * vd);
+  rms_norm(X, T, d, D.attn_norm, eps, Xn);
+  if (ql > 0) {
+    std::vector<double> CQ(size_t(T * ql));
+    proj(Proj::QA, -1, Xn, T, CQ.data());
+    rms_norm(CQ.data(), T, ql, D.q_a_norm, eps, CQ.data());
+    proj(Proj::QB, -1, CQ.data(), T, Q);
+  } else {
+    proj(Proj::Q, -1, Xn, T, Q);
+  }
+  std::vector<double> KVA(size_t(T * kva)), C(size_t(T * kvl)), KV(size_t(T * kvb));
+  proj(Proj::KvA, -1, Xn, T, KVA.data());
+  for (int64_t t = 0; t < T; ++t) std::copy_n(KVA.data() + t * kva, kvl, C.data() + t * kvl);
+  rms_norm(C.data(), T, kvl, D.kv_a_norm, eps, C.data());
+  proj(Proj::KvB, -1, C.data(), T, KV.data());
+  auto rot = [&](double* x, int64_t t) {  // adjacent pairs of one rope part
+    for (int64_t i = 0; i < half; ++i) {
+      const double cs = cosv[t * half + i], sn = sinv[t * half + i];
+      const double x1 = x[2 * i], x2 = x[2 * i + 1];
+      x[2 * i] = x1 * cs - x2 * sn;
+      x[2 * i + 1] = x2 * cs + x1 * sn;
+    }
+  };
+  for (int64_t t = 0; t < T; ++t) {
+    double* kpe = KVA.data() + t * kva + kvl;
+    rot(kpe, t);
+    for (int64_t h = 0; h < H; ++h) {
+      rot(Q + t * qd + h * dh + nope, t);
+      const double* kv = KV.data() + t * kvb + h * (nope + dv);
+      std::copy_n(kv, nope, K + t * qd + h * dh);
+      std::copy_n(kpe, rope, K + t * qd + h * dh + nope);
+      std::copy_n(kv + nope, dv, V + t * vd + h * dv);
+    }
+  }
+  kc.insert(kc.end(), K, K + T * qd);
+  vc.insert(vc.end(), V, V + T * vd);
+  const int64_t keys = pos + T;
+  double* S = sized(sc.S, T * keys);
+  for (int64_t h = 0; h < H; ++h) {
+    linalg::gemm(false, true, T, keys, dh, scale, Q + h * dh, qd, kc.data() + h * dh, qd, 0.0, S, keys);
+    for (int64_t r = 0; r < T; ++r) {
+      const int64_t qpos = pos + r;
+      double* s = S + r * keys;
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j <= qpos; ++j) mx = std::max(mx, s[j]);
+      double sum = 0;
+      for (int64_t j = 0; j < keys; ++j) sum += (s[j] = j > qpos ? 0.0 : std::exp(s[j] - mx));
+      for (int64_t j = 0; j <= qpos; ++j) s[j] /= sum;
+    }
+    linalg::gemm(false, false, T, dv, keys, 1.0, S, keys, vc.data() + h * dv, vd, 0.0, A + h * dv, vd);
+  }
+  proj(Proj::O, -1, A, T, Out);
+}
+
 // Y [T, d] = sum over each row's top-k experts of weight * down(silu(gate(x)) * up(x)); each
 // expert runs once on the rows routed to it (gathered, so its products stay dgemm).
-void moe_ffn(const ModelConfig& c, int64_t layer, const Project& proj, const double* Xn, int64_t T,
-             const RouterHook* hook, double* Y) {
+void moe_ffn(const ModelConfig& c, int64_t layer, const LayerVecs& D, const Project& proj, const double* Xn,
+             int64_t T, const RouterHook* hook, double* Y) {
   const int64_t d = c.hidden_size, E = c.num_experts, fe = c.moe_intermediate_size;
   std::vector<double> logits(size_t(T * E));
   proj(Proj::Router, -1, Xn, T, logits.data());  // [T, E]
   std::vector<std::vector<std::pair<int64_t, double>>> rows(static_cast<size_t>(E));  // expert -> (row, weight)
   for (int64_t t = 0; t < T; ++t) {
-    const auto route = route_token(logits.data() + t * E, E, c.num_experts_per_tok, c.norm_topk_prob);
+    const auto route =
+        c.mla() ? route_token_deepseek(c, logits.data() + t * E, D.router_bias.empty() ? nullptr : D.router_bias.data())
+                : route_token(logits.data() + t * E, E, c.num_experts_per_tok, c.norm_topk_prob);
     if (hook && *hook) (*hook)(layer, t, route);
     for (const auto& [e, w] : route) rows[size_t(e)].push_back({t, w});
   }
@@ -303,6 +423,17 @@ void moe_ffn(const ModelConfig& c, int64_t layer, const Project& proj, const dou
       for (int64_t k = 0; k < d; ++k) y[k] += w * O[i * d + k];
     }
   }
+  if (c.mla() && c.n_shared_experts > 0) {  // DeepSeek's shared experts see every row, unweighted
+    const int64_t fs = c.moe_intermediate_size * c.n_shared_experts;
+    G.resize(size_t(T * fs));
+    U.resize(size_t(T * fs));
+    O.resize(size_t(T * d));
+    proj(Proj::ShGate, -1, Xn, T, G.data());
+    proj(Proj::ShUp, -1, Xn, T, U.data());
+    for (int64_t i = 0; i < T * fs; ++i) G[i] = G[i] / (1.0 + std::exp(-G[i])) * U[i];
+    proj(Proj::ShDown, -1, G.data(), T, O.data());
+    for (int64_t i = 0; i < T * d; ++i) Y[i] += O[i];
+  }
 }
 
 // The FFN sublayer: Out [T, d] = down(silu(gate(x)) * up(x)) on x = rms_norm(X), or the routed
@@ -313,7 +444,7 @@ void ffn_sublayer(const ModelConfig& c, int64_t layer, const LayerVecs& D, const
   double* Xn = sized(sc.Xn, T * d);
   rms_norm(X, T, d, D.ffn_norm, c.rms_norm_eps, Xn);
   if (c.is_moe_layer(layer)) {
-    moe_ffn(c, layer, proj, Xn, T, hook, Out);
+    moe_ffn(c, layer, D, proj, Xn, T, hook, Out);
     return;
   }
   double* G = sized(sc.G, T * ff);
@@ -342,7 +473,21 @@ void rope_angles(const std::vector<double>& inv_freq, int64_t pos, int64_t T, bo
 void check_layer(const ModelConfig& c, int64_t l, const LayerWeights& L, bool attention, bool ffn) {
   const int64_t d = c.hidden_size, dh = c.head_dim, ff = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   const std::string p = "layers." + std::to_string(l) + ".";
-  if (attention) {
+  if (attention && c.mla()) {
+    const int64_t ql = c.q_lora_rank, kvl = c.kv_lora_rank, H = c.num_attention_heads;
+    check_shape(L.attn_norm, {d}, p + "attn_norm");
+    if (ql > 0) {
+      check_shape(L.wq_a, {ql, d}, p + "wq_a");
+      check_shape(L.q_a_norm, {ql}, p + "q_a_norm");
+      check_shape(L.wq_b, {qd, ql}, p + "wq_b");
+    } else {
+      check_shape(L.wq, {qd, d}, p + "wq");
+    }
+    check_shape(L.wkv_a, {kvl + c.qk_rope_head_dim, d}, p + "wkv_a");
+    check_shape(L.kv_a_norm, {kvl}, p + "kv_a_norm");
+    check_shape(L.wkv_b, {H * (c.qk_nope_head_dim + c.v_head_dim), kvl}, p + "wkv_b");
+    check_shape(L.wo, {d, c.v_dim()}, p + "wo");
+  } else if (attention) {
     check_shape(L.attn_norm, {d}, p + "attn_norm");
     check_shape(L.wq, {qd, d}, p + "wq");
     check_shape(L.wk, {kvd, d}, p + "wk");
@@ -370,6 +515,13 @@ void check_layer(const ModelConfig& c, int64_t l, const LayerWeights& L, bool at
       check_shape(L.experts[e].w_up, {fe, d}, pe + "w_up");
       check_shape(L.experts[e].w_down, {d, fe}, pe + "w_down");
     }
+    if (c.router_bias()) check_shape(L.router_bias, {E}, p + "router_bias");
+    if (c.mla() && c.n_shared_experts > 0) {
+      const int64_t fs = fe * c.n_shared_experts;
+      check_shape(L.shared.w_gate, {fs, d}, p + "shared.w_gate");
+      check_shape(L.shared.w_up, {fs, d}, p + "shared.w_up");
+      check_shape(L.shared.w_down, {d, fs}, p + "shared.w_down");
+    }
   } else {
     check_shape(L.w_gate, {ff, d}, p + "w_gate");
     check_shape(L.w_up, {ff, d}, p + "w_up");
@@ -388,6 +540,13 @@ const Tensor& layer_matrix(const LayerWeights& L, Proj p, int64_t e) {
     case Proj::Gate: return e < 0 ? L.w_gate : L.experts[size_t(e)].w_gate;
     case Proj::Up: return e < 0 ? L.w_up : L.experts[size_t(e)].w_up;
     case Proj::Down: return e < 0 ? L.w_down : L.experts[size_t(e)].w_down;
+    case Proj::QA: return L.wq_a;
+    case Proj::QB: return L.wq_b;
+    case Proj::KvA: return L.wkv_a;
+    case Proj::KvB: return L.wkv_b;
+    case Proj::ShGate: return L.shared.w_gate;
+    case Proj::ShUp: return L.shared.w_up;
+    case Proj::ShDown: return L.shared.w_down;
   }
   throw Error("forward", "unknown projection");
 }
@@ -401,6 +560,7 @@ struct ReferenceModel::DoubleWeights {
   struct Layer {
     LayerVecs vecs;
     std::vector<double> wq, wk, wv, wo, w_gate, w_up, w_down, router;  // [in, out]
+    std::vector<double> wq_a, wq_b, wkv_a, wkv_b, sh_gate, sh_up, sh_down;  // DeepSeek
     std::vector<Expert> experts;  // sparse layers
   };
   std::vector<double> embed, final_norm, head;  // head [d, n]
@@ -440,6 +600,13 @@ ReferenceModel::ReferenceModel(ModelWeights w) : w_(std::move(w)) {
     D.w_up = to_double_t(L.w_up);
     D.w_down = to_double_t(L.w_down);
     D.router = to_double_t(L.router);
+    D.wq_a = to_double_t(L.wq_a);
+    D.wq_b = to_double_t(L.wq_b);
+    D.wkv_a = to_double_t(L.wkv_a);
+    D.wkv_b = to_double_t(L.wkv_b);
+    D.sh_gate = to_double_t(L.shared.w_gate);
+    D.sh_up = to_double_t(L.shared.w_up);
+    D.sh_down = to_double_t(L.shared.w_down);
     for (const ExpertWeights& e : L.experts)
       D.experts.push_back({to_double_t(e.w_gate), to_double_t(e.w_up), to_double_t(e.w_down)});
     dw->layers.push_back(std::move(D));
@@ -475,7 +642,7 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bo
   Scratch sc;
   for (size_t l = 0; l < W.layers.size(); ++l) {
     const auto& D = W.layers[l];
-    const Project proj = [&D, d](Proj p, int64_t e, const double* In, int64_t rows, double* Y) {
+    const Project proj = [&D, d, &c](Proj p, int64_t e, const double* In, int64_t rows, double* Y) {
       const DoubleWeights::Expert* x = e >= 0 ? &D.experts[size_t(e)] : nullptr;
       const std::vector<double>* m = nullptr;
       switch (p) {
@@ -487,14 +654,29 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bo
         case Proj::Gate: m = x ? &x->w_gate : &D.w_gate; break;
         case Proj::Up: m = x ? &x->w_up : &D.w_up; break;
         case Proj::Down: m = x ? &x->w_down : &D.w_down; break;
+        case Proj::QA: m = &D.wq_a; break;
+        case Proj::QB: m = &D.wq_b; break;
+        case Proj::KvA: m = &D.wkv_a; break;
+        case Proj::KvB: m = &D.wkv_b; break;
+        case Proj::ShGate: m = &D.sh_gate; break;
+        case Proj::ShUp: m = &D.sh_up; break;
+        case Proj::ShDown: m = &D.sh_down; break;
       }
-      // in x out, with in known from the projection: the residual side is d for all but O and Down.
-      const int64_t in = (p == Proj::O || p == Proj::Down) ? int64_t(m->size()) / d : d;
+      // in x out, with in known from the projection: the residual side is d for all but the
+      // latents' readers and the writers (O and the downs), whose output side is d.
+      const int64_t in = p == Proj::QB ? c.q_lora_rank : p == Proj::KvB ? c.kv_lora_rank
+                       : (p == Proj::O || p == Proj::Down || p == Proj::ShDown) ? int64_t(m->size()) / d : d;
       matmul(In, rows, in, m->data(), int64_t(m->size()) / in, Y);
     };
     const int64_t win = window_.empty() ? 0 : window_[l];
-    attention_sublayer(c, D.vecs, proj, X.data(), T, pos_, branch, cosv, sinv, win, k_cache_[l], v_cache_[l], sc,
-                       tmp.data());
+    if (c.mla()) {
+      require(!branch, "forward", "branch_hidden (the oracle attack's batch) is not implemented for DeepSeek MLA");
+      mla_attention_sublayer(c, D.vecs, proj, X.data(), T, pos_, cosv, sinv, k_cache_[l], v_cache_[l], sc,
+                             tmp.data());
+    } else {
+      attention_sublayer(c, D.vecs, proj, X.data(), T, pos_, branch, cosv, sinv, win, k_cache_[l], v_cache_[l], sc,
+                         tmp.data());
+    }
     for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
     ffn_sublayer(c, int64_t(l), D.vecs, proj, X.data(), T, &router_hook_, sc, tmp.data());
     for (int64_t i = 0; i < T * d; ++i) X[i] += tmp[i];
@@ -510,6 +692,7 @@ LayerForward::LayerForward(const ModelConfig& c) : c_(c), inv_freq_(rope_inv_fre
   require(c.hidden_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
               c.num_attention_heads % c.num_key_value_heads == 0,
           "config", "hidden_size and head counts must be positive, num_key_value_heads must divide num_attention_heads");
+  require(!c.mla(), "config: " + family_name(c.family), "the one-layer forward (calibrated kappa) does not run MLA yet");
 }
 
 namespace {

@@ -26,16 +26,31 @@ ModelWeights ModelWeights::load(const HFModel& m) {
     LayerWeights L;
     L.attn_norm = get(n(Role::AttnNorm));
     L.ffn_norm = get(n(Role::FfnNorm));
-    L.wq = get(n(Role::Query));
-    L.wk = get(n(Role::Key));
-    L.wv = get(n(Role::Value));
+    if (c.mla()) {
+      if (c.q_lora_rank > 0) {
+        L.wq_a = get(n(Role::QueryA));
+        L.q_a_norm = get(n(Role::QANorm));
+        L.wq_b = get(n(Role::QueryB));
+      } else {
+        L.wq = get(n(Role::Query));
+      }
+      L.wkv_a = get(n(Role::KvA));
+      L.kv_a_norm = get(n(Role::KvANorm));
+      L.wkv_b = get(n(Role::KvB));
+    } else {
+      L.wq = get(n(Role::Query));
+      L.wk = get(n(Role::Key));
+      L.wv = get(n(Role::Value));
+    }
     L.wo = get(n(Role::Output));
     // Biases: whatever the checkpoint holds (qwen2 always has q/k/v; llama with attention_bias
     // also has o_proj's).
-    L.bq = opt(n(Role::QueryBias));
-    L.bk = opt(n(Role::KeyBias));
-    L.bv = opt(n(Role::ValueBias));
-    L.bo = opt(n(Role::OutputBias));
+    if (!c.mla()) {
+      L.bq = opt(n(Role::QueryBias));
+      L.bk = opt(n(Role::KeyBias));
+      L.bv = opt(n(Role::ValueBias));
+      L.bo = opt(n(Role::OutputBias));
+    }
     if (c.qk_norm) {
       L.q_norm = get(n(Role::QNorm));
       L.k_norm = get(n(Role::KNorm));
@@ -45,6 +60,9 @@ ModelWeights ModelWeights::load(const HFModel& m) {
       auto x = [&](Role r, int64_t e) { return get(layout::hf_name(c, r, i, e)); };
       for (int64_t e = 0; e < c.num_experts; ++e)
         L.experts.push_back({x(Role::ExpertGate, e), x(Role::ExpertUp, e), x(Role::ExpertDown, e)});
+      if (c.router_bias()) L.router_bias = get(n(Role::RouterBias));
+      if (c.mla() && c.n_shared_experts > 0)
+        L.shared = {get(n(Role::SharedGate)), get(n(Role::SharedUp)), get(n(Role::SharedDown))};
     } else {
       L.w_gate = get(n(Role::Gate));
       L.w_up = get(n(Role::Up));

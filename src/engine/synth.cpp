@@ -136,13 +136,38 @@ ModelConfig synth_config(const SynthOptions& o) {
   c.max_position_embeddings = o.max_position_embeddings;
   const bool moe = o.family == Family::Qwen3Moe;
   const bool qwen = o.family == Family::Qwen2 || o.family == Family::Qwen3 || moe;
+  const bool deepseek = o.family == Family::DeepseekV2 || o.family == Family::DeepseekV3;
   c.rms_norm_eps = qwen ? 1e-6 : 1e-5;
   c.rope_theta = o.rope_theta.value_or(o.family == Family::Llama ? 10000.0 : 1000000.0);
   // Qwen3-MoE checkpoints (30B-A3B, 235B-A22B) have an untied head.
   c.tie_word_embeddings = o.tie.value_or(qwen && !moe);
   c.attention_bias = o.family == Family::Qwen2;
   c.qk_norm = o.family == Family::Qwen3 || moe;
-  if (moe) {
+  if (deepseek) {
+    const bool small = o.preset == "small";
+    c.num_hidden_layers = o.layers.value_or(small ? 4 : 3);
+    c.num_key_value_heads = c.num_attention_heads;
+    c.q_lora_rank = o.q_lora.value_or(small ? 96 : 32);
+    c.kv_lora_rank = small ? 64 : 32;
+    c.qk_nope_head_dim = small ? 32 : 16;
+    c.qk_rope_head_dim = small ? 16 : 8;
+    c.v_head_dim = small ? 32 : 16;
+    c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    const MoeDims md = preset_moe_dims(o.preset);
+    c.num_experts = o.experts.value_or(md.experts);
+    c.num_experts_per_tok = o.experts_per_tok.value_or(md.used);
+    c.moe_intermediate_size = o.moe_ffn.value_or(md.ffn);
+    c.n_shared_experts = 1;
+    c.first_k_dense_replace = 1;
+    const bool v3 = o.family == Family::DeepseekV3;
+    c.scoring_func = v3 ? "sigmoid" : "softmax";
+    c.topk_method = v3 ? "noaux_tc" : "greedy";
+    c.n_group = v3 ? 4 : 1;
+    c.topk_group = v3 ? 2 : 1;
+    c.norm_topk_prob = o.norm_topk_prob.value_or(v3);
+    c.routed_scaling_factor = v3 ? 2.5 : 1.0;
+    c.rms_norm_eps = 1e-6;
+  } else if (moe) {
     const MoeDims md = preset_moe_dims(o.preset);
     c.num_experts = o.experts.value_or(md.experts);
     c.num_experts_per_tok = o.experts_per_tok.value_or(md.used);
@@ -151,8 +176,9 @@ ModelConfig synth_config(const SynthOptions& o) {
     require(c.num_experts_per_tok <= c.num_experts, "--experts-per-tok", "exceeds --experts", kExitUsage);
   } else {
     require(!o.experts && !o.experts_per_tok && !o.moe_ffn && !o.norm_topk_prob, "--experts",
-            "only qwen3moe has experts", kExitUsage);
+            "only qwen3moe and deepseek have experts", kExitUsage);
   }
+  require(!o.q_lora || deepseek, "--q-lora", "only deepseek has a query latent", kExitUsage);
   c.torch_dtype = torch_dtype_name(o.dtype);
   if (!o.rope_scaling.empty()) {
     require(o.rope_scaling == "llama3" || o.rope_scaling == "linear", "--rope-scaling",

@@ -64,6 +64,7 @@ struct Job {
   int64_t rows = 1, cols = 0;      // HF layout (out x in); 1-D: rows = 1 (a permuted bias: cols = 1)
   bool two_d = false;
   int64_t permute_head_dim = 0;    // > 0: llama Q/K row permutation
+  std::vector<int64_t> ne;         // generated tensors of more than one dimension: their ggml ne
   DType out = DType::F32;
   GGMLType gtype = GGMLType::F32;  // the GGUF type; Q8_0 / Q4_0: rows are staged as f32 (out)
   uint64_t out_bytes() const {
@@ -170,6 +171,82 @@ bool is_byte_token(const std::string& t) {
          std::isxdigit((unsigned char)t[4]);
 }
 
+// What llama.cpp's deepseek2 graph can express of a DeepSeek config.
+void check_deepseek2(const ModelConfig& c) {
+  const std::string rope = c.rope_scaling.type;
+  require(rope.empty(), "config.json: rope_scaling", "type '" + rope + "' is not supported for DeepSeek yet (none only)");
+  if (!c.is_moe()) return;
+  // Its graph: layers < leading_dense_block_count dense, every later one sparse with shared experts.
+  for (int64_t l = c.first_k_dense_replace; l < c.num_hidden_layers; ++l)
+    require(c.is_moe_layer(l), "config.json: moe_layer_freq",
+            "layer " + std::to_string(l) + " is dense after the first sparse layer; llama.cpp's deepseek2 cannot express it");
+  require(c.n_shared_experts > 0, "config.json: n_shared_experts",
+          "is 0; llama.cpp's deepseek2 graph always adds the shared experts");
+  require(c.topk_method != "group_limited_greedy" || c.n_group == 1, "config.json: topk_method",
+          "group_limited_greedy scores a group by its best expert; llama.cpp's deepseek2 by the sum of its two best "
+          "(noaux_tc), so the served model would route differently");
+}
+
+void add_deepseek2_metadata(GGUFWriter& w, const ModelConfig& c) {
+  const std::string a = "deepseek2.";
+  // The absorbed (MLA) form: one latent key/value head of kv_lora + rope / kv_lora, attn_k_b and
+  // attn_v_b per head; the *_mla lengths are the decompressed head sizes.
+  w.set(a + "attention.head_count_kv", Value::u32(1));
+  w.set(a + "attention.key_length", Value::u32(u32_field(c.kv_lora_rank + c.qk_rope_head_dim, "kv_lora_rank")));
+  w.set(a + "attention.value_length", Value::u32(u32_field(c.kv_lora_rank, "kv_lora_rank")));
+  w.set(a + "attention.key_length_mla", Value::u32(u32_field(c.head_dim, "qk_nope_head_dim + qk_rope_head_dim")));
+  w.set(a + "attention.value_length_mla", Value::u32(u32_field(c.v_head_dim, "v_head_dim")));
+  // llama.cpp reads q_lora_rank unless its layer count says "lite"; 0 selects attn_q.
+  w.set(a + "attention.q_lora_rank", Value::u32(u32_field(c.q_lora_rank, "q_lora_rank")));
+  w.set(a + "attention.kv_lora_rank", Value::u32(u32_field(c.kv_lora_rank, "kv_lora_rank")));
+  w.set(a + "leading_dense_block_count",
+        Value::u32(u32_field(c.is_moe() ? c.first_k_dense_replace : c.num_hidden_layers, "first_k_dense_replace")));
+  w.set(a + "expert_shared_count", Value::u32(u32_field(c.n_shared_experts, "n_shared_experts")));
+  if (!c.is_moe()) return;
+  w.set(a + "expert_weights_scale", Value::f32(float(c.routed_scaling_factor)));
+  w.set(a + "expert_weights_norm", Value::boolean(c.norm_topk_prob));
+  w.set(a + "expert_gating_func", Value::u32(c.scoring_func == "sigmoid" ? 2u : 1u));  // llama.cpp's enum
+  if (c.topk_method != "greedy" && c.n_group > 1) {
+    w.set(a + "expert_group_count", Value::u32(u32_field(c.n_group, "n_group")));
+    w.set(a + "expert_group_used_count", Value::u32(u32_field(c.topk_group, "topk_group")));
+  }
+}
+
+// kv_b_proj [H*(nope+v), kv_lora] -> attn_k_b ne {nope, kv_lora, H} (per head the nope rows,
+// transposed) and attn_v_b ne {kv_lora, v, H} (per head the value rows), as llama.cpp's converter
+// splits it for the absorbed attention. Written in f32/f16/bf16 (f16 for a quantized file: the
+// per-head matrices are small and their rows rarely a block multiple).
+void split_kv_b(const ModelConfig& c, const TensorView& v, int64_t layer, GGMLType wtype, std::vector<Job>& jobs) {
+  const int64_t H = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim, kvl = c.kv_lora_rank;
+  check_shape(v, {H * (nope + dv), kvl});
+  std::vector<float> W(size_t(v.numel()));
+  convert_to_f32(v.dtype, v.data, W.data(), W.size());
+  const GGMLType gt = gguf::ggml_type_is_block_quant(wtype) ? GGMLType::F16 : wtype;
+  auto job = [&](const std::string& name, std::vector<int64_t> ne) {
+    Job j;
+    j.name = name;
+    j.gtype = gt;
+    j.out = gt == GGMLType::F16 ? DType::F16 : gt == GGMLType::BF16 ? DType::BF16 : DType::F32;
+    j.rows = ne[1] * ne[2];
+    j.cols = ne[0];
+    j.ne = std::move(ne);
+    j.generated.reserve(size_t(j.rows * j.cols));
+    return j;
+  };
+  const std::string l = std::to_string(layer);
+  Job kb = job("blk." + l + ".attn_k_b.weight", {nope, kvl, H});
+  Job vb = job("blk." + l + ".attn_v_b.weight", {kvl, dv, H});
+  for (int64_t h = 0; h < H; ++h) {
+    const float* Wh = W.data() + size_t(h * (nope + dv) * kvl);
+    for (int64_t j = 0; j < kvl; ++j)
+      for (int64_t i = 0; i < nope; ++i) kb.generated.push_back(Wh[i * kvl + j]);
+    for (int64_t i = 0; i < dv; ++i)
+      for (int64_t j = 0; j < kvl; ++j) vb.generated.push_back(Wh[(nope + i) * kvl + j]);
+  }
+  jobs.push_back(std::move(kb));
+  jobs.push_back(std::move(vb));
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------
@@ -208,6 +285,8 @@ std::string gguf_arch_for(const ModelConfig& c, const std::string& opt_arch) {
             kExitUsage);
     require(!(opt_arch == "llama" && (c.family == Family::Qwen3 || c.family == Family::Qwen3Moe)), "--arch",
             family_name(c.family) + " needs its q_norm/k_norm and cannot be exported as arch 'llama'", kExitUsage);
+    require(!(opt_arch == "llama" && c.mla()), "--arch",
+            family_name(c.family) + " has latent attention and cannot be exported as arch 'llama'", kExitUsage);
     return opt_arch;
   }
   switch (c.family) {
@@ -218,6 +297,8 @@ std::string gguf_arch_for(const ModelConfig& c, const std::string& opt_arch) {
       return c.q_dim() == c.hidden_size && c.rope_scaling.type != "llama3" ? "qwen2" : "llama";
     case Family::Qwen3: return "qwen3";
     case Family::Qwen3Moe: return "qwen3moe";
+    case Family::DeepseekV2:
+    case Family::DeepseekV3: return "deepseek2";
   }
   return "llama";
 }
@@ -395,7 +476,8 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   require(!c.o_bias() || arch == "llama", "config.json: attention_bias",
           "an o_proj bias is only supported for arch llama (use --arch llama)");
   require(!permute || c.head_dim % 2 == 0, "config.json: head_dim", "must be even for rotary embeddings");
-  if (c.is_moe()) {
+  if (c.mla()) check_deepseek2(c);
+  if (c.is_moe() && !c.mla()) {
     // llama.cpp's qwen3moe graph builds every layer as sparse and always divides the top-k
     // router weights by their sum (build_moe_ffn with norm_w = true; no GGUF key turns it off).
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
@@ -436,20 +518,23 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   w.set(a + "embedding_length", Value::u32(u32_field(c.hidden_size, "hidden_size")));
   w.set(a + "block_count", Value::u32(u32_field(c.num_hidden_layers, "num_hidden_layers")));
   w.set(a + "feed_forward_length", Value::u32(u32_field(c.intermediate_size, "intermediate_size")));
+  if (c.mla()) add_deepseek2_metadata(w, c);
   if (c.is_moe()) {
     w.set(a + "expert_count", Value::u32(u32_field(c.num_experts, "num_experts")));
     w.set(a + "expert_used_count", Value::u32(u32_field(c.num_experts_per_tok, "num_experts_per_tok")));
     w.set(a + "expert_feed_forward_length", Value::u32(u32_field(c.moe_intermediate_size, "moe_intermediate_size")));
   }
   w.set(a + "attention.head_count", Value::u32(u32_field(c.num_attention_heads, "num_attention_heads")));
-  w.set(a + "attention.head_count_kv", Value::u32(u32_field(c.num_key_value_heads, "num_key_value_heads")));
-  // Always explicit: obfuscated models have hidden_size != heads * head_dim, and llama.cpp would
-  // otherwise derive head_dim = hidden_size / heads.
-  w.set(a + "attention.key_length", Value::u32(u32_field(c.head_dim, "head_dim")));
-  w.set(a + "attention.value_length", Value::u32(u32_field(c.head_dim, "head_dim")));
+  if (!c.mla()) {
+    w.set(a + "attention.head_count_kv", Value::u32(u32_field(c.num_key_value_heads, "num_key_value_heads")));
+    // Always explicit: obfuscated models have hidden_size != heads * head_dim, and llama.cpp would
+    // otherwise derive head_dim = hidden_size / heads.
+    w.set(a + "attention.key_length", Value::u32(u32_field(c.head_dim, "head_dim")));
+    w.set(a + "attention.value_length", Value::u32(u32_field(c.head_dim, "head_dim")));
+  }
   w.set(a + "attention.layer_norm_rms_epsilon", Value::f32(float(c.rms_norm_eps)));
   w.set(a + "rope.freq_base", Value::f32(float(c.rope_theta)));
-  w.set(a + "rope.dimension_count", Value::u32(u32_field(c.head_dim, "head_dim")));
+  w.set(a + "rope.dimension_count", Value::u32(u32_field(c.rope_dim(), c.mla() ? "qk_rope_head_dim" : "head_dim")));
   if (rope == "linear") {
     w.set(a + "rope.scaling.type", Value::string("linear"));
     w.set(a + "rope.scaling.factor", Value::f32(float(c.rope_scaling.factor)));
@@ -539,6 +624,7 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
     // obfuscated models, whose head and embedding differ.
     if (t.role == layout::Role::Head && (c.tie_word_embeddings || !st.has(hf)))
       hf = layout::hf_name(c, layout::Role::Embedding);
+    if (t.role == layout::Role::KvB) return split_kv_b(c, st.get(hf), layer, wtype, jobs);
     const int64_t perm = t.rope_rows ? phd : 0;
     if (t.cols == layout::Dim::None) vec(gname, hf, rows, perm);
     else matrix(gname, hf, rows, cols, perm);
@@ -563,7 +649,9 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
 
   uint64_t total = 0;
   for (const auto& j : jobs) {
-    std::vector<int64_t> ne = j.two_d ? std::vector<int64_t>{j.cols, j.rows} : std::vector<int64_t>{j.rows * j.cols};
+    std::vector<int64_t> ne = !j.ne.empty() ? j.ne
+                              : j.two_d    ? std::vector<int64_t>{j.cols, j.rows}
+                                           : std::vector<int64_t>{j.rows * j.cols};
     if (!j.stack.empty()) ne.push_back(int64_t(j.stack.size()));
     w.add_tensor(j.name, ne, j.gtype);
     total += j.out_bytes();

@@ -1,4 +1,5 @@
-// Hugging Face config.json for the decoder families (llama, mistral, qwen2, qwen3, qwen3_moe).
+// Hugging Face config.json for the decoder families (llama, mistral, qwen2, qwen3, qwen3_moe,
+// deepseek_v2, deepseek_v3).
 // Defaults follow the transformers configuration classes, so a config that omits a field means
 // what it means to transformers. Anything that would change the forward pass in a way we do not
 // implement (another activation, MLP biases, an unknown RoPE scaling) is refused, not ignored.
@@ -31,6 +32,8 @@ const FamilyInfo kFamilies[] = {
     {Family::Qwen2, "qwen2", "Qwen2ForCausalLM", 32768},
     {Family::Qwen3, "qwen3", "Qwen3ForCausalLM", 32768},
     {Family::Qwen3Moe, "qwen3_moe", "Qwen3MoeForCausalLM", 32768},
+    {Family::DeepseekV2, "deepseek_v2", "DeepseekV2ForCausalLM", 2048},
+    {Family::DeepseekV3, "deepseek_v3", "DeepseekV3ForCausalLM", 4096},
 };
 
 const FamilyInfo& info(Family f) {
@@ -94,6 +97,38 @@ std::optional<int64_t> token_id(const json& j, const char* k, const std::string&
   return as_int(*v, where, k);
 }
 
+// DeepSeek-V2/V3 fields, with transformers' DeepseekV2Config / DeepseekV3Config defaults where
+// a field may be omitted; the attention sizes have no sensible default and are required.
+void parse_deepseek(const json& j, const std::string& where, ModelConfig& c) {
+  const bool v3 = c.family == Family::DeepseekV3;
+  const json* v;
+  auto opt_int = [&](const char* k, int64_t dflt) { return (v = field(j, k)) ? as_int(*v, where, k) : dflt; };
+  auto opt_str = [&](const char* k, const char* dflt) {
+    if (!(v = field(j, k))) return std::string(dflt);
+    if (!v->is_string()) throw Error(where, std::string("field '") + k + "' must be a string, got " + v->dump());
+    return v->get<std::string>();
+  };
+  c.q_lora_rank = opt_int("q_lora_rank", 0);  // null: queries straight from the residual (V2-Lite)
+  c.kv_lora_rank = required_int(j, "kv_lora_rank", where);
+  c.qk_nope_head_dim = required_int(j, "qk_nope_head_dim", where);
+  c.qk_rope_head_dim = required_int(j, "qk_rope_head_dim", where);
+  c.v_head_dim = required_int(j, "v_head_dim", where);
+  c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+  c.num_experts = opt_int("n_routed_experts", 0);
+  c.num_experts_per_tok = opt_int("num_experts_per_tok", 0);
+  c.moe_intermediate_size = opt_int("moe_intermediate_size", v3 ? 2048 : 1407);
+  c.n_shared_experts = opt_int("n_shared_experts", 0);
+  c.first_k_dense_replace = opt_int("first_k_dense_replace", 0);
+  c.moe_layer_freq = opt_int("moe_layer_freq", 1);
+  c.n_group = opt_int("n_group", 1);
+  c.topk_group = opt_int("topk_group", 1);
+  c.norm_topk_prob = (v = field(j, "norm_topk_prob")) ? as_bool(*v, where, "norm_topk_prob") : v3;
+  c.routed_scaling_factor =
+      (v = field(j, "routed_scaling_factor")) ? as_double(*v, where, "routed_scaling_factor") : (v3 ? 2.5 : 1.0);
+  c.scoring_func = opt_str("scoring_func", v3 ? "sigmoid" : "softmax");
+  c.topk_method = opt_str("topk_method", v3 ? "noaux_tc" : "greedy");
+}
+
 }  // namespace
 
 std::string family_name(Family f) { return info(f).model_type; }
@@ -139,7 +174,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
   // transformers: num_key_value_heads defaults to num_attention_heads (plain multi-head).
   c.num_key_value_heads = (v = field(j, "num_key_value_heads")) ? as_int(*v, where, "num_key_value_heads")
                                                                 : c.num_attention_heads;
-  if ((v = field(j, "head_dim"))) {
+  if (c.family == Family::DeepseekV2 || c.family == Family::DeepseekV3) {
+    parse_deepseek(j, where, c);  // head_dim = nope + rope (transformers' head_dim field means rope)
+  } else if ((v = field(j, "head_dim"))) {
     c.head_dim = as_int(*v, where, "head_dim");
   } else {
     if (c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads != 0)
@@ -158,6 +195,12 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
   switch (c.family) {
     case Family::Qwen2: c.attention_bias = true; break;  // Qwen2 q/k/v projections always have biases
     case Family::Mistral: c.attention_bias = false; break;
+    case Family::DeepseekV2:
+    case Family::DeepseekV3:
+      if ((v = field(j, "attention_bias")) && as_bool(*v, where, "attention_bias"))
+        throw Error(where, "attention_bias=true is not supported for DeepSeek (no released model has it)");
+      c.attention_bias = false;
+      break;
     default:
       c.attention_bias = (v = field(j, "attention_bias")) ? as_bool(*v, where, "attention_bias") : false;
   }
@@ -244,7 +287,7 @@ void ModelConfig::validate(const std::string& where) const {
   if (num_attention_heads % num_key_value_heads != 0)
     throw Error(where, "num_attention_heads " + std::to_string(num_attention_heads) +
                            " is not a multiple of num_key_value_heads " + std::to_string(num_key_value_heads));
-  if (head_dim % 2 != 0)
+  if (!mla() && head_dim % 2 != 0)
     throw Error(where, "head_dim " + std::to_string(head_dim) + " is odd; RoPE needs an even head_dim");
   if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps))
     throw Error(where, "field 'rms_norm_eps' must be positive");
@@ -275,8 +318,46 @@ void ModelConfig::validate(const std::string& where) const {
       if (l < 0 || l >= num_hidden_layers)
         throw Error(where, "field 'mlp_only_layers' names layer " + std::to_string(l) + ", the model has " +
                                std::to_string(num_hidden_layers));
+  } else if (mla()) {
+    for (auto [x, name] : {std::pair{kv_lora_rank, "kv_lora_rank"}, {qk_nope_head_dim, "qk_nope_head_dim"},
+                           {qk_rope_head_dim, "qk_rope_head_dim"}, {v_head_dim, "v_head_dim"}}) {
+      positive(x, name);
+      plausible(x, 1 << 16, name);
+    }
+    if (q_lora_rank < 0) throw Error(where, "field 'q_lora_rank' must be positive or null");
+    plausible(q_lora_rank, 1 << 16, "q_lora_rank");
+    if (qk_rope_head_dim % 2 != 0)
+      throw Error(where, "qk_rope_head_dim " + std::to_string(qk_rope_head_dim) + " is odd; RoPE rotates pairs");
+    if (num_key_value_heads != num_attention_heads)
+      throw Error(where, "num_key_value_heads must equal num_attention_heads for DeepSeek (one latent serves all heads)");
+    if (num_experts < 0) throw Error(where, "field 'n_routed_experts' must not be negative");
+    if (num_experts > 0) {
+      positive(num_experts_per_tok, "num_experts_per_tok");
+      positive(moe_intermediate_size, "moe_intermediate_size");
+      positive(moe_layer_freq, "moe_layer_freq");
+      positive(n_group, "n_group");
+      positive(topk_group, "topk_group");
+      plausible(num_experts, 1 << 16, "n_routed_experts");
+      if (n_shared_experts < 0) throw Error(where, "field 'n_shared_experts' must not be negative");
+      if (num_experts_per_tok > num_experts)
+        throw Error(where, "field 'num_experts_per_tok' " + std::to_string(num_experts_per_tok) +
+                               " exceeds n_routed_experts " + std::to_string(num_experts));
+      if (num_experts % n_group != 0)
+        throw Error(where, "n_routed_experts " + std::to_string(num_experts) + " is not a multiple of n_group " +
+                               std::to_string(n_group));
+      if (topk_group > n_group) throw Error(where, "field 'topk_group' exceeds n_group");
+      if (scoring_func != "softmax" && scoring_func != "sigmoid")
+        throw Error(where, "unsupported scoring_func '" + scoring_func + "' (supported: softmax, sigmoid)");
+      if (topk_method != "greedy" && topk_method != "group_limited_greedy" && topk_method != "noaux_tc")
+        throw Error(where, "unsupported topk_method '" + topk_method +
+                               "' (supported: greedy, group_limited_greedy, noaux_tc)");
+      if (topk_method != "greedy" && num_experts_per_tok > topk_group * (num_experts / n_group))
+        throw Error(where, "num_experts_per_tok exceeds the experts of the topk_group groups kept");
+      if (!(routed_scaling_factor > 0) || !std::isfinite(routed_scaling_factor))
+        throw Error(where, "field 'routed_scaling_factor' must be positive");
+    }
   } else if (num_experts != 0) {
-    throw Error(where, "experts are only defined for qwen3_moe");
+    throw Error(where, "experts are only defined for qwen3_moe and deepseek");
   }
   if (family == Family::Mistral && attention_bias) throw Error(where, "mistral has no attention biases");
   if (family == Family::Qwen2 && !attention_bias) throw Error(where, "qwen2 always has q/k/v biases");
@@ -308,7 +389,7 @@ json ModelConfig::to_json() const {
   j["num_hidden_layers"] = num_hidden_layers;
   j["num_attention_heads"] = num_attention_heads;
   j["num_key_value_heads"] = num_key_value_heads;
-  j["head_dim"] = head_dim;  // always explicit: qwen3's differs from hidden/heads
+  if (!mla()) j["head_dim"] = head_dim;  // always explicit: qwen3's differs from hidden/heads
   j["intermediate_size"] = intermediate_size;
   j["vocab_size"] = vocab_size;
   j["max_position_embeddings"] = max_position_embeddings;
@@ -337,6 +418,26 @@ json ModelConfig::to_json() const {
     j["decoder_sparse_step"] = decoder_sparse_step;
     j["mlp_only_layers"] = mlp_only_layers;
   }
+  if (mla()) {
+    j["q_lora_rank"] = q_lora_rank > 0 ? json(q_lora_rank) : json(nullptr);
+    j["kv_lora_rank"] = kv_lora_rank;
+    j["qk_nope_head_dim"] = qk_nope_head_dim;
+    j["qk_rope_head_dim"] = qk_rope_head_dim;
+    j["v_head_dim"] = v_head_dim;
+    j["attention_bias"] = false;
+    j["n_routed_experts"] = num_experts > 0 ? json(num_experts) : json(nullptr);
+    j["num_experts_per_tok"] = num_experts > 0 ? json(num_experts_per_tok) : json(nullptr);
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["n_shared_experts"] = n_shared_experts;
+    j["first_k_dense_replace"] = first_k_dense_replace;
+    j["moe_layer_freq"] = moe_layer_freq;
+    j["n_group"] = n_group;
+    j["topk_group"] = topk_group;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["routed_scaling_factor"] = routed_scaling_factor;
+    j["scoring_func"] = scoring_func;
+    j["topk_method"] = topk_method;
+  }
   j.erase("dtype");
   j["torch_dtype"] = torch_dtype;
   auto put_id = [&](const char* k, const std::optional<int64_t>& id) {
@@ -355,6 +456,7 @@ json ModelConfig::to_json() const {
 }
 
 bool ModelConfig::is_moe_layer(int64_t layer) const {
+  if (mla()) return num_experts > 0 && layer >= first_k_dense_replace && moe_layer_freq > 0 && layer % moe_layer_freq == 0;
   if (num_experts <= 0 || decoder_sparse_step <= 0) return false;
   if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end()) return false;
   return (layer + 1) % decoder_sparse_step == 0;
@@ -367,8 +469,9 @@ std::vector<double> rope_inv_freq(double theta, int64_t dh) {
 }
 
 std::vector<double> rope_inv_freq(const ModelConfig& c) {
-  const int64_t dh = c.head_dim;
-  require(dh > 0 && dh % 2 == 0, "config.json: head_dim", "must be even and positive for RoPE");
+  const int64_t dh = c.rope_dim();
+  require(dh > 0 && dh % 2 == 0, c.mla() ? "config.json: qk_rope_head_dim" : "config.json: head_dim",
+          "must be even and positive for RoPE");
   std::vector<double> f = rope_inv_freq(c.rope_theta, dh);
   const RopeScaling& rs = c.rope_scaling;
   if (rs.type.empty() || rs.type == "default") return f;

@@ -36,6 +36,37 @@ const std::vector<TensorDef> kDecoder = {
     {Role::Head, Scope::Model, When::Untied, "lm_head.weight", "output.weight", Dim::Vocab, Dim::Hidden, false},
 };
 
+// DeepSeek-V2/V3: multi-head latent attention, dense first layers, routed experts beside shared
+// ones. Query/key rows need no reordering: llama.cpp's deepseek2 rotates adjacent pairs, which is
+// what HF's deepseek code does after its own de-interleave. kv_b_proj has no single GGUF tensor:
+// the exporter splits it into attn_k_b / attn_v_b (the name here is llama.cpp's legacy unsplit one).
+const std::vector<TensorDef> kDeepseek = {
+    {Role::Embedding, Scope::Model, When::Always, "model.embed_tokens.weight", "token_embd.weight", Dim::Vocab, Dim::Hidden, false},
+    {Role::AttnNorm, Scope::Layer, When::Always, "model.layers.{l}.input_layernorm.weight", "blk.{l}.attn_norm.weight", Dim::Hidden, Dim::None, false},
+    {Role::QueryA, Scope::Layer, When::QLora, "model.layers.{l}.self_attn.q_a_proj.weight", "blk.{l}.attn_q_a.weight", Dim::QLora, Dim::Hidden, false},
+    {Role::QANorm, Scope::Layer, When::QLora, "model.layers.{l}.self_attn.q_a_layernorm.weight", "blk.{l}.attn_q_a_norm.weight", Dim::QLora, Dim::None, false},
+    {Role::QueryB, Scope::Layer, When::QLora, "model.layers.{l}.self_attn.q_b_proj.weight", "blk.{l}.attn_q_b.weight", Dim::QDim, Dim::QLora, false},
+    {Role::Query, Scope::Layer, When::NoQLora, "model.layers.{l}.self_attn.q_proj.weight", "blk.{l}.attn_q.weight", Dim::QDim, Dim::Hidden, false},
+    {Role::KvA, Scope::Layer, When::Always, "model.layers.{l}.self_attn.kv_a_proj_with_mqa.weight", "blk.{l}.attn_kv_a_mqa.weight", Dim::KvA, Dim::Hidden, false},
+    {Role::KvANorm, Scope::Layer, When::Always, "model.layers.{l}.self_attn.kv_a_layernorm.weight", "blk.{l}.attn_kv_a_norm.weight", Dim::KvLora, Dim::None, false},
+    {Role::KvB, Scope::Layer, When::Always, "model.layers.{l}.self_attn.kv_b_proj.weight", "blk.{l}.attn_kv_b.weight", Dim::KvB, Dim::KvLora, false},
+    {Role::Output, Scope::Layer, When::Always, "model.layers.{l}.self_attn.o_proj.weight", "blk.{l}.attn_output.weight", Dim::Hidden, Dim::VDim, false},
+    {Role::FfnNorm, Scope::Layer, When::Always, "model.layers.{l}.post_attention_layernorm.weight", "blk.{l}.ffn_norm.weight", Dim::Hidden, Dim::None, false},
+    {Role::Router, Scope::Layer, When::Sparse, "model.layers.{l}.mlp.gate.weight", "blk.{l}.ffn_gate_inp.weight", Dim::Experts, Dim::Hidden, false},
+    {Role::RouterBias, Scope::Layer, When::SparseBias, "model.layers.{l}.mlp.gate.e_score_correction_bias", "blk.{l}.exp_probs_b.bias", Dim::Experts, Dim::None, false},
+    {Role::ExpertGate, Scope::Expert, When::Sparse, "model.layers.{l}.mlp.experts.{e}.gate_proj.weight", "blk.{l}.ffn_gate_exps.weight", Dim::ExpertFfn, Dim::Hidden, false},
+    {Role::ExpertUp, Scope::Expert, When::Sparse, "model.layers.{l}.mlp.experts.{e}.up_proj.weight", "blk.{l}.ffn_up_exps.weight", Dim::ExpertFfn, Dim::Hidden, false},
+    {Role::ExpertDown, Scope::Expert, When::Sparse, "model.layers.{l}.mlp.experts.{e}.down_proj.weight", "blk.{l}.ffn_down_exps.weight", Dim::Hidden, Dim::ExpertFfn, false},
+    {Role::SharedGate, Scope::Layer, When::Shared, "model.layers.{l}.mlp.shared_experts.gate_proj.weight", "blk.{l}.ffn_gate_shexp.weight", Dim::SharedFfn, Dim::Hidden, false},
+    {Role::SharedUp, Scope::Layer, When::Shared, "model.layers.{l}.mlp.shared_experts.up_proj.weight", "blk.{l}.ffn_up_shexp.weight", Dim::SharedFfn, Dim::Hidden, false},
+    {Role::SharedDown, Scope::Layer, When::Shared, "model.layers.{l}.mlp.shared_experts.down_proj.weight", "blk.{l}.ffn_down_shexp.weight", Dim::Hidden, Dim::SharedFfn, false},
+    {Role::Gate, Scope::Layer, When::Dense, "model.layers.{l}.mlp.gate_proj.weight", "blk.{l}.ffn_gate.weight", Dim::Ffn, Dim::Hidden, false},
+    {Role::Up, Scope::Layer, When::Dense, "model.layers.{l}.mlp.up_proj.weight", "blk.{l}.ffn_up.weight", Dim::Ffn, Dim::Hidden, false},
+    {Role::Down, Scope::Layer, When::Dense, "model.layers.{l}.mlp.down_proj.weight", "blk.{l}.ffn_down.weight", Dim::Hidden, Dim::Ffn, false},
+    {Role::FinalNorm, Scope::Model, When::Always, "model.norm.weight", "output_norm.weight", Dim::Hidden, Dim::None, false},
+    {Role::Head, Scope::Model, When::Untied, "lm_head.weight", "output.weight", Dim::Vocab, Dim::Hidden, false},
+};
+
 // Replaces "{l}" and "{e}" in a pattern.
 std::string fill(const char* pattern, int64_t layer, int64_t expert) {
   std::string out;
@@ -77,6 +108,16 @@ const char* role_name(Role r) {
     case Role::Gate: return "gate";
     case Role::Up: return "up";
     case Role::Down: return "down";
+    case Role::QueryA: return "query_a";
+    case Role::QANorm: return "q_a_norm";
+    case Role::QueryB: return "query_b";
+    case Role::KvA: return "kv_a";
+    case Role::KvANorm: return "kv_a_norm";
+    case Role::KvB: return "kv_b";
+    case Role::RouterBias: return "router_bias";
+    case Role::SharedGate: return "shared_gate";
+    case Role::SharedUp: return "shared_up";
+    case Role::SharedDown: return "shared_down";
     case Role::FinalNorm: return "final_norm";
     case Role::Head: return "head";
   }
@@ -90,6 +131,8 @@ const std::vector<TensorDef>& table(Family f) {
     case Family::Qwen2:
     case Family::Qwen3:
     case Family::Qwen3Moe: return kDecoder;
+    case Family::DeepseekV2:
+    case Family::DeepseekV3: return kDeepseek;
   }
   throw Error("tensor layout", "no table for family " + family_name(f));
 }
@@ -110,6 +153,12 @@ Dims Dims::of(const ModelConfig& c) {
   d.ffn = c.intermediate_size;
   d.expert_ffn = c.moe_intermediate_size;
   d.experts = c.num_experts;
+  d.q_lora = c.q_lora_rank;
+  d.kv_lora = c.kv_lora_rank;
+  d.kv_a = c.kv_lora_rank + c.qk_rope_head_dim;
+  d.kv_b = c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim);
+  d.v_dim = c.v_dim();
+  d.shared_ffn = c.moe_intermediate_size * c.n_shared_experts;
   return d;
 }
 
@@ -124,6 +173,12 @@ int64_t Dims::operator[](Dim x) const {
     case Dim::Ffn: return ffn;
     case Dim::ExpertFfn: return expert_ffn;
     case Dim::Experts: return experts;
+    case Dim::QLora: return q_lora;
+    case Dim::KvLora: return kv_lora;
+    case Dim::KvA: return kv_a;
+    case Dim::KvB: return kv_b;
+    case Dim::VDim: return v_dim;
+    case Dim::SharedFfn: return shared_ffn;
   }
   return 0;
 }
@@ -143,6 +198,10 @@ bool present(const TensorDef& t, const ModelConfig& c, int64_t layer) {
     case When::Dense: return !c.is_moe_layer(layer);
     case When::Sparse: return c.is_moe_layer(layer);
     case When::Untied: return !c.tie_word_embeddings;
+    case When::QLora: return c.q_lora_rank > 0;
+    case When::NoQLora: return c.q_lora_rank == 0;
+    case When::SparseBias: return c.router_bias() && c.is_moe_layer(layer);
+    case When::Shared: return c.n_shared_experts > 0 && c.is_moe_layer(layer);
   }
   return false;
 }

@@ -154,10 +154,10 @@ void write_synthetic_tensors(const std::string& dir, const ModelConfig& c, const
     for (int64_t x : shape) n *= size_t(x);
     buf.resize(n);
     RngStream r(init.seed, init.stream_prefix + name);
-    if (ends_with(name, "norm.weight")) {  // every RMSNorm: input/post_attention/final/q/k
+    if (ends_with(name, "norm.weight") || ends_with(name, "layernorm.weight")) {  // every RMSNorm
       r.fill_normal(buf.data(), n, 0.1);
       for (float& x : buf) x += 1.0f;
-    } else if (ends_with(name, ".bias")) {
+    } else if (ends_with(name, ".bias") || ends_with(name, "_bias")) {  // incl. e_score_correction_bias
       r.fill_normal(buf.data(), n, 0.1);
     } else if (name == tensor_names::embed()) {
       r.fill_normal(buf.data(), n, init.embed_std);

@@ -57,8 +57,8 @@ bool check_obfuscatable(const HFModel& plain, const Seed& seed, const ObfuscateO
   require(!P.router_norm || c.is_moe(), "--router-norm",
           "the " + family_name(c.family) + " model has no router (only qwen3_moe has one)", kExitUsage);
   if (P.kappa == KappaMode::Calibrated) {
-    require(!c.is_moe(), "--kappa calibrated", "is not implemented for " + family_name(c.family) +
-                                                   " (its calibration forward has no experts); use the default",
+    require(!c.is_moe() && !c.mla(), "--kappa calibrated", "is not implemented for " + family_name(c.family) +
+                                                   " (its calibration forward has no experts or latent attention); use the default",
             kExitUsage);
     require(!opt.calib_ids.empty(), "--kappa calibrated", "needs calibration token ids (--calib-ids)", kExitUsage);
     // The calibration forward runs through every layer in order; a shard would need all of them.

@@ -25,11 +25,25 @@ FfnKeys draw_ffn_keys(const Seed& seed, int64_t layer, int64_t ff, double scale_
   return ffn_keys_at(seed, detail::layer_stream(layer), ff, scale_range);
 }
 
-MoeKeys draw_moe_keys(const Seed& seed, int64_t layer, int64_t n_experts, int64_t expert_ff, double scale_range) {
+MoeKeys draw_moe_keys(const Seed& seed, int64_t layer, int64_t n_experts, int64_t expert_ff, double scale_range,
+                      int64_t groups) {
   require(n_experts > 0 && expert_ff > 0, "moe", "needs experts of positive width");
+  require(groups > 0 && n_experts % groups == 0, "moe", "expert groups must divide the experts");
   MoeKeys K;
-  RngStream zr(seed, detail::layer_stream(layer) + "/router/perm");
-  K.expert_slot = zr.permutation(n_experts);
+  if (groups == 1) {
+    RngStream zr(seed, detail::layer_stream(layer) + "/router/perm");
+    K.expert_slot = zr.permutation(n_experts);
+  } else {
+    const int64_t per = n_experts / groups;
+    RngStream gr(seed, detail::layer_stream(layer) + "/router/group_perm");
+    const std::vector<int64_t> gslot = gr.permutation(groups);
+    K.expert_slot.resize(size_t(n_experts));
+    for (int64_t g = 0; g < groups; ++g) {
+      RngStream zr(seed, detail::layer_stream(layer) + "/router/perm/" + std::to_string(g));
+      const std::vector<int64_t> in = zr.permutation(per);
+      for (int64_t i = 0; i < per; ++i) K.expert_slot[size_t(g * per + i)] = gslot[size_t(g)] * per + in[size_t(i)];
+    }
+  }
   for (int64_t e = 0; e < n_experts; ++e)
     K.experts.push_back(ffn_keys_at(seed, detail::layer_stream(layer) + "/expert/" + std::to_string(e), expert_ff, scale_range));
   return K;

@@ -48,6 +48,7 @@ Llama::Llama(const ModelConfig& config, std::map<std::string, torch::Tensor> ten
     : cfg_(config), t_(std::move(tensors)) {
   const auto& c = cfg_;
   if (c.is_moe()) throw Error(where, "config.json: num_experts: mixture-of-experts layers are not supported here");
+  if (c.mla()) throw Error(where, "config.json: " + family_name(c.family) + ": multi-head latent attention is not supported here");
   const auto expected = expected_tensors(c);
   if (t_.size() != expected.size())
     for (const auto& [name, tensor] : t_) {

@@ -33,6 +33,12 @@ struct LayerWeights {
   Tensor router;                         // [E, d] (router logits = x router^T); empty in a dense layer
   std::vector<ExpertWeights> experts;    // E experts of a sparse layer
   Tensor bo;                             // [d], o_proj bias (llama with attention_bias); empty when absent
+  // DeepSeek multi-head latent attention (config.mla(); wq then holds q_proj when q_lora_rank is 0,
+  // and wk / wv stay empty). H heads, nope + rope = dh, v = v_head_dim.
+  Tensor wq_a, q_a_norm, wq_b;           // [q_lora, d], [q_lora], [H*dh, q_lora]
+  Tensor wkv_a, kv_a_norm, wkv_b;        // [kv_lora + rope, d], [kv_lora], [H*(nope+v), kv_lora]
+  Tensor router_bias;                    // [E], DeepSeek-V3's e_score_correction_bias; empty when absent
+  ExpertWeights shared;                  // DeepSeek shared experts as one MLP; empty when absent
 };
 
 struct ModelWeights {
@@ -56,6 +62,13 @@ std::vector<int64_t> attention_windows(const ModelConfig& c);
 // E router logits, the k most probable experts (ties to the lower index), their probabilities
 // divided by their sum when norm_topk_prob. Returns (expert, weight), most probable first.
 std::vector<std::pair<int64_t, double>> route_token(const double* logits, int64_t E, int64_t k, bool norm_topk_prob);
+// DeepSeek-V2/V3 routing of one token (transformers' DeepseekV2/V3 MoE gate): scores = softmax or
+// sigmoid of the logits; the choice is made on scores (+ bias for noaux_tc) within the topk_group
+// best groups (a group's score: its best expert for group_limited_greedy, the sum of its two best
+// for noaux_tc); weights are the unbiased scores, renormalised when norm_topk_prob, times
+// routed_scaling_factor. bias: E values or null. Returns (expert, weight), best choice first.
+std::vector<std::pair<int64_t, double>> route_token_deepseek(const ModelConfig& c, const double* logits,
+                                                             const double* bias);
 
 // Observation hooks for eval/audit: called with (layer index, residual stream after the layer).
 // `residual` holds the rows of the positions processed by the current call, row-major [t, d]

@@ -1,5 +1,6 @@
 // Hugging Face config.json for the decoder families we support: dense (llama, mistral, qwen2,
-// qwen3) and Qwen3-MoE (softmax router, top-k experts, SwiGLU experts).
+// qwen3), Qwen3-MoE (softmax router, top-k experts, SwiGLU experts) and DeepSeek-V2/V3
+// (multi-head latent attention; routed + shared experts, group-limited routing, dense first layers).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -10,8 +11,8 @@
 
 namespace aloepri {
 
-enum class Family { Llama, Mistral, Qwen2, Qwen3, Qwen3Moe };
-std::string family_name(Family f);         // "llama", "mistral", "qwen2", "qwen3", "qwen3_moe"
+enum class Family { Llama, Mistral, Qwen2, Qwen3, Qwen3Moe, DeepseekV2, DeepseekV3 };
+std::string family_name(Family f);  // "llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3"
 std::vector<std::string> supported_families();
 
 struct RopeScaling {
@@ -47,6 +48,21 @@ struct ModelConfig {
   bool norm_topk_prob = false;     // renormalise the top-k router probabilities to sum 1
   int64_t decoder_sparse_step = 1;
   std::vector<int64_t> mlp_only_layers;
+  // DeepSeek-V2/V3 multi-head latent attention (mla() only). Queries: x -> q_a_proj [q_lora_rank]
+  // -> RMSNorm -> q_b_proj [heads * (nope + rope)] (q_proj straight from x when q_lora_rank is 0);
+  // keys/values: x -> kv_a_proj_with_mqa [kv_lora_rank + rope]: the latent (RMSNorm, then
+  // kv_b_proj [heads * (nope + v)]) and one rope key shared by every head. head_dim holds
+  // nope + rope (the query/key width per head).
+  int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  // DeepSeek MoE: a layer is sparse when l >= first_k_dense_replace and l % moe_layer_freq == 0;
+  // n_shared_experts always-on experts of moe_intermediate_size each (one MLP of n * that width);
+  // scoring_func "softmax" | "sigmoid"; topk_method "greedy" | "group_limited_greedy" (group score:
+  // its best expert) | "noaux_tc" (scores + e_score_correction_bias choose, group score: the sum of
+  // its two best); n_group groups of which topk_group are kept; the chosen weights (renormalised
+  // when norm_topk_prob) times routed_scaling_factor.
+  int64_t n_shared_experts = 0, first_k_dense_replace = 0, moe_layer_freq = 1, n_group = 1, topk_group = 1;
+  double routed_scaling_factor = 1.0;
+  std::string scoring_func = "softmax", topk_method = "greedy";
   std::optional<int64_t> bos_token_id, eos_token_id;
   std::string torch_dtype = "float32";
   nlohmann::json raw;              // the file as read (unknown fields are kept on write)
@@ -64,11 +80,15 @@ struct ModelConfig {
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }
   int64_t group_size() const { return num_attention_heads / num_key_value_heads; }
   bool is_moe() const { return num_experts > 0; }
+  bool mla() const { return family == Family::DeepseekV2 || family == Family::DeepseekV3; }
+  int64_t v_dim() const { return num_attention_heads * (mla() ? v_head_dim : head_dim); }  // attention output width
+  int64_t rope_dim() const { return mla() ? qk_rope_head_dim : head_dim; }                 // rotated dims per head
+  bool router_bias() const { return mla() && topk_method == "noaux_tc"; }  // e_score_correction_bias
   bool is_moe_layer(int64_t layer) const;
   int64_t parameter_count() const;  // from shapes (embedding + head counted per tying)
 };
 
-// RoPE inverse frequencies [head_dim / 2] of a config, in double (HF rotate_half layout):
+// RoPE inverse frequencies [rope_dim() / 2] of a config, in double (HF rotate_half layout):
 // theta^(-2i/d_h), then the config's rope_scaling ("" / "default": none; "linear": / factor;
 // "llama3": HF's _compute_llama3_parameters smooth interpolation). The one implementation, for
 // the reference forward, the obfuscator's BlockPerm and the libtorch tools. Throws Error naming

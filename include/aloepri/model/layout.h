@@ -37,13 +37,27 @@ enum class Role : uint8_t {
   Gate,       // layer    [ffn, hidden]
   Up,         // layer    [ffn, hidden]
   Down,       // layer    [hidden, ffn]
+  // DeepSeek multi-head latent attention (heads H, nope + rope = head_dim, v = v_head_dim).
+  QueryA,     // layer    [q_lora, hidden]
+  QANorm,     // layer    [q_lora]
+  QueryB,     // layer    [H * head_dim, q_lora]   (Query [H * head_dim, hidden] without a q latent)
+  KvA,        // layer    [kv_lora + rope, hidden] (the latent, then the shared rope key)
+  KvANorm,    // layer    [kv_lora]
+  KvB,        // layer    [H * (nope + v), kv_lora] (per head: nope key rows, then value rows)
+  RouterBias, // layer    [experts]  (DeepSeek-V3 e_score_correction_bias: chooses, does not weigh)
+  SharedGate, // layer    [shared_ffn, hidden]
+  SharedUp,   // layer    [shared_ffn, hidden]
+  SharedDown, // layer    [hidden, shared_ffn]
   FinalNorm,  // model    [hidden]
   Head,       // model    [vocab, hidden]  (absent from an HF checkpoint with a tied head)
 };
 const char* role_name(Role r);  // "query", "expert_gate", ...
 
 // The sizes a shape rule is made of. Obfuscated models change hidden (d') and vocab (n').
-enum class Dim : uint8_t { None, Vocab, Hidden, QDim, KvDim, HeadDim, Ffn, ExpertFfn, Experts };
+enum class Dim : uint8_t {
+  None, Vocab, Hidden, QDim, KvDim, HeadDim, Ffn, ExpertFfn, Experts,
+  QLora, KvLora, KvA, KvB, VDim, SharedFfn,  // MLA: kv_lora + rope, H * (nope + v), H * v; shared experts' width
+};
 
 // When a row exists for a given config and layer.
 enum class When : uint8_t {
@@ -54,6 +68,10 @@ enum class When : uint8_t {
   Dense,      // the layer's FFN is a dense MLP
   Sparse,     // the layer's FFN is a mixture of experts
   Untied,     // the head is its own tensor (not tie_word_embeddings)
+  QLora,      // config.q_lora_rank > 0 (queries through a latent)
+  NoQLora,    // config.q_lora_rank == 0 (q_proj from the residual)
+  SparseBias, // a sparse layer of a router_bias() config
+  Shared,     // a sparse layer of a config with shared experts
 };
 
 enum class Scope : uint8_t { Model, Layer, Expert };
@@ -78,6 +96,7 @@ const TensorDef& def(Family f, Role r);  // throws if the family has no such rol
 // The sizes a shape rule refers to; from a config, then overridable (an obfuscated model's d', n').
 struct Dims {
   int64_t vocab = 0, hidden = 0, q_dim = 0, kv_dim = 0, head_dim = 0, ffn = 0, expert_ffn = 0, experts = 0;
+  int64_t q_lora = 0, kv_lora = 0, kv_a = 0, kv_b = 0, v_dim = 0, shared_ffn = 0;
   static Dims of(const ModelConfig& c);
   int64_t operator[](Dim d) const;
 };

@@ -32,7 +32,12 @@ struct MoeKeys {
   std::vector<FfnKeys> experts;      // channel keys of plaintext expert e
 };
 // Streams "layer/<l>/router/perm", "layer/<l>/expert/<e>/ffn/perm", "layer/<l>/expert/<e>/ffn/scale".
-MoeKeys draw_moe_keys(const Seed& seed, int64_t layer, int64_t n_experts, int64_t expert_ff, double scale_range);
+// groups > 1 (DeepSeek's group-limited routing): Z_router keeps each group of n_experts / groups
+// consecutive experts together, permuting the groups ("layer/<l>/router/group_perm") and the
+// experts inside each ("layer/<l>/router/perm/<g>"), so a group's score and the groups kept move
+// with the experts.
+MoeKeys draw_moe_keys(const Seed& seed, int64_t layer, int64_t n_experts, int64_t expert_ff, double scale_range,
+                      int64_t groups = 1);
 // Router [E, d] HF rows -> row expert_slot[e] holds plaintext row e.
 Tensor permute_router(const Tensor& router, const std::vector<int64_t>& expert_slot);
 // Every row of w [rows, cols] divided by its Euclidean norm (--router-norm; not exact).
