@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "aloepri/audit/mla_latent.h"
+#include "aloepri/audit/weights.h"
 #include "aloepri/core/error.h"
 #include "aloepri/core/keyfile.h"
 #include "aloepri/engine/forward.h"
@@ -136,7 +138,7 @@ std::vector<std::pair<int64_t, double>> route(const ModelConfig& c, const std::v
 std::vector<std::vector<double>> naive_logits(const ModelWeights& w, const std::vector<int64_t>& ids) {
   const ModelConfig& c = w.config;
   const int64_t d = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim, nope = c.qk_nope_head_dim;
-  const int64_t rope = c.qk_rope_head_dim, dv = c.v_head_dim, kvl = c.kv_lora_rank;
+  const int64_t dv = c.v_head_dim, kvl = c.kv_lora_rank;
   const double eps = c.rms_norm_eps;
   std::vector<std::vector<std::vector<double>>> lat(size_t(c.num_hidden_layers)), kpe(lat.size());
   std::vector<std::vector<double>> out;
@@ -294,11 +296,21 @@ TEST(DeepseekLayout, TensorsOfEachLayerKind) {
   EXPECT_TRUE(has(l1, "model.layers.1.mlp.experts.7.up_proj.weight"));
   EXPECT_FALSE(has(l1, "model.layers.1.mlp.gate_proj.weight"));
   for (const auto& t : layout::layer_tensors(c, d, 1)) {
-    if (t.def->role == layout::Role::KvA) EXPECT_EQ(t.shape, (std::vector<int64_t>{24 + 8, 64}));
-    if (t.def->role == layout::Role::KvB) EXPECT_EQ(t.shape, (std::vector<int64_t>{4 * (16 + 12), 24}));
-    if (t.def->role == layout::Role::QueryB) EXPECT_EQ(t.shape, (std::vector<int64_t>{4 * 24, 32}));
-    if (t.def->role == layout::Role::Output) EXPECT_EQ(t.shape, (std::vector<int64_t>{64, 4 * 12}));
-    if (t.def->role == layout::Role::SharedGate) EXPECT_EQ(t.shape, (std::vector<int64_t>{20, 64}));
+    if (t.def->role == layout::Role::KvA) {
+      EXPECT_EQ(t.shape, (std::vector<int64_t>{24 + 8, 64}));
+    }
+    if (t.def->role == layout::Role::KvB) {
+      EXPECT_EQ(t.shape, (std::vector<int64_t>{4 * (16 + 12), 24}));
+    }
+    if (t.def->role == layout::Role::QueryB) {
+      EXPECT_EQ(t.shape, (std::vector<int64_t>{4 * 24, 32}));
+    }
+    if (t.def->role == layout::Role::Output) {
+      EXPECT_EQ(t.shape, (std::vector<int64_t>{64, 4 * 12}));
+    }
+    if (t.def->role == layout::Role::SharedGate) {
+      EXPECT_EQ(t.shape, (std::vector<int64_t>{20, 64}));
+    }
   }
   json lite = v3_json();
   lite["q_lora_rank"] = nullptr;
@@ -384,11 +396,36 @@ TEST(DeepseekForward, MatchesAbsorbedPerTokenForm) {
   }
 }
 
+// branch_hidden (the oracle attack's batch): each id as the only token after the cached prefix,
+// the cache untouched; the same hidden state as step() on a copy of that prefix.
+TEST(DeepseekForward, BranchHiddenIsStepAfterThePrefix) {
+  const std::string dir = synth("branch", Family::DeepseekV3);
+  ReferenceModel ref = ReferenceModel::load(dir);
+  const std::vector<int64_t> prefix = {1, 450, 4996}, alts = {17354, 278, 13};
+  ref.forward(prefix);
+  const auto hb = ref.branch_hidden(alts);
+  EXPECT_EQ(ref.position(), 3);
+  const int64_t d = ref.config().hidden_size, n = ref.vocab_size();
+  const Tensor& head = ref.weights().head;
+  for (size_t b = 0; b < alts.size(); ++b) {
+    ReferenceModel one = ReferenceModel::load(dir);
+    one.forward(prefix);
+    const auto want = one.step(alts[b]);
+    double diff = 0, mx = 0;
+    for (int64_t y = 0; y < n; ++y) {
+      double lg = 0;
+      for (int64_t k = 0; k < d; ++k) lg += hb[b * size_t(d) + size_t(k)] * double(head.data[size_t(y * d + k)]);
+      diff = std::max(diff, std::fabs(lg - want[size_t(y)]));
+      mx = std::max(mx, std::fabs(want[size_t(y)]));
+    }
+    EXPECT_LT(diff / mx, 1e-9) << "alternative " << b;
+  }
+}
+
 TEST(DeepseekForward, RefusesWhatIsNotBuiltYet) {
   const std::string dir = synth("refuse", Family::DeepseekV2);
   ReferenceModel ref = ReferenceModel::load(dir);
-  EXPECT_THROW(ref.branch_hidden({1, 2}), Error);
-  EXPECT_THROW(LayerForward(ref.config()), Error);
+  EXPECT_THROW(LayerForward(ref.config()), Error);  // the calibrator's one-layer forward
 }
 
 // kv_b_proj [H*(nope+v), kvl] -> attn_k_b ne {nope, kvl, H} (k_b[h][j][i] = kv_b[h*(nope+v)+i][j]) and
@@ -513,4 +550,41 @@ TEST(DeepseekObfuscate, KeysMixLatentsAndKeepExpertGroups) {
   std::vector<int64_t> sorted = mk.expert_slot;
   std::sort(sorted.begin(), sorted.end());
   for (int64_t e = 0; e < 8; ++e) EXPECT_EQ(sorted[size_t(e)], e);
+}
+
+// The latent attack (audit/mla_latent.h) on an exactly obfuscated V3 shape (kv_b head blocks of
+// 16 rows in a 32-dim latent, q_b blocks of 16 in 48): the server recovers the head permutation
+// and both latent rotations from the weights alone, and the per-head maps explain the obfuscated
+// blocks exactly. Scored with the key's maps.
+TEST(DeepseekAudit, LatentAttackRecoversRotationsAndHeadOrder) {
+  const std::string plain_dir = synth("attack_plain", Family::DeepseekV3);
+  const std::string out = aloepri::testing::scratch_dir("deepseek_attack") + "/obf";
+  const Seed seed = key_seed();
+  ObfuscateOptions opt;
+  opt.params = ObfuscationParams::exact();
+  opt.params.keymat = obf::KeymatVariant::ExactNorm;
+  opt.params.expansion = 16;
+  obfuscate_model(plain_dir, seed, out, opt);
+  const ModelWeights plain = audit::load_weights(plain_dir), obfw = audit::load_weights(out);
+  const auto rec = audit::mla_latent_attack(plain, obfw);
+  ASSERT_EQ(rec.size(), size_t(2 * plain.config.num_hidden_layers));  // kv and q per layer
+  for (const auto& r : rec) {
+    ASSERT_TRUE(r.identifiable);
+    const obf::MlaKeys K = obf::draw_mla_keys(seed, r.layer, plain.config, 1.0, 1.0);
+    const auto j = audit::score_latent_recovery(r, r.latent == "kv" ? K.Rkv : K.Rq, K.head_slot);
+    std::printf("mla-latent layer %lld %s: heads right %.2f, |R^-R|/|R| %.2e, residual %.2e\n", (long long)r.layer,
+                r.latent.c_str(), j["heads_right"].get<double>(), j["R_rel_error"].get<double>(), r.residual);
+    EXPECT_EQ(j["heads_right"].get<double>(), 1.0);
+    EXPECT_LT(j["R_rel_error"].get<double>(), 1e-3);
+    EXPECT_LT(r.residual, 1e-4);
+  }
+  // Against the plaintext model itself (R = I, heads in place) the attack finds the identity.
+  const auto self = audit::mla_latent_attack(plain, plain);
+  const auto j = audit::score_latent_recovery(self[0], obf::Mat::identity(plain.config.kv_lora_rank),
+                                              {0, 1, 2, 3});
+  EXPECT_EQ(j["heads_right"].get<double>(), 1.0);
+  EXPECT_LT(j["R_rel_error"].get<double>(), 1e-6);
+  // The weight attacks read the shared experts as each sparse layer's FFN.
+  EXPECT_FALSE(plain.layers[1].w_gate.data.empty());
+  EXPECT_EQ(plain.layers[1].w_gate.data, plain.layers[1].shared.w_gate.data);
 }

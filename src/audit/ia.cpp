@@ -58,6 +58,8 @@ VocabAttack run_ia(const char* name, const ModelWeights& plain, const ModelWeigh
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t n = plain.vocab();
   require(obf.vocab() == n && obf.layers.size() == plain.layers.size(), name, "models do not match");
+  require(gate || !plain.config.mla(), name,
+          "reads q_proj and k_proj per RoPE block; DeepSeek's latent attention has no k_proj (see the mla-latent attack)");
   Tensor fp = gate ? gate_means(plain.embed, plain, true) : block_forms(plain.embed, plain, plain.config, true);
   Tensor Xq = gather_rows(obf.embed, query.obf_ids);
   Tensor fo = gate ? gate_means(Xq, obf, false) : block_forms(Xq, obf, plain.config, false);

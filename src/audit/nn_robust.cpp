@@ -573,13 +573,16 @@ VocabAttack internal::nn_attack_robust(const ModelWeights& plain, const ModelWei
         body_num += rel * rel * s;
         body_den += s;
       };
-      // Readers in plaintext coordinates: X P^^T.
-      add("q", head_block_drift(to_mat(linalg::matmul(O.wq, Phat, false, true)), to_mat(scale_cols(P.wq, P.attn_norm)), m, dh), P.wq);
-      add("k", head_block_drift(to_mat(linalg::matmul(O.wk, Phat, false, true)), to_mat(scale_cols(P.wk, P.attn_norm)), mkv, dh), P.wk);
-      add("v", head_block_drift(to_mat(linalg::matmul(O.wv, Phat, false, true)), to_mat(scale_cols(P.wv, P.attn_norm)), mkv, dh), P.wv);
-      // Writers in plaintext coordinates: T X (HF layout [d', in] -> [d, in]), compared by input block.
-      const Mat To = obf::matmul(to_mat(O.wo), T, true, true);  // [m dh, d] = (T o~)^T
-      add("o", head_block_drift(To, obf::transpose(to_mat(P.wo)), m, dh), P.wo);
+      // Readers in plaintext coordinates: X P^^T. (Latent attention: its latents are measured by
+      // the mla-latent attack instead.)
+      if (!c.mla()) {
+        add("q", head_block_drift(to_mat(linalg::matmul(O.wq, Phat, false, true)), to_mat(scale_cols(P.wq, P.attn_norm)), m, dh), P.wq);
+        add("k", head_block_drift(to_mat(linalg::matmul(O.wk, Phat, false, true)), to_mat(scale_cols(P.wk, P.attn_norm)), mkv, dh), P.wk);
+        add("v", head_block_drift(to_mat(linalg::matmul(O.wv, Phat, false, true)), to_mat(scale_cols(P.wv, P.attn_norm)), mkv, dh), P.wv);
+        // Writers in plaintext coordinates: T X (HF layout [d', in] -> [d, in]), compared by input block.
+        const Mat To = obf::matmul(to_mat(O.wo), T, true, true);  // [m dh, d] = (T o~)^T
+        add("o", head_block_drift(To, obf::transpose(to_mat(P.wo)), m, dh), P.wo);
+      }
       if (!zf[size_t(l)].empty()) {
         const Mat Yg = to_mat(linalg::matmul(O.w_gate, Phat, false, true)), Yu = to_mat(linalg::matmul(O.w_up, Phat, false, true));
         add("gate", rel_diff(Yg, take_rows(Ug[size_t(l)], zf[size_t(l)])), P.w_gate);

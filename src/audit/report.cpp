@@ -11,7 +11,10 @@
 #include <unistd.h>
 
 #include "aloepri/audit/report.h"
+#include "aloepri/audit/mla_latent.h"
 #include "aloepri/audit/oracle.h"
+#include "aloepri/core/keyfile.h"
+#include "aloepri/obfuscate/mla.h"
 #include "aloepri/engine/forward.h"
 #include "aloepri/formats/hf_config.h"
 #include "aloepri/core/error.h"
@@ -144,6 +147,45 @@ std::vector<AttackEntry> weight_attacks() {
           entry("gate-ia", "Gate-IA: mean of e W_gate per layer", &gate_ia_attack),
           entry("attn-ia", "Attn-IA: per-RoPE-block quadratic forms in slot order", &attn_ia_attack),
           entry("nn", "nearest neighbour after FFN channel matching and least-squares key inversion", &nn_attack)};
+}
+
+AttackEntry mla_latent_entry() {
+  return AttackEntry{
+      "mla-latent", "weights",
+      "DeepSeek latents: head projectors' eigenbases give the latent rotations, their diagonals the head permutation",
+      [](const AuditContext& ctx) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto rec = mla_latent_attack(ctx.plain(), ctx.obf());
+        AttackResult r;
+        r.attack = "MLA-latent";
+        r.setting = setting_of(ctx);
+        r.ttrsr = -1;  // recovers key maps, not tokens
+        nlohmann::json layers = nlohmann::json::array();
+        std::optional<Seed> seed;
+        if (!ctx.key_path.empty()) seed = KeyFile::load(ctx.key_path).seed;
+        double heads = 0, rerr = 0, resid = 0;
+        int64_t scored = 0;
+        for (const auto& x : rec) {
+          nlohmann::json j = {{"latent", x.latent}, {"layer", x.layer}, {"identifiable", x.identifiable},
+                              {"eigen_mismatch", x.eigen_mismatch}, {"residual", x.residual}};
+          if (seed && x.identifiable) {
+            const obf::MlaKeys K = obf::draw_mla_keys(*seed, x.layer, ctx.plain().config, 1.0, 1.0);
+            j = score_latent_recovery(x, x.latent == "kv" ? K.Rkv : K.Rq, K.head_slot);
+            heads += j["heads_right"].get<double>();
+            rerr = std::max(rerr, j["R_rel_error"].get<double>());
+            ++scored;
+          }
+          resid = std::max(resid, x.residual);
+          layers.push_back(j);
+        }
+        r.details = {{"latents", layers}, {"max_residual", resid}};
+        if (scored > 0) {
+          r.details["heads_right"] = heads / double(scored);
+          r.details["max_R_rel_error"] = rerr;
+        }
+        r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return std::vector<AttackResult>{r};
+      }};
 }
 
 AttackEntry oracle_entry(const OracleOptions& base) {
@@ -444,7 +486,7 @@ nlohmann::json audit_json(const AuditRun& run) {
 std::string audit_table(const AuditRun& run) {
   std::ostringstream s;
   char line[256];
-  std::snprintf(line, sizeof line, "%-9s %-44s %8s %8s %8s %8s %7s %7s %7s  %s\n", "attack", "setting", "TTRSR", "top5",
+  std::snprintf(line, sizeof line, "%-10s %-44s %8s %8s %8s %8s %7s %7s %7s  %s\n", "attack", "setting", "TTRSR", "top5",
                 "top10", "vocab", "BLEU4", "secs", "goal", "met");
   s << line;
   for (const auto& r : run.results) {
@@ -453,12 +495,17 @@ std::string audit_table(const AuditRun& run) {
     std::string setting = r.setting.size() > 44 ? r.setting.substr(0, 41) + "..." : r.setting;
     char b4[16];
     std::snprintf(b4, sizeof b4, "%.3f", r.bleu4);
-    std::snprintf(line, sizeof line, "%-9s %-44s %8s %8s %8s %8s %7s %7.1f %7s  %s\n", r.attack.c_str(),
+    std::snprintf(line, sizeof line, "%-10s %-44s %8s %8s %8s %8s %7s %7.1f %7s  %s\n", r.attack.c_str(),
                   setting.c_str(), fmt_pct(r.ttrsr).c_str(), fmt_pct(topk_of(r, 5)).c_str(),
                   fmt_pct(topk_of(r, 10)).c_str(), fmt_pct(r.vocab_recovery).c_str(), r.bleu4 < 0 ? "-" : b4,
                   r.seconds, g ? fmt_pct(*g).c_str() : "-", g && f ? (*f <= *g ? "yes" : "NO") : "-");
     s << line;
   }
+  // Attacks that recover key maps rather than tokens say what they recovered.
+  for (const auto& r : run.results)
+    if (r.attack == "MLA-latent" && r.details.contains("heads_right"))
+      s << "MLA-latent: head order right " << fmt_pct(r.details["heads_right"].get<double>())
+        << ", latent maps recovered to " << r.details["max_R_rel_error"].get<double>() << " (relative, key-scored)\n";
   for (const auto& k : run.skipped)
     s << "skipped " << k["attack"].get<std::string>() << ": " << k["reason"].get<std::string>() << "\n";
   return s.str();

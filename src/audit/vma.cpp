@@ -103,7 +103,10 @@ VocabAttack vma_attack(const ModelWeights& plain, const ModelWeights& obf, const
                        },
                        true, true});
     }
+    // Latent attention (DeepSeek) has no k_proj: its q/k features need the latent norms between
+    // the projections, which no weight product here can express (see the mla-latent attack).
     for (QkFeat f : {QkFeat::Dot, QkFeat::QNorm, QkFeat::KNorm}) {
+      if (c.mla()) break;
       const char* nm = f == QkFeat::Dot ? "emb.qk/" : f == QkFeat::QNorm ? "emb.q/" : "emb.k/";
       pairs.push_back({nm + ls,
                        [&, Pp, Op, f](bool o, bool noisy, const std::vector<int32_t>* rows) {

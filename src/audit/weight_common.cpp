@@ -16,14 +16,25 @@ namespace aloepri::audit {
 
 ModelWeights load_weights(const std::string& dir) {
   HFModel m(dir);
-  // The weight attacks read each layer's dense FFN (Gate-IA, NN's channel alignment); a sparse
-  // layer has a router and experts instead, which no attack here reads yet.
-  if (m.config().is_moe() || m.config().mla())
+  const ModelConfig& c = m.config();
+  // The weight attacks read each layer's dense FFN (Gate-IA, NN's channel alignment). A DeepSeek
+  // sparse layer's shared experts are such an FFN: one MLP reading the normed residual through the
+  // layer's Q, its channels permuted and scaled, writing through the experts' P. They stand in
+  // for the layer's FFN (both models alike). Qwen3-MoE's sparse layers have no such MLP.
+  const bool shared_view = c.mla() && (!c.is_moe() || c.n_shared_experts > 0);
+  if (c.is_moe() && !shared_view)
     throw Error(dir + "/config.json",
-                "the weight attacks (vma, gate-ia, attn-ia, nn, oracle) read dense FFN layers; " +
-                    family_name(m.config().family) + " checkpoints (router + experts) are not supported by them yet",
+                "the weight attacks (vma, gate-ia, attn-ia, nn, oracle) read dense FFN layers; " + family_name(c.family) +
+                    " sparse layers (router + experts, no shared expert) are not supported by them yet",
                 kExitUsage);
-  return ModelWeights::load(m);
+  ModelWeights w = ModelWeights::load(m);
+  for (auto& L : w.layers)
+    if (L.w_gate.data.empty() && !L.shared.w_gate.data.empty()) {
+      L.w_gate = L.shared.w_gate;
+      L.w_up = L.shared.w_up;
+      L.w_down = L.shared.w_down;
+    }
+  return w;
 }
 
 namespace internal {

@@ -135,6 +135,7 @@ int run(const Opts& o) {
   // The registry: weight attacks here; the token-stream attacks (audit/stream_attacks.h) and the
   // learned attacks (an external `aloe-attack` printing JSON) are appended the same way.
   std::vector<AttackEntry> entries = weight_attacks();
+  if (aloepri::ModelConfig::load(ctx.plain_dir).mla()) entries.push_back(aloepri::audit::mla_latent_entry());
   aloepri::audit::OracleOptions oracle = o.oracle;
   if (o.oracle_known > 0) {
     // An attacker holding known plaintexts: the pairs (tau(t), t) of the victim's most frequent

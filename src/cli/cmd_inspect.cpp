@@ -19,6 +19,13 @@ using nlohmann::json;
 
 namespace {
 
+std::string fmt_g(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", x);
+  return b;
+}
+
+
 std::string with_commas(uint64_t n) {
   std::string s = std::to_string(n);
   for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
@@ -288,7 +295,7 @@ int run(const Options& o) {
                        " of " + std::to_string(c.num_hidden_layers) + " layers sparse");
     if (c.mla())
       row("routing", c.scoring_func + " scores, " + c.topk_method + ", " + std::to_string(c.topk_group) + " of " +
-                         std::to_string(c.n_group) + " groups, scale " + std::to_string(c.routed_scaling_factor) +
+                         std::to_string(c.n_group) + " groups, scale " + fmt_g(c.routed_scaling_factor) +
                          ", " + std::to_string(c.n_shared_experts) + " shared expert(s)");
   }
   double pc = double(c.parameter_count());

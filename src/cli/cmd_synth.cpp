@@ -94,7 +94,7 @@ auto setup(CLI::App& sub) {
   sub.add_option("--experts-per-tok", o->experts_per_tok, "qwen3moe: experts each token uses (tiny 2, small 4)");
   sub.add_option("--moe-ffn", o->moe_ffn, "qwen3moe: expert intermediate size (tiny 32, small 128)");
   sub.add_flag("--no-norm-topk", o->no_norm_topk, "qwen3moe / deepseek: norm_topk_prob false (top-k weights not renormalised)");
-  sub.add_option("--q-lora", o->q_lora, "deepseek: query latent rank (tiny 32, small 96; 0: q_proj from the residual, as V2-Lite)");
+  sub.add_option("--q-lora", o->q_lora, "deepseek: query latent rank (tiny 48, small 192; 0: q_proj from the residual, as V2-Lite)");
   sub.add_option("--vocab-from", o->vocab_from,
                  "Directory with tokenizer.json + tokenizer_config.json (default: vocab/llama2)");
   sub.add_flag("--tie", o->tie, "Tie the output head to the embedding (default for qwen2/qwen3)");

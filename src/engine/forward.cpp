@@ -322,9 +322,12 @@ void attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Project&
 // and the key [k_nope_h | k_pe] with one k_pe shared by every head; RoPE rotates adjacent pairs
 // (2i, 2i+1) of the rope parts (HF de-interleaves first, which gives the same scores). The cache
 // holds the decompressed keys [H*dh] and values [H*v] per position. cosv / sinv: [T, rope/2].
+// branch: every row an alternative at position pos (the cache left unchanged), as in
+// attention_sublayer.
 void mla_attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Project& proj, const double* X,
-                            int64_t T, int64_t pos, const std::vector<double>& cosv, const std::vector<double>& sinv,
-                            std::vector<double>& kc, std::vector<double>& vc, Scratch& sc, double* Out) {
+                            int64_t T, int64_t pos, bool branch, const std::vector<double>& cosv,
+                            const std::vector<double>& sinv, std::vector<double>& kc, std::vector<double>& vc,
+                            Scratch& sc, double* Out) {
   const int64_t d = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim, nope = c.qk_nope_head_dim;
   const int64_t rope = c.qk_rope_head_dim, dv = c.v_head_dim, ql = c.q_lora_rank, kvl = c.kv_lora_rank;
   const int64_t qd = H * dh, vd = H * dv, kva = kvl + rope, kvb = H * (nope + dv), half = rope / 2;
@@ -366,6 +369,33 @@ void mla_attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Proj
       std::copy_n(kpe, rope, K + t * qd + h * dh + nope);
       std::copy_n(kv + nope, dv, V + t * vd + h * dv);
     }
+  }
+  if (branch) {  // row r sees the cached prefix and its own key only
+    std::vector<double> S(size_t(T * std::max<int64_t>(pos, 1)));
+    for (int64_t h = 0; h < H; ++h) {
+      if (pos > 0) linalg::gemm(false, true, T, pos, dh, scale, Q + h * dh, qd, kc.data() + h * dh, qd, 0.0, S.data(), pos);
+      for (int64_t r = 0; r < T; ++r) {
+        const double* q = Q + r * qd + h * dh;
+        const double* k = K + r * qd + h * dh;
+        double self = 0;
+        for (int64_t i = 0; i < dh; ++i) self += q[i] * k[i];
+        self *= scale;
+        double* s = S.data() + r * pos;
+        double mx = self;
+        for (int64_t j = 0; j < pos; ++j) mx = std::max(mx, s[j]);
+        const double ps = std::exp(self - mx);
+        double sum = ps;
+        for (int64_t j = 0; j < pos; ++j) sum += (s[j] = std::exp(s[j] - mx));
+        double* a = A + r * vd + h * dv;
+        const double* v = V + r * vd + h * dv;
+        for (int64_t i = 0; i < dv; ++i) a[i] = ps * v[i];
+        for (int64_t j = 0; j < pos; ++j)
+          for (int64_t i = 0; i < dv; ++i) a[i] += s[j] * vc[size_t(j * vd + h * dv + i)];
+        for (int64_t i = 0; i < dv; ++i) a[i] /= sum;
+      }
+    }
+    proj(Proj::O, -1, A, T, Out);
+    return;
   }
   kc.insert(kc.end(), K, K + T * qd);
   vc.insert(vc.end(), V, V + T * vd);
@@ -670,8 +700,7 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bo
     };
     const int64_t win = window_.empty() ? 0 : window_[l];
     if (c.mla()) {
-      require(!branch, "forward", "branch_hidden (the oracle attack's batch) is not implemented for DeepSeek MLA");
-      mla_attention_sublayer(c, D.vecs, proj, X.data(), T, pos_, cosv, sinv, k_cache_[l], v_cache_[l], sc,
+      mla_attention_sublayer(c, D.vecs, proj, X.data(), T, pos_, branch, cosv, sinv, k_cache_[l], v_cache_[l], sc,
                              tmp.data());
     } else {
       attention_sublayer(c, D.vecs, proj, X.data(), T, pos_, branch, cosv, sinv, win, k_cache_[l], v_cache_[l], sc,

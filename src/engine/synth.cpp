@@ -147,11 +147,13 @@ ModelConfig synth_config(const SynthOptions& o) {
     const bool small = o.preset == "small";
     c.num_hidden_layers = o.layers.value_or(small ? 4 : 3);
     c.num_key_value_heads = c.num_attention_heads;
-    c.q_lora_rank = o.q_lora.value_or(small ? 96 : 32);
-    c.kv_lora_rank = small ? 64 : 32;
-    c.qk_nope_head_dim = small ? 32 : 16;
+    // DeepSeek-V3's proportions: a head's kv_b rows (nope + v) half the kv latent, its q_b rows
+    // (nope + rope) a third of the q latent or less.
+    c.q_lora_rank = o.q_lora.value_or(small ? 192 : 48);
+    c.kv_lora_rank = small ? 128 : 32;
+    c.qk_nope_head_dim = small ? 32 : 8;
     c.qk_rope_head_dim = small ? 16 : 8;
-    c.v_head_dim = small ? 32 : 16;
+    c.v_head_dim = small ? 32 : 8;
     c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
     const MoeDims md = preset_moe_dims(o.preset);
     c.num_experts = o.experts.value_or(md.experts);

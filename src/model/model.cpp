@@ -103,6 +103,17 @@ std::string HFModel::fingerprint() const {
     for (int64_t l : c.mlp_only_layers) moe += std::to_string(l) + ",";
     put(moe + "\n");
   }
+  if (c.mla()) {  // the latent sizes and DeepSeek's routing rule define the function too
+    char mla[512];
+    std::snprintf(mla, sizeof mla,
+                  "mla q_lora=%lld kv_lora=%lld nope=%lld rope=%lld v=%lld shared=%lld first_dense=%lld freq=%lld "
+                  "groups=%lld/%lld scoring=%s topk=%s scale=%.17g\n",
+                  (long long)c.q_lora_rank, (long long)c.kv_lora_rank, (long long)c.qk_nope_head_dim,
+                  (long long)c.qk_rope_head_dim, (long long)c.v_head_dim, (long long)c.n_shared_experts,
+                  (long long)c.first_k_dense_replace, (long long)c.moe_layer_freq, (long long)c.topk_group,
+                  (long long)c.n_group, c.scoring_func.c_str(), c.topk_method.c_str(), c.routed_scaling_factor);
+    put(mla);
+  }
   auto names = weights_->names();
   for (auto& n : names) {
     const TensorView& t = weights_->get(n);

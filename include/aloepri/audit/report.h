@@ -58,6 +58,9 @@ struct AttackEntry {
 // The built-in weight attacks, in running order; callers append others (stream attacks, an
 // external learned-attack binary) before running.
 std::vector<AttackEntry> weight_attacks();
+// DeepSeek only (audit/mla_latent.h): the latent maps and head permutations recovered from the
+// weights; scored against the key's maps when the context has a key.
+AttackEntry mla_latent_entry();
 // The oracle attack (audit/oracle.h) with the given budget options; it runs both models.
 AttackEntry oracle_entry(const OracleOptions& opt);
 // "oracle-nn": NN on the weights first, then the oracle with NN's unambiguous matches as seeds

@@ -25,9 +25,10 @@ namespace aloepri::audit {
 using aloepri::LayerWeights;
 using aloepri::ModelWeights;
 
-// A dense checkpoint (plaintext or obfuscated) as the weight attacks read it: ModelWeights::load
-// (every tensor checked; the head filled with the embedding when tied). Refuses a sparse (MoE)
-// checkpoint, naming its config, since no attack reads routers or experts yet.
+// A checkpoint (plaintext or obfuscated) as the weight attacks read it: ModelWeights::load
+// (every tensor checked; the head filled with the embedding when tied). A DeepSeek sparse layer's
+// shared experts stand in for its FFN (w_gate/w_up/w_down); a Qwen3-MoE checkpoint is refused,
+// naming its config, since no attack reads routers or routed experts yet.
 ModelWeights load_weights(const std::string& dir);
 
 // What the attacker knows about the mechanism (public parameters, not the seed).

@@ -25,7 +25,7 @@ struct SynthOptions {
   // renormalises its top-k weights unless norm_topk_prob is false (default true, as Qwen3-30B-A3B).
   std::optional<int64_t> experts, experts_per_tok, moe_ffn;
   std::optional<bool> norm_topk_prob;
-  // deepseek_v2 / deepseek_v3 (preset tiny: q latent 32, kv latent 32, nope 16, rope 8, v 16,
+  // deepseek_v2 / deepseek_v3 (preset tiny: q latent 48, kv latent 32, nope 8, rope 8, v 8,
   // 1 shared expert, layer 0 dense; v3 adds sigmoid scores, noaux_tc with 4 groups of which 2 are
   // kept, e_score_correction_bias, routed scale 2.5). q_lora 0: q_proj from the residual (V2-Lite).
   std::optional<int64_t> q_lora;
