@@ -233,9 +233,9 @@ TEST(Qwen3MoeForward, NormTopkProbChangesTheFunction) {
   EXPECT_GT(diff, 1e-3);
 }
 
-TEST(Qwen3MoeAudit, WeightAttacksRefuseSparseLayersNamingTheConfig) {
-  // The weight attacks read dense FFN layers; a MoE checkpoint gets one clear usage error, not
-  // a missing-tensor error from the middle of the loader.
+TEST(Qwen3MoeAudit, LoadingOneModelRefusesSparseLayersNamingTheConfig) {
+  // Alone, a MoE checkpoint's sparse layers have no FFN for the weight attacks; one clear usage
+  // error, not a missing-tensor error from the middle of the loader. (load_weight_pair pairs them.)
   const std::string dir = synth_moe("audit");
   try {
     audit::load_weights(dir);
@@ -245,6 +245,56 @@ TEST(Qwen3MoeAudit, WeightAttacksRefuseSparseLayersNamingTheConfig) {
     EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
     EXPECT_NE(msg.find("qwen3_moe"), std::string::npos) << msg;
     EXPECT_EQ(e.code(), kExitUsage) << msg;
+  }
+}
+
+// The attacker's expert pairing (audit/weights.h pair_routed_experts) recovers Z_router from the
+// routers and embeddings alone at --exact, and NN then takes the vocabulary through the paired
+// experts. Under the noise profile (lambda 0.3, h 128, alpha_e 0.5) the sorted router columns no
+// longer pair the experts, and NN takes the vocabulary all the same.
+TEST(Qwen3MoeAudit, RouterColumnsPairTheExpertsAndNNFollows) {
+  const std::string plain_dir = synth_moe("pair_plain", true, 2, 9);
+  const Seed seed = key_seed();
+  int variant = 0;
+  for (const char* profile : {"exact", "noise"}) {
+    const std::string out = aloepri::testing::scratch_dir("qwen3moe_pair_" + std::to_string(variant++)) + "/obf";
+    ObfuscateOptions opt;
+    opt.params = ObfuscationParams::profile(profile);
+    obfuscate_model(plain_dir, seed, out, opt);
+    auto [plain, obfw] = audit::load_weight_pair(plain_dir, out);
+    ModelWeights p2 = plain, o2 = obfw;
+    const auto slots = audit::pair_routed_experts(p2, o2);
+    const ModelConfig& c = plain.config;
+    int64_t right = 0, total = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const auto mk = obf::draw_moe_keys(seed, l, c.num_experts, c.moe_intermediate_size, opt.params.ffn_scale_range);
+      for (int64_t e = 0; e < c.num_experts; ++e) right += slots[size_t(l)][size_t(e)] == mk.expert_slot[size_t(e)];
+      total += c.num_experts;
+    }
+    audit::Query q;
+    const auto tau = derive_tau(seed, c.vocab_size);
+    for (int64_t y = 0; y < 2000; ++y) q.obf_ids.push_back(int32_t(tau[size_t(y)]));
+    audit::WeightAttackOptions wo;
+    wo.mech.alpha_e = opt.params.alpha_e;
+    wo.mech.alpha_h = opt.params.alpha_h;
+    wo.mech.per_row_noise = opt.params.noise_scale == obf::NoiseScale::PerRow;
+    const auto a = audit::nn_attack(plain, obfw, q, wo);
+    int64_t hit = 0;
+    for (int64_t y = 0; y < 2000; ++y) {
+      const auto& g = a.guesses[size_t(tau[size_t(y)])];
+      hit += !g.empty() && g[0] == y;
+    }
+    std::printf("qwen3moe %s: experts paired %lld/%lld, NN top-1 %lld/2000\n", profile, (long long)right,
+                (long long)total, (long long)hit);
+    for (const auto& sl : slots) {  // always a pairing: each slot given to one expert
+      std::vector<int64_t> v = sl;
+      std::sort(v.begin(), v.end());
+      for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(v[i], int64_t(i));
+    }
+    if (std::string(profile) == "exact") EXPECT_EQ(right, total);  // under noise the pairing fails
+    // ... and NN does not need it: its channel matching runs over all E x fe stacked channels,
+    // so experts paired wrongly are a permutation of channels like any other.
+    EXPECT_GT(hit, 1900) << profile;
   }
 }
 

@@ -25,12 +25,18 @@ namespace fs = std::filesystem;
 
 namespace aloepri::audit {
 
+void AuditContext::load_models() const {
+  if (plain_) return;
+  auto [p, o] = load_weight_pair(plain_dir, obf_dir);
+  plain_ = std::make_shared<ModelWeights>(std::move(p));
+  obf_ = std::make_shared<ModelWeights>(std::move(o));
+}
 const ModelWeights& AuditContext::plain() const {
-  if (!plain_) plain_ = std::make_shared<ModelWeights>(load_weights(plain_dir));
+  load_models();
   return *plain_;
 }
 const ModelWeights& AuditContext::obf() const {
-  if (!obf_) obf_ = std::make_shared<ModelWeights>(load_weights(obf_dir));
+  load_models();
   return *obf_;
 }
 

@@ -1,6 +1,8 @@
 // Shared machinery of the weight attacks: loading, signatures, nearest-neighbour search,
 // assignment, scoring.
 #include <algorithm>
+#include <array>
+#include <tuple>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -14,7 +16,9 @@
 
 namespace aloepri::audit {
 
-ModelWeights load_weights(const std::string& dir) {
+namespace {
+
+ModelWeights load_view(const std::string& dir, bool routed_ok) {
   HFModel m(dir);
   const ModelConfig& c = m.config();
   // The weight attacks read each layer's dense FFN (Gate-IA, NN's channel alignment). A DeepSeek
@@ -22,7 +26,7 @@ ModelWeights load_weights(const std::string& dir) {
   // layer's Q, its channels permuted and scaled, writing through the experts' P. They stand in
   // for the layer's FFN (both models alike). Qwen3-MoE's sparse layers have no such MLP.
   const bool shared_view = c.mla() && (!c.is_moe() || c.n_shared_experts > 0);
-  if (c.is_moe() && !shared_view)
+  if (c.is_moe() && !shared_view && !routed_ok)
     throw Error(dir + "/config.json",
                 "the weight attacks (vma, gate-ia, attn-ia, nn, oracle) read dense FFN layers; " + family_name(c.family) +
                     " sparse layers (router + experts, no shared expert) are not supported by them yet",
@@ -35,6 +39,92 @@ ModelWeights load_weights(const std::string& dir) {
       L.w_down = L.shared.w_down;
     }
   return w;
+}
+
+}  // namespace
+
+ModelWeights load_weights(const std::string& dir) { return load_view(dir, false); }
+
+std::pair<ModelWeights, ModelWeights> load_weight_pair(const std::string& plain_dir, const std::string& obf_dir) {
+  ModelWeights p = load_view(plain_dir, true), o = load_view(obf_dir, true);
+  if (p.config.is_moe() && !(p.config.mla() && p.config.n_shared_experts > 0)) pair_routed_experts(p, o);
+  return {std::move(p), std::move(o)};
+}
+
+std::vector<std::vector<int64_t>> pair_routed_experts(ModelWeights& plain, ModelWeights& obf) {
+  using namespace internal;
+  require(plain.layers.size() == obf.layers.size() && plain.vocab() == obf.vocab(), "audit",
+          "plaintext and obfuscated models do not match (layers or vocabulary)");
+  std::vector<std::vector<int64_t>> out(plain.layers.size());
+  for (size_t l = 0; l < plain.layers.size(); ++l) {
+    LayerWeights& P = plain.layers[l];
+    LayerWeights& O = obf.layers[l];
+    if (P.experts.empty()) continue;
+    const int64_t E = int64_t(P.experts.size()), n = plain.vocab();
+    require(int64_t(O.experts.size()) == E, "audit", "layer " + std::to_string(l) + ": expert counts differ");
+    Tensor Ap = linalg::matmul(scale_cols(plain.embed, P.ffn_norm), P.router, false, true);  // [n, E]
+    Tensor Ao = linalg::matmul(obf.embed, O.router, false, true);                          // [n, E]
+    // The rows of the obfuscated embedding are in the secret vocabulary order, so a column is
+    // compared by its sorted values (its distribution over the vocabulary), as VMA does.
+    constexpr int64_t kQuantiles = 512;
+    auto quantiles = [&](const Tensor& A, int64_t col) {
+      std::vector<float> v(static_cast<size_t>(n));
+      for (int64_t t = 0; t < n; ++t) v[size_t(t)] = A.ptr()[t * E + col];
+      std::sort(v.begin(), v.end());
+      std::vector<double> q(static_cast<size_t>(kQuantiles));
+      for (int64_t i = 0; i < kQuantiles; ++i) q[size_t(i)] = v[size_t((2 * i + 1) * n / (2 * kQuantiles))];
+      return q;
+    };
+    std::vector<std::vector<double>> qp, qo;
+    for (int64_t e = 0; e < E; ++e) {
+      qp.push_back(quantiles(Ap, e));
+      qo.push_back(quantiles(Ao, e));
+    }
+    std::vector<std::tuple<double, int64_t, int64_t>> corr;  // (distance, slot, expert)
+    for (int64_t s = 0; s < E; ++s)
+      for (int64_t e = 0; e < E; ++e) {
+        double dist = 0;
+        for (int64_t i = 0; i < kQuantiles; ++i) dist += (qo[size_t(s)][size_t(i)] - qp[size_t(e)][size_t(i)]) *
+                                                         (qo[size_t(s)][size_t(i)] - qp[size_t(e)][size_t(i)]);
+        corr.emplace_back(dist, s, e);
+      }
+    std::sort(corr.begin(), corr.end());
+    std::vector<int64_t> slot(size_t(E), -1);
+    std::vector<bool> taken(size_t(E), false);
+    int64_t best = -1;
+    for (const auto& [c, s, e] : corr)
+      if (slot[size_t(e)] < 0 && !taken[size_t(s)]) {
+        slot[size_t(e)] = s;
+        taken[size_t(s)] = true;
+        if (best < 0) best = e;  // the most confident pair
+      }
+    (void)best;
+    // All experts side by side, in plaintext expert order on both sides: one FFN of E x fe
+    // channels (a single expert has fewer channels than d, too few for NN's least squares).
+    auto stack = [&](const LayerWeights& L, const std::vector<int64_t>& order) {
+      const int64_t fe = L.experts[0].w_gate.rows(), d = L.experts[0].w_gate.cols();
+      Tensor g({E * fe, d}), u({E * fe, d}), dn({d, E * fe});
+      for (int64_t i = 0; i < E; ++i) {
+        const ExpertWeights& X = L.experts[size_t(order[size_t(i)])];
+        std::copy(X.w_gate.data.begin(), X.w_gate.data.end(), g.data.begin() + i * fe * d);
+        std::copy(X.w_up.data.begin(), X.w_up.data.end(), u.data.begin() + i * fe * d);
+        for (int64_t r = 0; r < d; ++r)
+          std::copy_n(X.w_down.data.begin() + r * fe, fe, dn.data.begin() + r * E * fe + i * fe);
+      }
+      return std::array<Tensor, 3>{std::move(g), std::move(u), std::move(dn)};
+    };
+    std::vector<int64_t> ident(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) ident[size_t(e)] = e;
+    auto sp = stack(P, ident), so = stack(O, slot);
+    P.w_gate = std::move(sp[0]);
+    P.w_up = std::move(sp[1]);
+    P.w_down = std::move(sp[2]);
+    O.w_gate = std::move(so[0]);
+    O.w_up = std::move(so[1]);
+    O.w_down = std::move(so[2]);
+    out[l] = std::move(slot);
+  }
+  return out;
 }
 
 namespace internal {

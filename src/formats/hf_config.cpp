@@ -108,11 +108,17 @@ void parse_deepseek(const json& j, const std::string& where, ModelConfig& c) {
     if (!v->is_string()) throw Error(where, std::string("field '") + k + "' must be a string, got " + v->dump());
     return v->get<std::string>();
   };
-  c.q_lora_rank = opt_int("q_lora_rank", 0);  // null: queries straight from the residual (V2-Lite)
-  c.kv_lora_rank = required_int(j, "kv_lora_rank", where);
-  c.qk_nope_head_dim = required_int(j, "qk_nope_head_dim", where);
-  c.qk_rope_head_dim = required_int(j, "qk_rope_head_dim", where);
-  c.v_head_dim = required_int(j, "v_head_dim", where);
+  // Bounded here, before head_dim adds two of them (validate() repeats the checks for configs
+  // built in code).
+  auto size = [&](int64_t x, const char* k) {
+    if (x < 0 || x > (1 << 16)) throw Error(where, std::string("field '") + k + "' is out of range: " + std::to_string(x));
+    return x;
+  };
+  c.q_lora_rank = size(opt_int("q_lora_rank", 0), "q_lora_rank");  // null: queries straight from the residual (V2-Lite)
+  c.kv_lora_rank = size(required_int(j, "kv_lora_rank", where), "kv_lora_rank");
+  c.qk_nope_head_dim = size(required_int(j, "qk_nope_head_dim", where), "qk_nope_head_dim");
+  c.qk_rope_head_dim = size(required_int(j, "qk_rope_head_dim", where), "qk_rope_head_dim");
+  c.v_head_dim = size(required_int(j, "v_head_dim", where), "v_head_dim");
   c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
   c.num_experts = opt_int("n_routed_experts", 0);
   c.num_experts_per_tok = opt_int("num_experts_per_tok", 0);
@@ -331,6 +337,11 @@ void ModelConfig::validate(const std::string& where) const {
     if (num_key_value_heads != num_attention_heads)
       throw Error(where, "num_key_value_heads must equal num_attention_heads for DeepSeek (one latent serves all heads)");
     if (num_experts < 0) throw Error(where, "field 'n_routed_experts' must not be negative");
+    // The shared experts' width (moe_intermediate_size x n_shared_experts) is a tensor dimension.
+    if (n_shared_experts < 0 || moe_intermediate_size < 0)
+      throw Error(where, "fields 'n_shared_experts' and 'moe_intermediate_size' must not be negative");
+    plausible(moe_intermediate_size, 1 << 22, "moe_intermediate_size");
+    plausible(n_shared_experts, 1 << 8, "n_shared_experts");
     if (num_experts > 0) {
       positive(num_experts_per_tok, "num_experts_per_tok");
       positive(moe_intermediate_size, "moe_intermediate_size");
@@ -338,7 +349,6 @@ void ModelConfig::validate(const std::string& where) const {
       positive(n_group, "n_group");
       positive(topk_group, "topk_group");
       plausible(num_experts, 1 << 16, "n_routed_experts");
-      if (n_shared_experts < 0) throw Error(where, "field 'n_shared_experts' must not be negative");
       if (num_experts_per_tok > num_experts)
         throw Error(where, "field 'num_experts_per_tok' " + std::to_string(num_experts_per_tok) +
                                " exceeds n_routed_experts " + std::to_string(num_experts));

@@ -65,6 +65,18 @@ int main(int argc, char** argv) {
   cfg("mistral", with({{"model_type", "mistral"}, {"sliding_window", 4096}}));
   cfg("qwen2", with({{"model_type", "qwen2"}, {"tie_word_embeddings", true}}));
   cfg("qwen3", with({{"model_type", "qwen3"}, {"head_dim", 32}, {"rope_scaling", nullptr}}));
+  cfg("qwen3_moe", with({{"model_type", "qwen3_moe"}, {"num_experts", 8}, {"num_experts_per_tok", 2},
+                         {"moe_intermediate_size", 32}, {"mlp_only_layers", {1}}}));
+  nlohmann::json ds = with({{"model_type", "deepseek_v3"}, {"num_key_value_heads", 4}, {"q_lora_rank", 48},
+                            {"kv_lora_rank", 32}, {"qk_nope_head_dim", 8}, {"qk_rope_head_dim", 8},
+                            {"v_head_dim", 8}, {"n_routed_experts", 8}, {"num_experts_per_tok", 2},
+                            {"n_shared_experts", 1}, {"first_k_dense_replace", 1}, {"n_group", 4},
+                            {"topk_group", 2}});
+  cfg("deepseek_v3", ds);
+  ds["model_type"] = "deepseek_v2";
+  ds["q_lora_rank"] = nullptr;
+  ds["topk_method"] = "group_limited_greedy";
+  cfg("deepseek_v2", ds);
   std::printf("seed corpora written under %s\n", root.c_str());
   return 0;
 }

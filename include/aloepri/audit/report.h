@@ -41,6 +41,7 @@ struct AuditContext {
   double seconds_left() const;
 
  private:
+  void load_models() const;  // both at once: a MoE pair needs both (load_weight_pair)
   mutable std::shared_ptr<ModelWeights> plain_, obf_;
 };
 

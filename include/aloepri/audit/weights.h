@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "aloepri/audit/metrics.h"
@@ -28,8 +29,20 @@ using aloepri::ModelWeights;
 // A checkpoint (plaintext or obfuscated) as the weight attacks read it: ModelWeights::load
 // (every tensor checked; the head filled with the embedding when tied). A DeepSeek sparse layer's
 // shared experts stand in for its FFN (w_gate/w_up/w_down); a Qwen3-MoE checkpoint is refused,
-// naming its config, since no attack reads routers or routed experts yet.
+// naming its config: its sparse layers need the pair (load_weight_pair).
 ModelWeights load_weights(const std::string& dir);
+// Both models of an audit, as load_weights, and for sparse layers without shared experts
+// (Qwen3-MoE) the attacker's expert pairing (pair_routed_experts) done.
+std::pair<ModelWeights, ModelWeights> load_weight_pair(const std::string& plain_dir, const std::string& obf_dir);
+// The attacker's pairing of routed experts (Qwen3-MoE). The obfuscated router read on the
+// obfuscated embedding rows is the plaintext router (norm gain applied) read on the plaintext
+// rows with its outputs relabelled by Z_router: the embedding's writer map and the router's reader
+// map cancel, as they do for Gate-IA. The rows are in the secret vocabulary order, so each column
+// is compared by its sorted values (quantiles): nearest distributions pair each obfuscated slot
+// with a plaintext expert; all experts side by side, in that pairing, then stand in for the
+// layer's FFN on both sides (w_gate/w_up/w_down: E x fe channels), so every dense attack runs.
+// Returns, per layer (empty for dense layers), the slot the attacker gives each plaintext expert.
+std::vector<std::vector<int64_t>> pair_routed_experts(ModelWeights& plain, ModelWeights& obf);
 
 // What the attacker knows about the mechanism (public parameters, not the seed).
 struct Mechanism {
