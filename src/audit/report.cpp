@@ -13,6 +13,7 @@
 #include "aloepri/audit/report.h"
 #include "aloepri/audit/mla_latent.h"
 #include "aloepri/audit/oracle.h"
+#include "aloepri/audit/qk_gains.h"
 #include "aloepri/core/keyfile.h"
 #include "aloepri/obfuscate/mla.h"
 #include "aloepri/engine/forward.h"
@@ -192,6 +193,33 @@ AttackEntry mla_latent_entry() {
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         return std::vector<AttackResult>{r};
       }};
+}
+
+AttackEntry qk_gains_entry() {
+  return AttackEntry{"qk-gains", "weights",
+                     "Qwen3 q/k gains: products g_q g_k match slots to RoPE pairs, then h = g~_q / g_q",
+                     [](const AuditContext& ctx) {
+                       const auto t0 = std::chrono::steady_clock::now();
+                       const auto rec = qk_gain_attack(ctx.plain(), ctx.obf());
+                       AttackResult r;
+                       r.attack = "QK-gains";
+                       r.setting = setting_of(ctx);
+                       r.ttrsr = -1;  // recovers key maps, not tokens
+                       nlohmann::json layers = nlohmann::json::array();
+                       for (const auto& x : rec) {
+                         int64_t moved = 0, swapped = 0;
+                         for (size_t p = 0; p < x.pair_slot.size(); ++p) {
+                           moved += x.pair_slot[p] != int64_t(p);
+                           swapped += x.swapped[p];
+                         }
+                         const auto [lo, hi] = std::minmax_element(x.scale.begin(), x.scale.end());
+                         layers.push_back({{"layer", x.layer}, {"pairs_moved", moved}, {"pairs_swapped", swapped},
+                                           {"scale_min", *lo}, {"scale_max", *hi}});
+                       }
+                       r.details = {{"layers", layers}};
+                       r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                       return std::vector<AttackResult>{r};
+                     }};
 }
 
 AttackEntry oracle_entry(const OracleOptions& base) {

@@ -135,7 +135,9 @@ int run(const Opts& o) {
   // The registry: weight attacks here; the token-stream attacks (audit/stream_attacks.h) and the
   // learned attacks (an external `aloe-attack` printing JSON) are appended the same way.
   std::vector<AttackEntry> entries = weight_attacks();
-  if (aloepri::ModelConfig::load(ctx.plain_dir).mla()) entries.push_back(aloepri::audit::mla_latent_entry());
+  const aloepri::ModelConfig plain_config = aloepri::ModelConfig::load(ctx.plain_dir);
+  if (plain_config.mla()) entries.push_back(aloepri::audit::mla_latent_entry());
+  if (plain_config.qk_norm) entries.push_back(aloepri::audit::qk_gains_entry());
   aloepri::audit::OracleOptions oracle = o.oracle;
   if (o.oracle_known > 0) {
     // An attacker holding known plaintexts: the pairs (tau(t), t) of the victim's most frequent

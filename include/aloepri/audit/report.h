@@ -62,6 +62,9 @@ std::vector<AttackEntry> weight_attacks();
 // DeepSeek only (audit/mla_latent.h): the latent maps and head permutations recovered from the
 // weights; scored against the key's maps when the context has a key.
 AttackEntry mla_latent_entry();
+// Qwen3 / Qwen3-MoE only (audit/qk_gains.h): the shared pair map and scales read off the q/k gains
+// (attacker-side figures; scored against the key in tests/qk_gains_test.cpp).
+AttackEntry qk_gains_entry();
 // The oracle attack (audit/oracle.h) with the given budget options; it runs both models.
 AttackEntry oracle_entry(const OracleOptions& opt);
 // "oracle-nn": NN on the weights first, then the oracle with NN's unambiguous matches as seeds
