@@ -221,3 +221,57 @@ TEST(AuditRunner, BudgetSpentSkipsAndThrowingAttackIsRecorded) {
   EXPECT_NE(audit::audit_table(run).find("NO"), std::string::npos);
   EXPECT_THROW(audit::run_audit(es, {"zzz"}, ctx), Error);
 }
+
+// The architecture-specific attacks through the CLI: DeepSeek gets the latent attack (scored with
+// the key), Qwen3 the q/k gain attack; both appear in the JSON and the console.
+TEST(AuditCli, ArchitectureAttacksRunThroughTheCli) {
+  const Fixture& f = fixture();
+  struct Arch {
+    const char* name;
+    json config;
+    const char* attacks;
+  };
+  const json ds = {{"model_type", "deepseek_v3"}, {"hidden_size", 32},   {"num_hidden_layers", 2},
+                   {"num_attention_heads", 4},    {"num_key_value_heads", 4}, {"intermediate_size", 64},
+                   {"vocab_size", 600},           {"q_lora_rank", 24},   {"kv_lora_rank", 16},
+                   {"qk_nope_head_dim", 4},       {"qk_rope_head_dim", 4}, {"v_head_dim", 4},
+                   {"n_routed_experts", 4},       {"num_experts_per_tok", 2}, {"moe_intermediate_size", 16},
+                   {"n_shared_experts", 1},       {"first_k_dense_replace", 1}, {"n_group", 2},
+                   {"topk_group", 1}};
+  const json q3 = {{"model_type", "qwen3"},        {"hidden_size", 32}, {"num_hidden_layers", 2},
+                   {"num_attention_heads", 4},     {"num_key_value_heads", 2}, {"head_dim", 16},
+                   {"intermediate_size", 96},      {"vocab_size", 600}};
+  for (const Arch& a : {Arch{"deepseek", ds, "mla-latent,nn"}, Arch{"qwen3", q3, "qk-gains"}}) {
+    const std::string root = f.dir + "/" + a.name, plain = root + "/plain", obf = root + "/obf", key = root + "/key";
+    fs::create_directories(root);
+    write_synthetic_model(plain, ModelConfig::from_json(a.config), 5, DType::F32);
+    std::string out;
+    ASSERT_EQ(at::run_command(at::aloepri_exe() + " keygen --out " + key + " 2>&1", &out), 0) << out;
+    ASSERT_EQ(at::run_command(at::aloepri_exe() + " obfuscate " + plain + " --key " + key + " --out " + obf +
+                                  " --exact --dtype f32 2>&1", &out), 0) << out;
+    const std::string js = root + "/a.json";
+    ASSERT_EQ(at::run_command(at::aloepri_exe() + " audit --plain " + plain + " --obf " + obf + " --key " + key +
+                                  " --victim " + f.victim + " --attacks " + a.attacks + " --json " + js + " 2>&1", &out), 0)
+        << out;
+    const json j = json::parse(read_file(js));
+    std::map<std::string, json> by;
+    for (const auto& r : j["results"]) by[r["attack"]] = r;
+    if (std::string(a.name) == "deepseek") {
+      ASSERT_TRUE(by.count("MLA-latent")) << j.dump(1);
+      EXPECT_EQ(by["MLA-latent"]["details"]["heads_right"].get<double>(), 1.0);
+      EXPECT_LT(by["MLA-latent"]["details"]["max_R_rel_error"].get<double>(), 1e-4);
+      EXPECT_EQ(by["MLA-latent"]["details"]["latents"].size(), 4u);  // q and kv of 2 layers
+      EXPECT_NE(out.find("MLA-latent: head order right 100.0%"), std::string::npos) << out;
+      EXPECT_GT(by["NN"]["ttrsr"].get<double>(), 0.95);  // through the dense layer and the shared expert
+    } else {
+      ASSERT_TRUE(by.count("QK-gains")) << j.dump(1);
+      const json& layers = by["QK-gains"]["details"]["layers"];
+      ASSERT_EQ(layers.size(), 2u);
+      for (const auto& l : layers) {  // --exact draws pair scales log-uniform in [1/2, 2]
+        EXPECT_GE(l["scale_min"].get<double>(), 0.5 - 1e-6);
+        EXPECT_LE(l["scale_max"].get<double>(), 2.0 + 1e-6);
+        EXPECT_GT(l["scale_max"].get<double>() / l["scale_min"].get<double>(), 1.01);  // not all ones
+      }
+    }
+  }
+}
