@@ -51,7 +51,7 @@ auto setup(CLI::App& sub) {
                  "Directory with tokenizer.json + tokenizer_config.json (default: MODEL)");
   sub.add_option("--arch", o->arch,
                  "Force the llama.cpp architecture: 'llama' (default: llama/mistral -> llama, qwen2 -> "
-                 "qwen2, qwen3 -> qwen3, qwen3_moe -> qwen3moe)");
+                 "qwen2, qwen3 -> qwen3, qwen3_moe -> qwen3moe, deepseek_v2/v3 -> deepseek2)");
   sub.add_option("--tokenizer-pre", o->tokenizer_pre,
                  "llama.cpp pre-tokenizer name (default: detected; 'qwen2', 'llama-bpe', 'gpt-2')");
   sub.add_flag("--opaque-vocab", o->opaque_vocab,
@@ -60,7 +60,9 @@ auto setup(CLI::App& sub) {
   sub.footer(
       "Writes GGUF v3 for llama.cpp, one tensor at a time (memory stays bounded):\n"
       "  * llama / mistral go out as arch 'llama' with Q/K rows permuted to llama.cpp's rotary layout;\n"
-      "    qwen2 as 'qwen2' (or 'llama' when hidden_size != heads * head_dim); qwen3 as 'qwen3'; qwen3_moe as 'qwen3moe'.\n"
+      "    qwen2 as 'qwen2' (or 'llama' when hidden_size != heads * head_dim); qwen3 as 'qwen3'; qwen3_moe as 'qwen3moe';\n"
+      "    deepseek_v2 / deepseek_v3 as 'deepseek2' (absorbed MLA: kv_b_proj split into attn_k_b / attn_v_b;\n"
+      "    YaRN rope scaling is refused for now).\n"
       "  * attention.key_length / value_length are always written, so obfuscated models whose\n"
       "    hidden size differs from heads * head_dim load correctly; output.weight is always written.\n"
       "  * The vocabulary comes from tokenizer.json: SentencePiece-style BPE (Llama-2, Mistral) as\n"

@@ -199,7 +199,7 @@ int run(Opts o, CLI::App& sub) {
 
 auto setup(CLI::App& sub) {
   auto o = std::make_shared<Opts>();
-  sub.add_option("model", o->model, "Plaintext HF model directory (llama, mistral, qwen2, qwen3, qwen3_moe)")->required();
+  sub.add_option("model", o->model, "Plaintext HF model directory (llama, mistral, qwen2, qwen3, qwen3_moe, deepseek_v2, deepseek_v3)")->required();
   sub.add_option("--key", o->key, "Client key file (from `aloepri keygen`)")->required();
   sub.add_option("--out", o->out, "Obfuscated model directory to create")->required();
   sub.add_option("--gguf", o->gguf, "Also write the obfuscated model as GGUF for llama.cpp");

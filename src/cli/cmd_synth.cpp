@@ -90,9 +90,9 @@ auto setup(CLI::App& sub) {
   sub.add_option("--kv-heads", o->kv_heads, "Key/value heads (GQA when fewer than --heads)");
   sub.add_option("--head-dim", o->head_dim, "Head dimension (default: hidden / heads when either is given)");
   sub.add_option("--ffn", o->ffn, "MLP intermediate size");
-  sub.add_option("--experts", o->experts, "qwen3moe: experts per layer (tiny 8, small 16)");
-  sub.add_option("--experts-per-tok", o->experts_per_tok, "qwen3moe: experts each token uses (tiny 2, small 4)");
-  sub.add_option("--moe-ffn", o->moe_ffn, "qwen3moe: expert intermediate size (tiny 32, small 128)");
+  sub.add_option("--experts", o->experts, "qwen3moe / deepseek: experts per layer (tiny 8, small 16)");
+  sub.add_option("--experts-per-tok", o->experts_per_tok, "qwen3moe / deepseek: experts each token uses (tiny 2, small 4)");
+  sub.add_option("--moe-ffn", o->moe_ffn, "qwen3moe / deepseek: expert intermediate size (tiny 32, small 128)");
   sub.add_flag("--no-norm-topk", o->no_norm_topk, "qwen3moe / deepseek: norm_topk_prob false (top-k weights not renormalised)");
   sub.add_option("--q-lora", o->q_lora, "deepseek: query latent rank (tiny 48, small 192; 0: q_proj from the residual, as V2-Lite)");
   sub.add_option("--vocab-from", o->vocab_from,
