@@ -197,25 +197,31 @@ double* sized(V& v, int64_t n) {
 }
 
 // Row r attends to the cached prefix (positions 0 .. pos-1, within the window) and to its own
-// key/value at position pos, as if it were the only token fed after the prefix.
-void branch_attention(const ModelConfig& c, int64_t pos, const double* Q, const double* K, const double* V,
+// key/value at position pos, as if it were the only token fed after the prefix. H query heads of
+// dk (scores) and dv (values) dims, query head h reading kv head h / g; Q, K, V, kc, vc, A are
+// row-major with row strides qs, ks, vs, ks, vs, as (the dense layer: dk = dv = head_dim; MLA:
+// g = 1 and the decompressed keys and values).
+struct BranchShape {
+  int64_t H, g, dk, dv, qs, ks, vs, as;
+};
+void branch_attention(const BranchShape& b, int64_t pos, const double* Q, const double* K, const double* V,
                       int64_t T, const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
                       double* A) {
-  const int64_t dh = c.head_dim, H = c.num_attention_heads, g = c.group_size(), qd = c.q_dim(), kvd = c.kv_dim();
-  const double scale = 1.0 / std::sqrt(double(dh));
+  const int64_t dk = b.dk, dv = b.dv;
+  const double scale = 1.0 / std::sqrt(double(dk));
   const int64_t lo = win > 0 ? std::max<int64_t>(0, pos - win + 1) : 0;  // first visible cached key
   const int64_t keys = pos;
   std::vector<double> S(size_t(T * std::max<int64_t>(keys, 1)));
-  for (int64_t h = 0; h < H; ++h) {
-    const int64_t kh = h / g;
+  for (int64_t h = 0; h < b.H; ++h) {
+    const int64_t kh = h / b.g;
     if (keys > 0)  // S [T, keys] = Q_h K_cache_h^T * scale
-      linalg::gemm(false, true, T, keys, dh, scale, Q + h * dh, qd, kc.data() + kh * dh, kvd, 0.0, S.data(), keys);
+      linalg::gemm(false, true, T, keys, dk, scale, Q + h * dk, b.qs, kc.data() + kh * dk, b.ks, 0.0, S.data(), keys);
     for (int64_t r = 0; r < T; ++r) {
-      const double* q = Q + r * qd + h * dh;
-      const double* k = K + r * kvd + kh * dh;
-      const double* v = V + r * kvd + kh * dh;
+      const double* q = Q + r * b.qs + h * dk;
+      const double* k = K + r * b.ks + kh * dk;
+      const double* v = V + r * b.vs + kh * dv;
       double self = 0;
-      for (int64_t i = 0; i < dh; ++i) self += q[i] * k[i];
+      for (int64_t i = 0; i < dk; ++i) self += q[i] * k[i];
       self *= scale;
       double* s = S.data() + r * keys;
       double mx = self;
@@ -223,13 +229,13 @@ void branch_attention(const ModelConfig& c, int64_t pos, const double* Q, const 
       const double ps = std::exp(self - mx);
       double sum = ps;
       for (int64_t j = lo; j < keys; ++j) sum += (s[j] = std::exp(s[j] - mx));
-      double* a = A + r * qd + h * dh;
-      for (int64_t i = 0; i < dh; ++i) a[i] = ps * v[i];
+      double* a = A + r * b.as + h * dv;
+      for (int64_t i = 0; i < dv; ++i) a[i] = ps * v[i];
       for (int64_t j = lo; j < keys; ++j) {
-        const double* vj = vc.data() + j * kvd + kh * dh;
-        for (int64_t i = 0; i < dh; ++i) a[i] += s[j] * vj[i];
+        const double* vj = vc.data() + j * b.vs + kh * dv;
+        for (int64_t i = 0; i < dv; ++i) a[i] += s[j] * vj[i];
       }
-      for (int64_t i = 0; i < dh; ++i) a[i] /= sum;
+      for (int64_t i = 0; i < dv; ++i) a[i] /= sum;
     }
   }
 }
@@ -278,7 +284,7 @@ void attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Project&
   rope(Q, H, qd);
   rope(K, c.num_key_value_heads, kvd);
   if (branch) {
-    branch_attention(c, pos, Q, K, V, T, kc, vc, win, A);
+    branch_attention({H, g, dh, dh, qd, kvd, kvd, qd}, pos, Q, K, V, T, kc, vc, win, A);
   } else {
     kc.insert(kc.end(), K, K + T * kvd);
     vc.insert(vc.end(), V, V + T * kvd);
@@ -371,29 +377,7 @@ void mla_attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Proj
     }
   }
   if (branch) {  // row r sees the cached prefix and its own key only
-    std::vector<double> S(size_t(T * std::max<int64_t>(pos, 1)));
-    for (int64_t h = 0; h < H; ++h) {
-      if (pos > 0) linalg::gemm(false, true, T, pos, dh, scale, Q + h * dh, qd, kc.data() + h * dh, qd, 0.0, S.data(), pos);
-      for (int64_t r = 0; r < T; ++r) {
-        const double* q = Q + r * qd + h * dh;
-        const double* k = K + r * qd + h * dh;
-        double self = 0;
-        for (int64_t i = 0; i < dh; ++i) self += q[i] * k[i];
-        self *= scale;
-        double* s = S.data() + r * pos;
-        double mx = self;
-        for (int64_t j = 0; j < pos; ++j) mx = std::max(mx, s[j]);
-        const double ps = std::exp(self - mx);
-        double sum = ps;
-        for (int64_t j = 0; j < pos; ++j) sum += (s[j] = std::exp(s[j] - mx));
-        double* a = A + r * vd + h * dv;
-        const double* v = V + r * vd + h * dv;
-        for (int64_t i = 0; i < dv; ++i) a[i] = ps * v[i];
-        for (int64_t j = 0; j < pos; ++j)
-          for (int64_t i = 0; i < dv; ++i) a[i] += s[j] * vc[size_t(j * vd + h * dv + i)];
-        for (int64_t i = 0; i < dv; ++i) a[i] /= sum;
-      }
-    }
+    branch_attention({H, 1, dh, dv, qd, qd, vd, vd}, pos, Q, K, V, T, kc, vc, 0, A);
     proj(Proj::O, -1, A, T, Out);
     return;
   }
