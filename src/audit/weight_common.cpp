@@ -80,25 +80,22 @@ std::vector<std::vector<int64_t>> pair_routed_experts(ModelWeights& plain, Model
       qp.push_back(quantiles(Ap, e));
       qo.push_back(quantiles(Ao, e));
     }
-    std::vector<std::tuple<double, int64_t, int64_t>> corr;  // (distance, slot, expert)
+    std::vector<std::tuple<double, int64_t, int64_t>> cost;  // (distance, slot, expert)
     for (int64_t s = 0; s < E; ++s)
       for (int64_t e = 0; e < E; ++e) {
         double dist = 0;
         for (int64_t i = 0; i < kQuantiles; ++i) dist += (qo[size_t(s)][size_t(i)] - qp[size_t(e)][size_t(i)]) *
                                                          (qo[size_t(s)][size_t(i)] - qp[size_t(e)][size_t(i)]);
-        corr.emplace_back(dist, s, e);
+        cost.emplace_back(dist, s, e);
       }
-    std::sort(corr.begin(), corr.end());
+    std::sort(cost.begin(), cost.end());
     std::vector<int64_t> slot(size_t(E), -1);
     std::vector<bool> taken(size_t(E), false);
-    int64_t best = -1;
-    for (const auto& [c, s, e] : corr)
+    for (const auto& [dist, s, e] : cost)
       if (slot[size_t(e)] < 0 && !taken[size_t(s)]) {
         slot[size_t(e)] = s;
         taken[size_t(s)] = true;
-        if (best < 0) best = e;  // the most confident pair
       }
-    (void)best;
     // All experts side by side, in plaintext expert order on both sides: one FFN of E x fe
     // channels (a single expert has fewer channels than d, too few for NN's least squares).
     auto stack = [&](const LayerWeights& L, const std::vector<int64_t>& order) {
