@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <numeric>
 
 #include <nlohmann/json.hpp>
@@ -47,11 +48,15 @@ Seed key_seed() {
   return s;
 }
 
-std::string synth(const std::string& name, Family f, std::optional<int64_t> q_lora = std::nullopt) {
+// rope: "" or "yarn" (DeepSeek's released settings at factor 40).
+std::string synth(const std::string& name, Family f, std::optional<int64_t> q_lora = std::nullopt,
+                  const std::string& rope = "") {
   const std::string dir = aloepri::testing::scratch_dir("deepseek_" + name) + "/model";
   SynthOptions o;
   o.family = f;
   o.q_lora = q_lora;
+  o.rope_scaling = rope;
+  o.rope_factor = 40;
   o.vocab_dir = aloepri::testing::vocab_dir("llama2");
   o.seed = 7;
   synthesize(o, dir);
@@ -80,7 +85,38 @@ std::vector<double> mlp(const ExpertWeights& W, const std::vector<double>& x) {
   return mv(W.w_down, g);
 }
 // HF: view(..., d/2, 2).transpose -> [evens, odds], then rotate_half with cos/sin of freq i.
-std::vector<double> hf_rope(const std::vector<double>& x, int64_t pos, double theta) {
+// DeepSeek's rotary embedding as its modeling code writes it (DeepseekV3YarnRotaryEmbedding:
+// yarn_find_correction_range, yarn_linear_ramp_mask, yarn_get_mscale), and the attention's
+// softmax_scale factor; the plain rotary embedding when there is no yarn.
+struct NaiveRope {
+  std::vector<double> inv_freq;
+  double magnitude = 1.0, score = 1.0;
+};
+NaiveRope naive_rope(const ModelConfig& c) {
+  const int64_t dim = c.qk_rope_head_dim;
+  NaiveRope r;
+  for (int64_t i = 0; i < dim; i += 2) r.inv_freq.push_back(1.0 / std::pow(c.rope_theta, double(i) / double(dim)));
+  const RopeScaling& s = c.rope_scaling;
+  if (s.type != "yarn") return r;
+  auto corr_dim = [&](double rot) {
+    return double(dim) * std::log(double(s.original_max_position_embeddings) / (rot * 2 * M_PI)) /
+           (2 * std::log(c.rope_theta));
+  };
+  const double low = std::max(std::floor(corr_dim(s.beta_fast)), 0.0);
+  double high = std::min(std::ceil(corr_dim(s.beta_slow)), double(dim - 1));
+  if (low == high) high += 0.001;
+  for (size_t i = 0; i < r.inv_freq.size(); ++i) {
+    const double mask = 1.0 - std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
+    const double extra = r.inv_freq[i], inter = 1.0 / (s.factor / extra);
+    r.inv_freq[i] = inter * (1.0 - mask) + extra * mask;
+  }
+  auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+  r.magnitude = get_mscale(s.factor, s.mscale) / get_mscale(s.factor, s.mscale_all_dim);
+  if (s.mscale_all_dim != 0) r.score = std::pow(get_mscale(s.factor, s.mscale_all_dim), 2);
+  return r;
+}
+
+std::vector<double> hf_rope(const std::vector<double>& x, int64_t pos, const NaiveRope& R) {
   const int64_t r = int64_t(x.size()), half = r / 2;
   std::vector<double> y(x.size()), out(x.size());
   for (int64_t i = 0; i < half; ++i) {
@@ -88,9 +124,10 @@ std::vector<double> hf_rope(const std::vector<double>& x, int64_t pos, double th
     y[i + half] = x[2 * i + 1];
   }
   for (int64_t i = 0; i < half; ++i) {
-    const double a = double(pos) / std::pow(theta, double(2 * i) / double(r));
-    out[i] = y[i] * std::cos(a) - y[i + half] * std::sin(a);
-    out[i + half] = y[i + half] * std::cos(a) + y[i] * std::sin(a);
+    const double a = double(pos) * R.inv_freq[size_t(i)];
+    const double cs = R.magnitude * std::cos(a), sn = R.magnitude * std::sin(a);
+    out[i] = y[i] * cs - y[i + half] * sn;
+    out[i + half] = y[i + half] * cs + y[i] * sn;
   }
   return out;
 }
@@ -140,6 +177,7 @@ std::vector<std::vector<double>> naive_logits(const ModelWeights& w, const std::
   const int64_t d = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim, nope = c.qk_nope_head_dim;
   const int64_t dv = c.v_head_dim, kvl = c.kv_lora_rank;
   const double eps = c.rms_norm_eps;
+  const NaiveRope R = naive_rope(c);
   std::vector<std::vector<std::vector<double>>> lat(size_t(c.num_hidden_layers)), kpe(lat.size());
   std::vector<std::vector<double>> out;
   for (size_t t = 0; t < ids.size(); ++t) {
@@ -151,10 +189,10 @@ std::vector<std::vector<double>> naive_logits(const ModelWeights& w, const std::
       const auto q = c.q_lora_rank > 0 ? mv(L.wq_b, rms(mv(L.wq_a, xn), L.q_a_norm, eps)) : mv(L.wq, xn);
       const auto kva = mv(L.wkv_a, xn);
       lat[l].push_back(rms(std::vector<double>(kva.begin(), kva.begin() + kvl), L.kv_a_norm, eps));
-      kpe[l].push_back(hf_rope(std::vector<double>(kva.begin() + kvl, kva.end()), int64_t(t), c.rope_theta));
+      kpe[l].push_back(hf_rope(std::vector<double>(kva.begin() + kvl, kva.end()), int64_t(t), R));
       std::vector<double> heads;
       for (int64_t h = 0; h < H; ++h) {
-        const auto qpe = hf_rope(std::vector<double>(q.begin() + h * dh + nope, q.begin() + (h + 1) * dh), int64_t(t), c.rope_theta);
+        const auto qpe = hf_rope(std::vector<double>(q.begin() + h * dh + nope, q.begin() + (h + 1) * dh), int64_t(t), R);
         std::vector<double> qabs(static_cast<size_t>(kvl), 0.0);  // q_nope^T W_kb_h
         for (int64_t i = 0; i < nope; ++i)
           for (int64_t j = 0; j < kvl; ++j)
@@ -163,7 +201,7 @@ std::vector<std::vector<double>> naive_logits(const ModelWeights& w, const std::
         for (size_t p = 0; p <= t; ++p) {
           double s = std::inner_product(qabs.begin(), qabs.end(), lat[l][p].begin(), 0.0) +
                      std::inner_product(qpe.begin(), qpe.end(), kpe[l][p].begin(), 0.0);
-          sc.push_back(s / std::sqrt(double(dh)));
+          sc.push_back(s * R.score / std::sqrt(double(dh)));
         }
         const double m = *std::max_element(sc.begin(), sc.end());
         double z = 0;
@@ -278,6 +316,101 @@ TEST(DeepseekConfig, RefusesWhatItCannotCompute) {
   EXPECT_NE(err(j).find("topk_group"), std::string::npos);
 }
 
+// YaRN as DeepSeek-V3's config.json writes it: the correction range for rope dim 8 over an original
+// context of 4096 at theta 1e4 is dims [floor 1.31, ceil 2.81] = [1, 3], so pair 0 and 1 keep their
+// frequency, pair 2 is half interpolated and pair 3 divided by the factor (worked out by hand).
+TEST(DeepseekYarn, FrequenciesAndScalesOfTheReleasedConfigs) {
+  json j = v3_json();
+  j["rope_theta"] = 10000.0;
+  j["rope_scaling"] = {{"type", "yarn"},          {"factor", 40},     {"original_max_position_embeddings", 4096},
+                       {"beta_fast", 32},         {"beta_slow", 1},   {"mscale", 1.0},
+                       {"mscale_all_dim", 1.0}};
+  ModelConfig c = ModelConfig::from_json(j, "cfg.json");
+  ASSERT_EQ(c.rope_scaling.type, "yarn");
+  const std::vector<double> want = {1.0, 0.1, 0.01 * (0.5 + 0.5 / 40), 0.001 / 40};
+  const auto got = rope_inv_freq(c);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-15 * want[i]) << "pair " << i;
+  EXPECT_DOUBLE_EQ(rope_magnitude(c), 1.0);
+  EXPECT_DOUBLE_EQ(attention_score_factor(c), std::pow(1 + 0.1 * std::log(40.0), 2));
+  // The config written back reads the same.
+  const ModelConfig back = ModelConfig::from_json(c.to_json(), "back.json");
+  EXPECT_EQ(back.rope_scaling.type, "yarn");
+  EXPECT_EQ(back.rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_EQ(rope_inv_freq(back), got);
+  EXPECT_DOUBLE_EQ(attention_score_factor(back), attention_score_factor(c));
+  // V2 / V2-Lite: mscale = mscale_all_dim = 0.707.
+  j["rope_scaling"]["mscale"] = 0.707;
+  j["rope_scaling"]["mscale_all_dim"] = 0.707;
+  c = ModelConfig::from_json(j, "cfg.json");
+  EXPECT_DOUBLE_EQ(rope_magnitude(c), 1.0);
+  EXPECT_NEAR(attention_score_factor(c), 1.5896262, 1e-6);  // (1 + 0.0707 ln 40)^2
+  // Neither given (DeepSeek's defaults mscale 1, mscale_all_dim 0): cos/sin carry 1 + 0.1 ln 40
+  // and the scores are not rescaled.
+  j["rope_scaling"].erase("mscale");
+  j["rope_scaling"].erase("mscale_all_dim");
+  c = ModelConfig::from_json(j, "cfg.json");
+  EXPECT_DOUBLE_EQ(rope_magnitude(c), 1 + 0.1 * std::log(40.0));
+  EXPECT_DOUBLE_EQ(attention_score_factor(c), 1.0);
+}
+
+TEST(DeepseekYarn, RefusesWhatIsAmbiguousOrNotDeepseek) {
+  auto err = [](json j) {
+    try {
+      ModelConfig::from_json(j, "cfg.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const json yarn = {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096},
+                     {"mscale", 0.707}, {"mscale_all_dim", 0.707}};
+  json j = v3_json();
+  j["rope_scaling"] = yarn;
+  EXPECT_EQ(err(j), "");
+  j["rope_scaling"].erase("mscale");
+  EXPECT_NE(err(j).find("'mscale_all_dim' without 'mscale'"), std::string::npos) << err(j);
+  j["rope_scaling"] = yarn;
+  j["rope_scaling"].erase("original_max_position_embeddings");
+  EXPECT_NE(err(j).find("original_max_position_embeddings"), std::string::npos) << err(j);
+  j["rope_scaling"] = yarn;
+  j["rope_scaling"]["attention_factor"] = 1.0;
+  EXPECT_NE(err(j).find("attention_factor"), std::string::npos) << err(j);
+  j["rope_scaling"] = yarn;
+  j["rope_scaling"]["beta_slow"] = 0;
+  EXPECT_NE(err(j).find("beta_slow"), std::string::npos) << err(j);
+  json llama = {{"model_type", "llama"}, {"hidden_size", 64}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                {"num_key_value_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 1000}, {"rope_scaling", yarn}};
+  EXPECT_NE(err(llama).find("only supported for deepseek"), std::string::npos) << err(llama);
+}
+
+// The GGUF carries what llama.cpp's converter writes (type, factor, original context, 0.1 x
+// mscale_all_dim); a config llama.cpp's graph would compute differently is refused by name.
+TEST(DeepseekYarn, GgufKeysAndRefusals) {
+  const std::string dir = synth("yarn_gguf", Family::DeepseekV2, std::nullopt, "yarn");
+  const std::string out = aloepri::testing::scratch_dir("deepseek_yarn_gguf_out") + "/m.gguf";
+  GGUFExportOptions opt;
+  opt.overwrite = true;
+  opt.progress = false;
+  export_gguf(HFModel(dir), out, DType::F32, opt);
+  {
+    gguf::GGUFReader g(out);
+    EXPECT_EQ(g.get("deepseek2.rope.scaling.type").as_string(), "yarn");
+    EXPECT_FLOAT_EQ(float(g.get("deepseek2.rope.scaling.factor").as_f64()), 40.0f);
+    EXPECT_EQ(g.get("deepseek2.rope.scaling.original_context_length").as_u64(), 4096u);
+    EXPECT_FLOAT_EQ(float(g.get("deepseek2.rope.scaling.yarn_log_multiplier").as_f64()), 0.0707f);
+  }
+  json cfg = json::parse(std::ifstream(dir + "/config.json"));
+  cfg["rope_scaling"]["mscale"] = 1.0;  // != mscale_all_dim 0.707
+  std::ofstream(dir + "/config.json") << cfg.dump(2);
+  try {
+    export_gguf(HFModel(dir), out, DType::F32, opt);
+    ADD_FAILURE() << "mscale != mscale_all_dim was exported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rope_scaling.mscale"), std::string::npos) << e.what();
+  }
+}
+
 TEST(DeepseekLayout, TensorsOfEachLayerKind) {
   const ModelConfig c = ModelConfig::from_json(v3_json());
   const auto d = layout::Dims::of(c);
@@ -370,10 +503,13 @@ TEST(DeepseekForward, MatchesAbsorbedPerTokenForm) {
     const char* name;
     Family f;
     std::optional<int64_t> q_lora;
+    const char* rope;
   };
-  for (const Case& k : {Case{"v3", Family::DeepseekV3, std::nullopt}, Case{"v2", Family::DeepseekV2, std::nullopt},
-                        Case{"v2lite", Family::DeepseekV2, int64_t(0)}}) {
-    const std::string dir = synth(std::string("fwd_") + k.name, k.f, k.q_lora);
+  for (const Case& k : {Case{"v3", Family::DeepseekV3, std::nullopt, ""}, Case{"v2", Family::DeepseekV2, std::nullopt, ""},
+                        Case{"v2lite", Family::DeepseekV2, int64_t(0), ""},
+                        Case{"v3_yarn", Family::DeepseekV3, std::nullopt, "yarn"},
+                        Case{"v2lite_yarn", Family::DeepseekV2, int64_t(0), "yarn"}}) {
+    const std::string dir = synth(std::string("fwd_") + k.name, k.f, k.q_lora, k.rope);
     HFModel m(dir);
     ModelWeights w = ModelWeights::load(m);
     const std::vector<int64_t> ids = {1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 31999};
@@ -482,11 +618,13 @@ TEST(DeepseekObfuscate, ExactOnTheReferenceForward) {
     Family f;
     std::optional<int64_t> q_lora;
     int64_t h;
+    const char* rope = "";
   };
   const Seed seed = key_seed();
   for (const Case& k : {Case{"v3", Family::DeepseekV3, std::nullopt, 0}, Case{"v3_h16", Family::DeepseekV3, std::nullopt, 16},
-                        Case{"v2lite_h16", Family::DeepseekV2, int64_t(0), 16}}) {
-    const std::string plain_dir = synth(std::string("obf_plain_") + k.name, k.f, k.q_lora);
+                        Case{"v2lite_h16", Family::DeepseekV2, int64_t(0), 16},
+                        Case{"v3_yarn", Family::DeepseekV3, std::nullopt, 0, "yarn"}}) {
+    const std::string plain_dir = synth(std::string("obf_plain_") + k.name, k.f, k.q_lora, k.rope);
     const std::string out = aloepri::testing::scratch_dir(std::string("deepseek_obf_") + k.name) + "/obf";
     ObfuscateOptions opt;
     opt.params = ObfuscationParams::exact();

@@ -461,7 +461,7 @@ TEST(Rope, LinearScalingDividesByFactor) {
 
 TEST(Rope, UnknownScalingIsRejected) {
   ModelConfig c = small_config();
-  c.rope_scaling.type = "yarn";
+  c.rope_scaling.type = "dynamic";
   EXPECT_THROW(rope_inv_freq(c), Error);
 }
 

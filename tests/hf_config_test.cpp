@@ -292,8 +292,13 @@ TEST(HFConfig, ErrorsNameTheField) {
   EXPECT_NE(error_of(j).find("'vocab_size' must be an integer"), std::string::npos);
 
   j = json::parse(kLlama3);
-  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
-  EXPECT_NE(error_of(j).find("unsupported rope_scaling type 'yarn'"), std::string::npos);
+  j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};
+  EXPECT_NE(error_of(j).find("unsupported rope_scaling type 'dynamic'"), std::string::npos);
+
+  // yarn is read for DeepSeek only (deepseek_test covers it); a Llama with yarn is refused by name.
+  j = json::parse(kLlama3);
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 4096}};
+  EXPECT_NE(error_of(j).find("yarn is only supported for deepseek"), std::string::npos) << error_of(j);
 
   j = json::parse(kLlama3);
   j["rope_scaling"].erase("low_freq_factor");

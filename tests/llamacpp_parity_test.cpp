@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -29,7 +30,8 @@ struct Shape {
 // (qwen2), q_norm/k_norm with head_dim != hidden/heads (qwen3), llama3 rope scaling, routed
 // experts (qwen3moe), multi-head latent attention with kv_b split into attn_k_b / attn_v_b, a dense
 // first layer, shared experts and softmax routing (deepseek_v2; q_proj without a latent: the
-// V2-Lite shape), sigmoid routing over 2 of 4 groups with e_score_correction_bias (deepseek_v3).
+// V2-Lite shape), sigmoid routing over 2 of 4 groups with e_score_correction_bias (deepseek_v3),
+// YaRN rope scaling (both).
 const Shape kShapes[] = {
     {"llama_gqa_untied", {"llama", "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
                           "--no-tie", "--rope-scaling", "llama3"}},
@@ -43,6 +45,10 @@ const Shape kShapes[] = {
     {"deepseek_v2", {"deepseek_v2"}},
     {"deepseek_v2_lite", {"deepseek_v2", "--q-lora", "0"}},
     {"deepseek_v3", {"deepseek_v3"}},
+    // YaRN as the releases set it (factor 40, original context 4096; mscale = mscale_all_dim 1 on
+    // V3, 0.707 on V2): interpolated and ramped RoPE pairs, the softmax scale times mscale^2.
+    {"deepseek_v3_yarn", {"deepseek_v3", "--rope-scaling", "yarn", "--rope-factor", "40"}},
+    {"deepseek_v2_lite_yarn", {"deepseek_v2", "--q-lora", "0", "--rope-scaling", "yarn", "--rope-factor", "40"}},
 };
 const char* kVocabs[] = {"qwen3", "llama3", "llama2"};
 
@@ -166,3 +172,31 @@ INSTANTIATE_TEST_SUITE_P(ShapesByVocab, LlamaCppParity,
                          });
 
 }  // namespace
+
+// YaRN is not a no-op in this range: the same DeepSeek weights exported without their
+// rope_scaling (llama.cpp then runs plain RoPE and the plain softmax scale) miss the yarn
+// reference by far more than the bound, so the yarn rows above test the scaling itself.
+TEST(LlamaCppParityControl, DeepseekWithoutItsYarnKeysExceedsTheBound) {
+  std::string why;
+  if (!harness_installed(&why)) GTEST_SKIP() << "llama.cpp harness not installed: " << why;
+  const std::string dir = scratch_dir("parity-control-yarn");
+  const std::string hf = dir + "/hf", plain_rope = dir + "/no-yarn", gguf = dir + "/no-yarn.gguf";
+  std::string log;
+  std::string cmd = shell_quote(aloepri_exe()) + " synth --arch deepseek_v3 --rope-scaling yarn --rope-factor 40" +
+                    " --vocab-from " + shell_quote(vocab_dir("llama2")) + " --seed 20240 --out " + shell_quote(hf);
+  ASSERT_EQ(run_command(cmd, &log, true), 0) << cmd << "\n" << log;
+  std::filesystem::remove_all(plain_rope);
+  std::filesystem::copy(hf, plain_rope);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(plain_rope + "/config.json"));
+  config["rope_scaling"] = nullptr;
+  std::ofstream(plain_rope + "/config.json") << config.dump(2);
+  cmd = shell_quote(aloepri_exe()) + " convert " + shell_quote(plain_rope) + " --gguf " + shell_quote(gguf) +
+        " --dtype f32";
+  ASSERT_EQ(run_command(cmd, &log, true), 0) << cmd << "\n" << log;
+  const std::vector<int64_t> ids = prompt_for(32000);
+  const EngineOutput ref = run_reference_forward(hf, ids, 0, true);
+  const EngineOutput cpp = run_harness_eval(gguf, ids, 0, true);
+  const LogitDiff d = compare_logits(cpp.logits, ref.logits);
+  std::printf("PARITY-CONTROL deepseek_v3 yarn reference vs llama.cpp without yarn keys max_rel=%.3e\n", d.rel);
+  EXPECT_GT(d.rel, 100 * kRelTol);
+}

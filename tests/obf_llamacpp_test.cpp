@@ -59,6 +59,7 @@ struct Case {
   const char* vocab;
   int64_t heads, kv_heads;
   int64_t expansion;  // 0: --exact; > 0: exact-norm key matrices with this h
+  const char* rope = "";  // synth rope scaling ("yarn": DeepSeek's release settings, factor 40)
 };
 
 }  // namespace
@@ -75,6 +76,8 @@ TEST_P(ObfLlamaCpp, ExactObfuscationServedByLlamaCpp) {
   so.kv_heads = c.kv_heads;
   so.vocab_dir = aloepri::testing::vocab_dir(c.vocab);
   so.seed = 5;
+  so.rope_scaling = c.rope;
+  so.rope_factor = 40;
   synthesize(so, dir + "/plain");
   ObfuscateOptions opt;
   opt.params = ObfuscationParams::exact();
@@ -142,6 +145,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ObfLlamaCpp,
                                            // e_score_correction_bias (llama.cpp arch deepseek2)
                                            Case{"deepseek_v3", Family::DeepseekV3, "llama2", 4, 4, 0},
                                            Case{"deepseek_v2_exact_norm_h16", Family::DeepseekV2, "qwen3", 4, 4, 16},
+                                           Case{"deepseek_v2_yarn", Family::DeepseekV2, "llama2", 4, 4, 0, "yarn"},
                                            // routed experts (llama.cpp arch qwen3moe): Z_router, per-expert keys
                                            Case{"qwen3moe", Family::Qwen3Moe, "qwen3", 4, 2, 0},
                                            Case{"qwen3moe_exact_norm_h16", Family::Qwen3Moe, "qwen3", 4, 2, 16}),

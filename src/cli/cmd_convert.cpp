@@ -62,7 +62,7 @@ auto setup(CLI::App& sub) {
       "  * llama / mistral go out as arch 'llama' with Q/K rows permuted to llama.cpp's rotary layout;\n"
       "    qwen2 as 'qwen2' (or 'llama' when hidden_size != heads * head_dim); qwen3 as 'qwen3'; qwen3_moe as 'qwen3moe';\n"
       "    deepseek_v2 / deepseek_v3 as 'deepseek2' (absorbed MLA: kv_b_proj split into attn_k_b / attn_v_b;\n"
-      "    YaRN rope scaling is refused for now).\n"
+      "    YaRN rope scaling with mscale == mscale_all_dim, as every released checkpoint has it).\n"
       "  * attention.key_length / value_length are always written, so obfuscated models whose\n"
       "    hidden size differs from heads * head_dim load correctly; output.weight is always written.\n"
       "  * The vocabulary comes from tokenizer.json: SentencePiece-style BPE (Llama-2, Mistral) as\n"

@@ -273,6 +273,13 @@ int run(const Options& o) {
                     c.rope_scaling.high_freq_factor, (long long)c.rope_scaling.original_max_position_embeddings);
       rope += buf;
     }
+    if (c.rope_scaling.type == "yarn") {
+      const RopeScaling& rs = c.rope_scaling;
+      std::snprintf(buf, sizeof buf, ", original %lld, beta %g/%g, mscale %g, mscale_all_dim %g",
+                    (long long)rs.original_max_position_embeddings, rs.beta_fast, rs.beta_slow, rs.mscale,
+                    rs.mscale_all_dim);
+      rope += buf;
+    }
     rope += ")";
   }
   row("rope", rope);

@@ -102,7 +102,9 @@ auto setup(CLI::App& sub) {
   sub.add_option("--dtype", o->dtype, "f32 | bf16 | f16")->capture_default_str();
   sub.add_option("--rope-theta", o->rope_theta, "RoPE base (default 10000 for llama, 1e6 otherwise)");
   sub.add_option("--rope-scaling", o->rope_scaling,
-                 "none | llama3 (low 1, high 4, original 8192) | linear");
+                 "none | llama3 (low 1, high 4, original 8192) | linear | yarn (deepseek only: DeepSeek's\n"
+                 "released settings, original 4096, betas 32/1, mscale = mscale_all_dim 0.707 on V2, 1 on V3;\n"
+                 "e.g. --rope-factor 40 as both releases)");
   sub.add_option("--rope-factor", o->rope_factor, "Factor for --rope-scaling")->capture_default_str();
   sub.add_option("--max-position", o->max_position, "max_position_embeddings")->capture_default_str();
   sub.add_option("--shard-mb", o->shard_mb, "Split model.safetensors into shards of at most this many MiB (0: one file)");

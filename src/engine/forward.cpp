@@ -200,15 +200,16 @@ double* sized(V& v, int64_t n) {
 // key/value at position pos, as if it were the only token fed after the prefix. H query heads of
 // dk (scores) and dv (values) dims, query head h reading kv head h / g; Q, K, V, kc, vc, A are
 // row-major with row strides qs, ks, vs, ks, vs, as (the dense layer: dk = dv = head_dim; MLA:
-// g = 1 and the decompressed keys and values).
+// g = 1 and the decompressed keys and values). Scores are Q K^T * scale.
 struct BranchShape {
   int64_t H, g, dk, dv, qs, ks, vs, as;
+  double scale;
 };
 void branch_attention(const BranchShape& b, int64_t pos, const double* Q, const double* K, const double* V,
                       int64_t T, const std::vector<double>& kc, const std::vector<double>& vc, int64_t win,
                       double* A) {
   const int64_t dk = b.dk, dv = b.dv;
-  const double scale = 1.0 / std::sqrt(double(dk));
+  const double scale = b.scale;
   const int64_t lo = win > 0 ? std::max<int64_t>(0, pos - win + 1) : 0;  // first visible cached key
   const int64_t keys = pos;
   std::vector<double> S(size_t(T * std::max<int64_t>(keys, 1)));
@@ -284,7 +285,7 @@ void attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Project&
   rope(Q, H, qd);
   rope(K, c.num_key_value_heads, kvd);
   if (branch) {
-    branch_attention({H, g, dh, dh, qd, kvd, kvd, qd}, pos, Q, K, V, T, kc, vc, win, A);
+    branch_attention({H, g, dh, dh, qd, kvd, kvd, qd, scale}, pos, Q, K, V, T, kc, vc, win, A);
   } else {
     kc.insert(kc.end(), K, K + T * kvd);
     vc.insert(vc.end(), V, V + T * kvd);
@@ -337,7 +338,8 @@ void mla_attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Proj
   const int64_t d = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim, nope = c.qk_nope_head_dim;
   const int64_t rope = c.qk_rope_head_dim, dv = c.v_head_dim, ql = c.q_lora_rank, kvl = c.kv_lora_rank;
   const int64_t qd = H * dh, vd = H * dv, kva = kvl + rope, kvb = H * (nope + dv), half = rope / 2;
-  const double eps = c.rms_norm_eps, scale = 1.0 / std::sqrt(double(dh));
+  // yarn: DeepSeek multiplies the softmax scale by mscale(factor, mscale_all_dim)^2.
+  const double eps = c.rms_norm_eps, scale = attention_score_factor(c) / std::sqrt(double(dh));
   double* Xn = sized(sc.Xn, T * d);
   double* Q = sized(sc.Q, T * qd);
   double* K = sized(sc.K, T * qd);
@@ -377,7 +379,7 @@ void mla_attention_sublayer(const ModelConfig& c, const LayerVecs& D, const Proj
     }
   }
   if (branch) {  // row r sees the cached prefix and its own key only
-    branch_attention({H, 1, dh, dv, qd, qd, vd, vd}, pos, Q, K, V, T, kc, vc, 0, A);
+    branch_attention({H, 1, dh, dv, qd, qd, vd, vd, scale}, pos, Q, K, V, T, kc, vc, 0, A);
     proj(Proj::O, -1, A, T, Out);
     return;
   }
@@ -469,17 +471,18 @@ void ffn_sublayer(const ModelConfig& c, int64_t layer, const LayerVecs& D, const
   proj(Proj::Down, -1, G, T, Out);
 }
 
-// RoPE angles [T, dh/2] of positions pos .. pos+T-1 (branch: all at pos).
-void rope_angles(const std::vector<double>& inv_freq, int64_t pos, int64_t T, bool branch, std::vector<double>& cosv,
-                 std::vector<double>& sinv) {
+// RoPE angles [T, dh/2] of positions pos .. pos+T-1 (branch: all at pos); cos and sin times
+// magnitude (yarn's, 1 otherwise).
+void rope_angles(const std::vector<double>& inv_freq, double magnitude, int64_t pos, int64_t T, bool branch,
+                 std::vector<double>& cosv, std::vector<double>& sinv) {
   const int64_t half = int64_t(inv_freq.size());
   cosv.resize(size_t(T * half));
   sinv.resize(size_t(T * half));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
       const double a = double(branch ? pos : pos + t) * inv_freq[i];
-      cosv[t * half + i] = std::cos(a);
-      sinv[t * half + i] = std::sin(a);
+      cosv[t * half + i] = magnitude * std::cos(a);
+      sinv[t * half + i] = magnitude * std::sin(a);
     }
 }
 
@@ -652,7 +655,7 @@ std::vector<double> ReferenceModel::run_layers(const int64_t* ids, int64_t T, bo
   std::vector<double> X(T * d), tmp(T * d);
   for (int64_t t = 0; t < T; ++t) std::copy_n(W.embed.data() + ids[t] * d, d, X.data() + t * d);
   std::vector<double> cosv, sinv;
-  rope_angles(inv_freq_, pos_, T, branch, cosv, sinv);
+  rope_angles(inv_freq_, rope_magnitude(c), pos_, T, branch, cosv, sinv);
   Scratch sc;
   for (size_t l = 0; l < W.layers.size(); ++l) {
     const auto& D = W.layers[l];
@@ -727,7 +730,7 @@ std::vector<double> LayerForward::attention(int64_t layer, const LayerWeights& L
   check_layer(c_, layer, L, true, false);
   const int64_t T = int64_t(X.size()) / d;
   std::vector<double> cosv, sinv, kc, vc, buf, out(X.size());
-  rope_angles(inv_freq_, 0, T, false, cosv, sinv);
+  rope_angles(inv_freq_, rope_magnitude(c_), 0, T, false, cosv, sinv);
   Scratch sc;
   const LayerVecs D = layer_vecs(L);
   attention_sublayer(c_, D, converting_project(L, buf), X.data(), T, 0, false, cosv, sinv,

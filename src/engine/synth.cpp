@@ -4,6 +4,7 @@
 
 #include <sodium.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -182,9 +183,20 @@ ModelConfig synth_config(const SynthOptions& o) {
   }
   require(!o.q_lora || deepseek, "--q-lora", "only deepseek has a query latent", kExitUsage);
   c.torch_dtype = torch_dtype_name(o.dtype);
-  if (!o.rope_scaling.empty()) {
+  if (o.rope_scaling == "yarn") {
+    // DeepSeek's released settings: the original context 4096, betas 32 / 1, and mscale ==
+    // mscale_all_dim (0.707 on V2, 1 on V3); the context grows by the factor.
+    require(deepseek, "--rope-scaling", "yarn is only supported for deepseek_v2 / deepseek_v3", kExitUsage);
+    require(o.rope_factor > 0, "--rope-factor", "must be positive", kExitUsage);
+    RopeScaling& rs = c.rope_scaling;
+    rs.type = "yarn";
+    rs.factor = o.rope_factor;
+    rs.original_max_position_embeddings = 4096;
+    rs.mscale = rs.mscale_all_dim = o.family == Family::DeepseekV2 ? 0.707 : 1.0;
+    c.max_position_embeddings = std::max(c.max_position_embeddings, int64_t(4096 * std::max(1.0, o.rope_factor)));
+  } else if (!o.rope_scaling.empty()) {
     require(o.rope_scaling == "llama3" || o.rope_scaling == "linear", "--rope-scaling",
-            "unknown type '" + o.rope_scaling + "' (supported: llama3, linear)", kExitUsage);
+            "unknown type '" + o.rope_scaling + "' (supported: llama3, linear, yarn)", kExitUsage);
     c.rope_scaling.type = o.rope_scaling;
     c.rope_scaling.factor = o.rope_factor;
     c.rope_scaling.low_freq_factor = 1.0;

@@ -173,8 +173,20 @@ bool is_byte_token(const std::string& t) {
 
 // What llama.cpp's deepseek2 graph can express of a DeepSeek config.
 void check_deepseek2(const ModelConfig& c) {
-  const std::string rope = c.rope_scaling.type;
-  require(rope.empty(), "config.json: rope_scaling", "type '" + rope + "' is not supported for DeepSeek yet (none only)");
+  const RopeScaling& rs = c.rope_scaling;
+  require(rs.type.empty() || rs.type == "yarn", "config.json: rope_scaling",
+          "type '" + rs.type + "' is not supported for DeepSeek (none or yarn)");
+  if (rs.type == "yarn") {
+    // llama.cpp's deepseek2 graph leaves cos/sin unscaled and multiplies the scores by
+    // (1 + 0.1 mscale_all_dim ln factor)^2, i.e. it assumes mscale == mscale_all_dim > 0; it
+    // reads no beta_fast / beta_slow (always 32 / 1).
+    require(rs.mscale_all_dim > 0, "config.json: rope_scaling.mscale_all_dim",
+            "is 0; llama.cpp's deepseek2 graph would then scale the scores by (1 + 0.1 ln factor)^2");
+    require(rs.mscale == rs.mscale_all_dim, "config.json: rope_scaling.mscale",
+            "differs from mscale_all_dim; llama.cpp's deepseek2 graph assumes they are equal");
+    require(rs.beta_fast == 32.0 && rs.beta_slow == 1.0, "config.json: rope_scaling.beta_fast",
+            "beta_fast / beta_slow other than 32 / 1 are not read by llama.cpp");
+  }
   if (!c.is_moe()) return;
   // Its graph: layers < leading_dense_block_count dense, every later one sparse with shared experts.
   for (int64_t l = c.first_k_dense_replace; l < c.num_hidden_layers; ++l)
@@ -198,6 +210,14 @@ void add_deepseek2_metadata(GGUFWriter& w, const ModelConfig& c) {
   w.set(a + "attention.value_length_mla", Value::u32(u32_field(c.v_head_dim, "v_head_dim")));
   // llama.cpp reads q_lora_rank unless its layer count says "lite"; 0 selects attn_q.
   w.set(a + "attention.q_lora_rank", Value::u32(u32_field(c.q_lora_rank, "q_lora_rank")));
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type == "yarn") {  // as llama.cpp's converter writes it (the loader divides the multiplier by 0.1)
+    w.set(a + "rope.scaling.type", Value::string("yarn"));
+    w.set(a + "rope.scaling.factor", Value::f32(float(rs.factor)));
+    w.set(a + "rope.scaling.original_context_length",
+          Value::u32(u32_field(rs.original_max_position_embeddings, "rope_scaling.original_max_position_embeddings")));
+    w.set(a + "rope.scaling.yarn_log_multiplier", Value::f32(float(0.1 * rs.mscale_all_dim)));
+  }
   w.set(a + "attention.kv_lora_rank", Value::u32(u32_field(c.kv_lora_rank, "kv_lora_rank")));
   w.set(a + "leading_dense_block_count",
         Value::u32(u32_field(c.is_moe() ? c.first_k_dense_replace : c.num_hidden_layers, "first_k_dense_replace")));
@@ -468,8 +488,8 @@ GGUFExportResult export_gguf(const HFModel& model, const std::string& out_path, 
   const std::string arch = gguf_arch_for(c, opt.arch);
   const bool permute = arch == "llama";
   const std::string& rope = c.rope_scaling.type;
-  require(rope.empty() || rope == "llama3" || rope == "linear", "config.json: rope_scaling",
-          "type '" + rope + "' is not supported by the GGUF exporter (none, linear, llama3)");
+  require(rope.empty() || rope == "llama3" || rope == "linear" || (rope == "yarn" && c.mla()), "config.json: rope_scaling",
+          "type '" + rope + "' is not supported by the GGUF exporter (none, linear, llama3; yarn for DeepSeek)");
   require(rope != "llama3" || arch == "llama", "config.json: rope_scaling",
           "llama3 rope scaling is only expressible for arch llama (rope_freqs.weight)");
   // llama.cpp's llama graph adds an attn_output.bias when present; its qwen2/qwen3 graphs do not.

@@ -145,6 +145,39 @@ std::vector<std::string> supported_families() {
   return v;
 }
 
+namespace {
+
+// rope_scaling of type yarn, as DeepSeek's configs write it. transformers and DeepSeek's own
+// modeling code derive the cos/sin magnitude from mscale and mscale_all_dim; they agree when both
+// are given (every released checkpoint) or neither, so another mix is refused rather than guessed.
+void parse_yarn(const json& rs, const std::string& where, RopeScaling& y) {
+  y = RopeScaling{};
+  y.type = "yarn";
+  for (const char* k : {"factor", "original_max_position_embeddings"})
+    if (!field(rs, k)) throw Error(where, std::string("rope_scaling: missing required field '") + k + "' for yarn");
+  y.factor = as_double(rs["factor"], where, "rope_scaling.factor");
+  y.original_max_position_embeddings =
+      as_int(rs["original_max_position_embeddings"], where, "rope_scaling.original_max_position_embeddings");
+  if (const json* v = field(rs, "beta_fast")) y.beta_fast = as_double(*v, where, "rope_scaling.beta_fast");
+  if (const json* v = field(rs, "beta_slow")) y.beta_slow = as_double(*v, where, "rope_scaling.beta_slow");
+  const json* ms = field(rs, "mscale");
+  const json* ma = field(rs, "mscale_all_dim");
+  if (ms) y.mscale = as_double(*ms, where, "rope_scaling.mscale");
+  if (ma) y.mscale_all_dim = as_double(*ma, where, "rope_scaling.mscale_all_dim");
+  if (ma && !ms)
+    throw Error(where, "rope_scaling: 'mscale_all_dim' without 'mscale' (transformers and DeepSeek's code scale "
+                       "cos/sin differently then; give both)");
+  if (ms && !ma && y.mscale != 1.0)
+    throw Error(where, "rope_scaling: 'mscale' without 'mscale_all_dim' (transformers and DeepSeek's code scale "
+                       "cos/sin differently then; give both)");
+  if (field(rs, "attention_factor"))
+    throw Error(where, "rope_scaling: 'attention_factor' is not supported (DeepSeek's mscale/mscale_all_dim are)");
+  if (const json* v = field(rs, "truncate"); v && !as_bool(*v, where, "rope_scaling.truncate"))
+    throw Error(where, "rope_scaling: truncate=false is not supported");
+}
+
+}  // namespace
+
 ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
   if (!j.is_object()) throw Error(where, "not a JSON object");
   ModelConfig c;
@@ -260,8 +293,10 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
         c.rope_scaling.original_max_position_embeddings = as_int(
             (*rs)["original_max_position_embeddings"], where, "rope_scaling.original_max_position_embeddings");
       }
+    } else if (type == "yarn") {
+      parse_yarn(*rs, where, c.rope_scaling);
     } else {
-      throw Error(where, "unsupported rope_scaling type '" + type + "' (supported: llama3, linear)");
+      throw Error(where, "unsupported rope_scaling type '" + type + "' (supported: llama3, linear, yarn)");
     }
   }
   c.validate(where);
@@ -306,6 +341,20 @@ void ModelConfig::validate(const std::string& where) const {
         throw Error(where, "rope_scaling: need 0 < low_freq_factor < high_freq_factor");
       if (rope_scaling.original_max_position_embeddings <= 0)
         throw Error(where, "rope_scaling: 'original_max_position_embeddings' must be positive");
+    }
+    if (rope_scaling.type == "yarn") {
+      if (!mla())
+        throw Error(where, "rope_scaling: yarn is only supported for deepseek_v2 / deepseek_v3 (family " +
+                               family_name(family) + ")");
+      if (!std::isfinite(rope_scaling.factor)) throw Error(where, "rope_scaling: 'factor' must be finite");
+      if (rope_scaling.original_max_position_embeddings <= 0)
+        throw Error(where, "rope_scaling: 'original_max_position_embeddings' must be positive");
+      if (!(rope_scaling.beta_fast > 0) || !(rope_scaling.beta_slow > 0) || !std::isfinite(rope_scaling.beta_fast) ||
+          !std::isfinite(rope_scaling.beta_slow))
+        throw Error(where, "rope_scaling: 'beta_fast' and 'beta_slow' must be positive");
+      if (!(rope_scaling.mscale >= 0) || !(rope_scaling.mscale_all_dim >= 0) || !std::isfinite(rope_scaling.mscale) ||
+          !std::isfinite(rope_scaling.mscale_all_dim))
+        throw Error(where, "rope_scaling: 'mscale' and 'mscale_all_dim' must be finite and non-negative");
     }
   }
   if (qk_norm && family != Family::Qwen3 && family != Family::Qwen3Moe)
@@ -415,6 +464,13 @@ json ModelConfig::to_json() const {
       rs["high_freq_factor"] = rope_scaling.high_freq_factor;
       rs["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
     }
+    if (rope_scaling.type == "yarn") {
+      rs["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
+      rs["beta_fast"] = rope_scaling.beta_fast;
+      rs["beta_slow"] = rope_scaling.beta_slow;
+      rs["mscale"] = rope_scaling.mscale;
+      rs["mscale_all_dim"] = rope_scaling.mscale_all_dim;
+    }
     j["rope_scaling"] = rs;
   }
   j["tie_word_embeddings"] = tie_word_embeddings;
@@ -512,8 +568,44 @@ std::vector<double> rope_inv_freq(const ModelConfig& c) {
     }
     return f;
   }
+  if (rs.type == "yarn") {
+    // transformers' _compute_yarn_parameters (truncate): dims whose wavelength turns fewer than
+    // beta_slow times over the original context are interpolated (/ factor), more than beta_fast
+    // times kept, and a linear ramp over the dim index in between.
+    require(rs.factor > 0, "config.json: rope_scaling.factor", "must be positive");
+    const double dim = double(dh), orig = double(rs.original_max_position_embeddings);
+    auto corr = [&](double rotations) {
+      return dim * std::log(orig / (rotations * 2.0 * M_PI)) / (2.0 * std::log(c.rope_theta));
+    };
+    const double low = std::max(std::floor(corr(rs.beta_fast)), 0.0);
+    double high = std::min(std::ceil(corr(rs.beta_slow)), dim - 1.0);
+    if (high == low) high += 0.001;
+    for (size_t i = 0; i < f.size(); ++i) {
+      const double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
+      f[i] = f[i] / rs.factor * ramp + f[i] * (1.0 - ramp);
+    }
+    return f;
+  }
   throw Error("config.json: rope_scaling", "unsupported rope type '" + rs.type +
-                                               "' (supported: none, linear, llama3)");
+                                               "' (supported: none, linear, llama3, yarn)");
+}
+
+namespace {
+// DeepSeek's yarn_get_mscale.
+double yarn_mscale(double scale, double m) { return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; }
+}  // namespace
+
+double rope_magnitude(const ModelConfig& c) {
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type != "yarn") return 1.0;
+  return yarn_mscale(rs.factor, rs.mscale) / yarn_mscale(rs.factor, rs.mscale_all_dim);
+}
+
+double attention_score_factor(const ModelConfig& c) {
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type != "yarn" || !c.mla() || rs.mscale_all_dim == 0.0) return 1.0;
+  const double m = yarn_mscale(rs.factor, rs.mscale_all_dim);
+  return m * m;
 }
 
 }  // namespace aloepri

@@ -114,6 +114,14 @@ std::string HFModel::fingerprint() const {
                   (long long)c.n_group, c.scoring_func.c_str(), c.topk_method.c_str(), c.routed_scaling_factor);
     put(mla);
   }
+  if (c.rope_scaling.type == "yarn") {  // its extra fields; other models keep their fingerprint
+    char yarn[256];
+    const RopeScaling& rs = c.rope_scaling;
+    std::snprintf(yarn, sizeof yarn, "yarn original=%lld beta=%.17g/%.17g mscale=%.17g/%.17g\n",
+                  (long long)rs.original_max_position_embeddings, rs.beta_fast, rs.beta_slow, rs.mscale,
+                  rs.mscale_all_dim);
+    put(yarn);
+  }
   auto names = weights_->names();
   for (auto& n : names) {
     const TensorView& t = weights_->get(n);

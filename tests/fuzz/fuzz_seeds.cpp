@@ -73,6 +73,10 @@ int main(int argc, char** argv) {
                             {"n_shared_experts", 1}, {"first_k_dense_replace", 1}, {"n_group", 4},
                             {"topk_group", 2}});
   cfg("deepseek_v3", ds);
+  ds["rope_scaling"] = {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096},
+                        {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}};
+  cfg("deepseek_v3_yarn", ds);
+  ds.erase("rope_scaling");
   ds["model_type"] = "deepseek_v2";
   ds["q_lora_rank"] = nullptr;
   ds["topk_method"] = "group_limited_greedy";

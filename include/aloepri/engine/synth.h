@@ -31,8 +31,10 @@ struct SynthOptions {
   std::optional<int64_t> q_lora;
   std::optional<bool> tie;            // default: tied for qwen2/qwen3, untied for llama/mistral/qwen3moe
   std::optional<double> rope_theta;   // default per family
-  std::string rope_scaling;           // "" | "llama3" | "linear"
-  double rope_factor = 8.0;           // for rope_scaling (llama3 also: low 1, high 4, original 8192)
+  std::string rope_scaling;           // "" | "llama3" | "linear" | "yarn" (deepseek)
+  // for rope_scaling (llama3 also: low 1, high 4, original 8192; yarn: DeepSeek's release
+  // settings, original 4096, mscale = mscale_all_dim 0.707 on V2 / 1 on V3)
+  double rope_factor = 8.0;
   int64_t max_position_embeddings = 4096;
   std::string vocab_dir;              // holds tokenizer.json + tokenizer_config.json (required)
   DType dtype = DType::F32;           // F32 | BF16 | F16

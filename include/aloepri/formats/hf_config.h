@@ -16,11 +16,16 @@ std::string family_name(Family f);  // "llama", "mistral", "qwen2", "qwen3", "qw
 std::vector<std::string> supported_families();
 
 struct RopeScaling {
-  std::string type;  // "" (none), "llama3", "linear"
+  std::string type;  // "" (none), "llama3", "linear", "yarn" (DeepSeek only)
   double factor = 1.0;
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
-  int64_t original_max_position_embeddings = 8192;
+  int64_t original_max_position_embeddings = 8192;  // llama3, yarn
+  // yarn: the correction range's rotation counts, and DeepSeek's two magnitude scales (cos/sin by
+  // mscale(factor, mscale) / mscale(factor, mscale_all_dim); MLA's softmax by
+  // mscale(factor, mscale_all_dim)^2, where mscale(s, m) = 1 + 0.1 m ln s for s > 1).
+  double beta_fast = 32.0, beta_slow = 1.0;
+  double mscale = 1.0, mscale_all_dim = 0.0;
 };
 
 struct ModelConfig {
@@ -90,10 +95,15 @@ struct ModelConfig {
 
 // RoPE inverse frequencies [rope_dim() / 2] of a config, in double (HF rotate_half layout):
 // theta^(-2i/d_h), then the config's rope_scaling ("" / "default": none; "linear": / factor;
-// "llama3": HF's _compute_llama3_parameters smooth interpolation). The one implementation, for
+// "llama3": HF's _compute_llama3_parameters smooth interpolation; "yarn": its
+// _compute_yarn_parameters ramp between kept and interpolated dims). The one implementation, for
 // the reference forward, the obfuscator's BlockPerm and the libtorch tools. Throws Error naming
 // the config field for an odd head_dim, a non-positive factor or another rope type.
 std::vector<double> rope_inv_freq(const ModelConfig& c);
+// The factor on RoPE's cos and sin (1 unless yarn), and on the attention scores' 1/sqrt(d_k) (1
+// unless yarn with mscale_all_dim on a latent-attention model), as transformers applies them.
+double rope_magnitude(const ModelConfig& c);
+double attention_score_factor(const ModelConfig& c);
 // Unscaled: theta^(-2i/d_h) for i < head_dim / 2.
 std::vector<double> rope_inv_freq(double theta, int64_t head_dim);
 
