@@ -104,6 +104,44 @@ TEST(AuditCli, ScoresTheWeightAttacksAndWritesReports) {
   EXPECT_NE(read_file(md).find("| r | 0 | 0 |"), std::string::npos) << read_file(md);
 }
 
+// A homophonic served model (n' > n): the weight attacks group the copies from the served weights
+// first (identical rows at --exact) and answer each copy with its group's guess, so they recover
+// the victim as through a plain tau (scored on the copies the client sent).
+TEST(AuditCli, WeightAttacksGroupTheCopiesOfAHomophonicModel) {
+  const Fixture& f = fixture();
+  const std::string root = f.dir + "/homophones", obf = root + "/obf", key = root + "/key";
+  fs::create_directories(root);
+  {  // unigram counts falling linearly with the id, as uint16 tokens
+    std::ofstream c(root + "/counts.bin", std::ios::binary);
+    for (uint16_t t = 0; t < 600; ++t)
+      for (int k = 0; k < (600 - t) / 10 + 1; ++k) c.write(reinterpret_cast<const char*>(&t), 2);
+  }
+  std::string out;
+  ASSERT_EQ(at::run_command(at::aloepri_exe() + " keygen --out " + key + " 2>&1", &out), 0) << out;
+  ASSERT_EQ(at::run_command(at::aloepri_exe() + " obfuscate " + f.plain + " --key " + key + " --out " + obf +
+                                " --exact --dtype f32 --homophones 200 --homophone-counts " + root + "/counts.bin 2>&1",
+                            &out), 0) << out;
+  const std::string js = root + "/a.json";
+  ASSERT_EQ(at::run_command(at::aloepri_exe() + " audit --plain " + f.plain + " --obf " + obf + " --key " + key +
+                                " --victim " + f.victim + " --attacks vma,gate-ia,nn --json " + js + " 2>&1", &out), 0)
+      << out;
+  const json j = json::parse(read_file(js));
+  std::map<std::string, json> by;
+  for (const auto& r : j["results"]) by[r["attack"]] = r;
+  ASSERT_TRUE(by.count("VMA") && by.count("Gate-IA") && by.count("NN")) << j.dump(1);
+  std::printf("homophonic --exact (n' 800, n 600): VMA %.3f, Gate-IA vocabulary %.3f, NN %.3f\n",
+              by["VMA"]["ttrsr"].get<double>(), by["Gate-IA"]["vocab_recovery"].get<double>(),
+              by["NN"]["ttrsr"].get<double>());
+  for (const char* a : {"VMA", "NN"}) EXPECT_GT(by[a]["ttrsr"].get<double>(), 0.95) << a;
+  EXPECT_GT(by["Gate-IA"]["vocab_recovery"].get<double>(), 0.95);
+  const json& h = by["NN"]["details"]["homophones"];
+  EXPECT_EQ(h["obf_vocab"].get<int64_t>(), 800) << h.dump();
+  EXPECT_EQ(h["groups"].get<int64_t>(), 600) << h.dump();
+  EXPECT_EQ(h["identical_groups"].get<int64_t>(), 600) << h.dump();  // --exact: copies are the same rows
+  EXPECT_GT(h["largest_group"].get<int64_t>(), 1) << h.dump();
+  EXPECT_EQ(by["NN"]["victim_tokens"].get<int64_t>(), 3000);
+}
+
 TEST(AuditCli, TrafficWithoutKeyIsNotScored) {
   const Fixture& f = fixture();
   const std::string js = f.dir + "/t.json";

@@ -41,6 +41,11 @@ const ModelWeights& AuditContext::obf() const {
   return *obf_;
 }
 
+const GroupedServed& AuditContext::grouped() const {
+  if (!grouped_) grouped_ = std::make_shared<GroupedServed>(group_served(obf(), plain().vocab()));
+  return *grouped_;
+}
+
 Query AuditContext::query() const {
   Query q;
   std::unordered_set<int32_t> seen;
@@ -139,14 +144,19 @@ std::vector<AttackEntry> weight_attacks() {
   using Fn = VocabAttack (*)(const ModelWeights&, const ModelWeights&, const Query&, const WeightAttackOptions&);
   auto entry = [](const char* name, const char* desc, Fn fn) {
     return AttackEntry{name, "weights", desc, [fn](const AuditContext& ctx) {
-                         if (ctx.homophonic)
-                           throw Error("audit", "this weight attack matches n ids one-to-one; the served model has a "
-                                       "homophonic vocabulary (n' > n): see the oracle attack, which groups copies");
                          WeightAttackOptions o = ctx.weight_opt;
                          o.mech = ctx.mech;
                          const double left = ctx.seconds_left();
                          if (left < 1e299) o.budget_seconds = std::max(1.0, left);
-                         VocabAttack a = fn(ctx.plain(), ctx.obf(), ctx.query(), o);
+                         VocabAttack a;
+                         if (ctx.homophonic) {  // one-to-one over the groups, each copy its group's answer
+                           const GroupedServed& G = ctx.grouped();
+                           a = copies_from_groups(fn(ctx.plain(), G.weights, group_query(ctx.query(), G.group_of), o),
+                                                  G.group_of);
+                           a.details["homophones"] = G.info;
+                         } else {
+                           a = fn(ctx.plain(), ctx.obf(), ctx.query(), o);
+                         }
                          return std::vector<AttackResult>{score_in_context(a, ctx, setting_of(ctx))};
                        }};
   };

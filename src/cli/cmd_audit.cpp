@@ -71,7 +71,7 @@ int run(const Opts& o) {
   ctx.plain_dir = o.plain;
   ctx.obf_dir = o.obf;
   const ModelConfig pc = ModelConfig::load(o.plain), oc = ModelConfig::load(o.obf);
-  // n' > n: a homophonic vocabulary (homophones.h); only the oracle attack matches many-to-one.
+  // n' > n: a homophonic vocabulary (homophones.h); the oracle and the weight attacks group copies first.
   require(oc.vocab_size >= pc.vocab_size, o.obf + "/config.json",
           "vocabulary size " + std::to_string(oc.vocab_size) + " is smaller than the plaintext model's " +
               std::to_string(pc.vocab_size));

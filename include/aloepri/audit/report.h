@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "aloepri/audit/grouped_served.h"
 #include "aloepri/audit/metrics.h"
 #include "aloepri/audit/oracle.h"
 #include "aloepri/audit/weights.h"
@@ -28,8 +29,9 @@ struct AuditContext {
   std::vector<int32_t> victim;           // their plaintext ids (empty without a key)
   std::vector<int32_t> vocab_sample;     // plaintext ids for vocabulary-level recovery (key only)
   std::optional<std::vector<int64_t>> truth;  // tau[plain] = obf, from the key: scoring only
-  // A homophonic served model (n' > n): the weight attacks assume n' = n and are skipped; traffic
-  // holds the copies the client sent, truth is copy 0 of each id, and scores read the sent copy.
+  // A homophonic served model (n' > n): the weight attacks run on the copies grouped from the
+  // served weights (grouped()); traffic holds the copies the client sent, truth is copy 0 of each
+  // id, and scores read the sent copy.
   bool homophonic = false;
   std::string key_path;  // passed only to external programs that play the client (and score)
   WeightAttackOptions weight_opt;
@@ -38,11 +40,14 @@ struct AuditContext {
   const ModelWeights& plain() const;
   const ModelWeights& obf() const;
   Query query() const;  // distinct traffic ids (+ tau(vocab_sample) when scoring)
+  // A homophonic served model with its copies grouped (audit/grouped_served.h), made once.
+  const GroupedServed& grouped() const;
   double seconds_left() const;
 
  private:
   void load_models() const;  // both at once: a MoE pair needs both (load_weight_pair)
   mutable std::shared_ptr<ModelWeights> plain_, obf_;
+  mutable std::shared_ptr<GroupedServed> grouped_;
 };
 
 // Scores a vocabulary attack on the context (TTRSR on victim, top-k, vocabulary recovery, BLEU,
