@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "aloepri/audit/copy_groups.h"
+#include "aloepri/audit/homophone_solver.h"
 #include "aloepri/audit/pii.h"
 #include "aloepri/audit/stream_attacks.h"
 #include "aloepri/core/error.h"
@@ -29,6 +30,8 @@ struct Opts {
   std::string tokenizer, key, victim, traffic, pii_names, write_traffic, victim_name, json_out;
   std::string obf_model;  // served checkpoint of a homophonic key: the weight-grouping attacker
   bool no_context_grouping = false;
+  bool no_solver = false;
+  aloepri::audit::ManyToOneOptions solver;
   aloepri::audit::ContextGroupingOptions context;
   aloepri::audit::WeightGroupingOptions weights;
   std::vector<std::string> priors, balanced_priors;
@@ -349,6 +352,30 @@ int run(const Opts& o) {
           results.push_back(std::move(r));
         }
       }
+      if (!o.no_solver) {  // the traffic-only observer deciphers many-to-one (audit/homophone_solver.h)
+        in.symbol_group.clear();
+        for (const StreamPrior& p : priors) {
+          ManyToOneStats st;
+          const Guesses g = solve_many_to_one(in.traffic, hom.symbols(), p.model, public_copies, o.solver, &st);
+          AttackResult r;
+          r.attack = "M2O";
+          r.setting = "prior: " + p.name + " +homophones, many-to-one";
+          r.victim_tokens = size;
+          r.details = {{"victim", in.victim_name}, {"traffic_tokens", size}, {"prior_tokens", p.model.tokens()},
+                       {"solver", st.to_json()},
+                       {"search", {{"seconds", o.solver.seconds}, {"window", o.solver.window},
+                                   {"max_sweeps", o.solver.max_sweeps}, {"count_weight", o.solver.count_weight}}}};
+          if (!sym_truth.empty())  // the objective at the key's map: search failure vs model failure
+            r.details["solver"]["loglik_truth"] = many_to_one_objective(in.traffic, hom.symbols(), p.model,
+                                                                        public_copies, sym_truth, o.solver.count_weight);
+          score_stream_guesses(in, g, r);
+          r.seconds = st.seconds;
+          r.details["homophones"] = hom_info;
+          r.details["homophones"]["attacker"] =
+              "deciphers the copies many-to-one under the plaintext prior's bigram model and the public copy table";
+          results.push_back(std::move(r));
+        }
+      }
       if (wgroups) {
         in.priors = wpriors;
         in.symbol_group = wgroups->group;
@@ -425,6 +452,14 @@ auto setup(CLI::App& sub) {
   sub.add_flag("--no-context-grouping", o->no_context_grouping,
                "Skip the attacker who groups copies by their traffic contexts (rows 'context-grouped', on by\n"
                "default with homophones)");
+  sub.add_flag("--no-solver", o->no_solver,
+               "Skip the many-to-one deciphering of the copies (rows 'many-to-one', attack M2O, on by default\n"
+               "with homophones)");
+  sub.add_option("--solver-seconds", o->solver.seconds, "Many-to-one solver: time budget per run (default 60)");
+  sub.add_option("--solver-window", o->solver.window,
+                 "Many-to-one solver: candidate tokens per symbol around its count rank (default 100)");
+  sub.add_option("--solver-count-weight", o->solver.count_weight,
+                 "Many-to-one solver: weight of the copy-count (Poisson) term against the bigram term (default 1)");
   sub.add_option("--context-min-count", o->context.min_count,
                  "Context grouping: symbols seen fewer times stay alone (default 2)");
   sub.add_option("--context-linkage", o->context.linkage_cosine,
@@ -452,8 +487,9 @@ auto setup(CLI::App& sub) {
       "Traffic file: one JSON array of obfuscated ids per line, e.g. [1,8432,77].\n"
       "With --homophones (or a homophonic --key) the rows marked '+homophones' attack the homophonic\n"
       "traffic over copies; 'context-grouped' rows first group the copies by their traffic contexts,\n"
-      "'weight-grouped' rows (--obf-model) by the served rows, and attack the merged stream. An attacker\n"
-      "who groups the copies perfectly is back to the plain rows.\n"
+      "'weight-grouped' rows (--obf-model) by the served rows, and attack the merged stream; 'many-to-one'\n"
+      "rows (M2O) decipher the copies directly, several symbols to one token, under the prior's bigram\n"
+      "model and the public copy table. An attacker who groups the copies perfectly is back to the plain rows.\n"
       "SDA's search budget (seconds, sweeps, rounds, temperatures) is in each JSON row's details.search.");
   return [o] { return run(*o); };
 }
