@@ -364,7 +364,9 @@ int run(const Opts& o) {
           r.details = {{"victim", in.victim_name}, {"traffic_tokens", size}, {"prior_tokens", p.model.tokens()},
                        {"solver", st.to_json()},
                        {"search", {{"seconds", o.solver.seconds}, {"window", o.solver.window},
-                                   {"max_sweeps", o.solver.max_sweeps}, {"count_weight", o.solver.count_weight}}}};
+                                   {"max_sweeps", o.solver.max_sweeps}, {"em_iters", o.solver.em_iters},
+                                   {"em_keep", o.solver.em_keep}, {"anneal_steps", o.solver.anneal_steps},
+                                   {"count_weight", o.solver.count_weight}}}};
           if (!sym_truth.empty())  // the objective at the key's map: search failure vs model failure
             r.details["solver"]["loglik_truth"] = many_to_one_objective(in.traffic, hom.symbols(), p.model,
                                                                         public_copies, sym_truth, o.solver.count_weight);
@@ -458,6 +460,11 @@ auto setup(CLI::App& sub) {
   sub.add_option("--solver-seconds", o->solver.seconds, "Many-to-one solver: time budget per run (default 60)");
   sub.add_option("--solver-window", o->solver.window,
                  "Many-to-one solver: candidate tokens per symbol around its count rank (default 100)");
+  sub.add_option("--solver-sweeps", o->solver.max_sweeps,
+                 "Many-to-one solver: most greedy sweeps per phase (default 30)");
+  sub.add_option("--solver-em", o->solver.em_iters,
+                 "Many-to-one solver: EM steps of the soft start over the traffic's bigram types (default 8; 0: start\n"
+                 "from the count ranks)");
   sub.add_option("--solver-count-weight", o->solver.count_weight,
                  "Many-to-one solver: weight of the copy-count (Poisson) term against the bigram term (default 1)");
   sub.add_option("--context-min-count", o->context.min_count,
