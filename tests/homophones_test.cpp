@@ -455,6 +455,17 @@ TEST(Homophones, AuditStreamGroupsTheCopiesFromTheServedWeightsAndFromTheTraffic
   EXPECT_GT(plain, 0.15);
   EXPECT_NEAR(w["ttrsr"].get<double>(), plain, 0.02);
   EXPECT_GT(w["ttrsr"].get<double>(), split + 0.1) << "plain " << plain << ", copies alone " << split;
+  // The traffic-only many-to-one solver runs beside them (attack M2O), its search recorded.
+  const nlohmann::json* m2o = nullptr;
+  for (const auto& r : rows)
+    if (r["attack"] == "M2O") m2o = &r;
+  ASSERT_NE(m2o, nullptr) << rows.dump(1);
+  EXPECT_EQ((*m2o)["setting"].get<std::string>(), "prior: p +homophones, many-to-one");
+  EXPECT_GT((*m2o)["details"]["solver"]["symbols_seen"].get<int64_t>(), 0) << m2o->dump();
+  EXPECT_GE((*m2o)["details"]["solver"]["loglik_end"].get<double>(),
+            (*m2o)["details"]["solver"]["loglik_start"].get<double>());
+  EXPECT_TRUE((*m2o)["details"]["solver"].contains("loglik_truth"));
+  EXPECT_GT((*m2o)["ttrsr"].get<double>(), 0.0);
   const auto& cs = tfma["prior: p +homophones, context-grouped"]["details"]["copy_grouping"];
   EXPECT_GT(cs["score"]["ids"].get<int64_t>(), 0) << cs.dump();
   EXPECT_GT(cs["grouping"]["merges_predicted"].get<int64_t>(), 0) << cs.dump();
