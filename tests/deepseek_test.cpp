@@ -379,6 +379,10 @@ TEST(DeepseekYarn, RefusesWhatIsAmbiguousOrNotDeepseek) {
   j["rope_scaling"] = yarn;
   j["rope_scaling"]["beta_slow"] = 0;
   EXPECT_NE(err(j).find("beta_slow"), std::string::npos) << err(j);
+  j["rope_scaling"] = yarn;
+  j["rope_theta"] = 1.0;
+  EXPECT_NE(err(j).find("rope_theta > 1"), std::string::npos) << err(j);
+  j.erase("rope_theta");
   json llama = {{"model_type", "llama"}, {"hidden_size", 64}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
                 {"num_key_value_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 1000}, {"rope_scaling", yarn}};
   EXPECT_NE(err(llama).find("only supported for deepseek"), std::string::npos) << err(llama);

@@ -347,6 +347,7 @@ void ModelConfig::validate(const std::string& where) const {
         throw Error(where, "rope_scaling: yarn is only supported for deepseek_v2 / deepseek_v3 (family " +
                                family_name(family) + ")");
       if (!std::isfinite(rope_scaling.factor)) throw Error(where, "rope_scaling: 'factor' must be finite");
+      if (!(rope_theta > 1)) throw Error(where, "rope_scaling: yarn needs rope_theta > 1 (its correction range divides by ln theta)");
       if (rope_scaling.original_max_position_embeddings <= 0)
         throw Error(where, "rope_scaling: 'original_max_position_embeddings' must be positive");
       if (!(rope_scaling.beta_fast > 0) || !(rope_scaling.beta_slow > 0) || !std::isfinite(rope_scaling.beta_fast) ||
