@@ -99,6 +99,14 @@ std::vector<TokenSeq> encode(const std::vector<TokenSeq>& plain, const std::vect
   return out;
 }
 
+// Occurrences of each of the n ids in docs (the public frequency table the copies come from).
+std::vector<double> token_counts(const std::vector<TokenSeq>& docs, int32_t n) {
+  std::vector<double> freq(static_cast<size_t>(n), 0);
+  for (const auto& d : docs)
+    for (int32_t t : d) freq[size_t(t)] += 1;
+  return freq;
+}
+
 }  // namespace
 
 TEST(CopyGrouping, IdenticalServedRowsGiveTheTrueCopyMapExactly) {
@@ -165,9 +173,7 @@ TEST(CopyGrouping, NoisyCopiesAreGroupedByDistanceAndIndependentRowsAreNot) {
 TEST(CopyGrouping, ContextsGroupCopiesOfStructuredTrafficNotOfIidTraffic) {
   const int32_t n = 400;
   const auto structured = chain_text(n, 200, 500, false, 8);
-  std::vector<double> freq(static_cast<size_t>(n), 0);
-  for (const auto& d : structured)
-    for (int32_t t : d) freq[size_t(t)] += 1;
+  const std::vector<double> freq = token_counts(structured, n);
   const auto copies = allocate_copies(freq, 400, CopyRule::Flat);
   const auto to_plain = random_copy_map(copies, 9);
   const int32_t S = int32_t(to_plain.size());
@@ -194,9 +200,7 @@ TEST(CopyGrouping, ContextsGroupCopiesOfStructuredTrafficNotOfIidTraffic) {
 TEST(CopyGrouping, MergedStreamWithTheTrueGroupsIsAttackedLikeThePlainStream) {
   const int32_t n = 400;
   const auto plain = chain_text(n, 100, 500, false, 13);
-  std::vector<double> freq(static_cast<size_t>(n), 0);
-  for (const auto& d : plain)
-    for (int32_t t : d) freq[size_t(t)] += 1;
+  const std::vector<double> freq = token_counts(plain, n);
   const auto copies = allocate_copies(freq, 400, CopyRule::Flat);
   const auto to_plain = random_copy_map(copies, 14);
   StreamAttackInputs in;
@@ -240,9 +244,7 @@ TEST(ManyToOneSolver, DeciphersStructuredTrafficNotIidTraffic) {
   auto run = [&](bool iid) {
     const auto text = chain_text(n, 300, 500, iid, 21);
     const std::vector<TokenSeq> prior(text.begin(), text.begin() + 200), victim(text.begin() + 200, text.end());
-    std::vector<double> freq(static_cast<size_t>(n), 0);
-    for (const auto& d : prior)
-      for (int32_t t : d) freq[size_t(t)] += 1;
+    const std::vector<double> freq = token_counts(prior, n);
     const auto copies = allocate_copies(freq, 400, CopyRule::Flat);
     const auto to_plain = random_copy_map(copies, 22);
     const int32_t S = int32_t(to_plain.size());

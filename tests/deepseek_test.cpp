@@ -42,6 +42,16 @@ json v3_json() {
           {"topk_group", 2},             {"head_dim", 8}};
 }
 
+// The message ModelConfig::from_json throws for j ("" when it parses).
+std::string config_error(const json& j) {
+  try {
+    ModelConfig::from_json(j, "cfg.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 Seed key_seed() {
   Seed s{};
   for (size_t i = 0; i < s.size(); ++i) s[i] = uint8_t(0x21 + 13 * i);
@@ -285,35 +295,27 @@ TEST(DeepseekConfig, ParsesV3WithDefaultsAndWritesItBack) {
 }
 
 TEST(DeepseekConfig, RefusesWhatItCannotCompute) {
-  auto err = [](json j) {
-    try {
-      ModelConfig::from_json(j, "cfg.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   json j = v3_json();
   j.erase("kv_lora_rank");
-  EXPECT_NE(err(j).find("kv_lora_rank"), std::string::npos);
+  EXPECT_NE(config_error(j).find("kv_lora_rank"), std::string::npos);
   j = v3_json();
   j["n_group"] = 3;
-  EXPECT_NE(err(j).find("not a multiple of n_group"), std::string::npos);
+  EXPECT_NE(config_error(j).find("not a multiple of n_group"), std::string::npos);
   j = v3_json();
   j["scoring_func"] = "softplus";
-  EXPECT_NE(err(j).find("scoring_func"), std::string::npos);
+  EXPECT_NE(config_error(j).find("scoring_func"), std::string::npos);
   j = v3_json();
   j["attention_bias"] = true;
-  EXPECT_NE(err(j).find("attention_bias"), std::string::npos);
+  EXPECT_NE(config_error(j).find("attention_bias"), std::string::npos);
   j = v3_json();
   j["num_key_value_heads"] = 2;
-  EXPECT_NE(err(j).find("num_key_value_heads"), std::string::npos);
+  EXPECT_NE(config_error(j).find("num_key_value_heads"), std::string::npos);
   j = v3_json();
   j["qk_rope_head_dim"] = 7;
-  EXPECT_NE(err(j).find("odd"), std::string::npos);
+  EXPECT_NE(config_error(j).find("odd"), std::string::npos);
   j = v3_json();
   j["num_experts_per_tok"] = 5;  // 2 groups of 2 kept
-  EXPECT_NE(err(j).find("topk_group"), std::string::npos);
+  EXPECT_NE(config_error(j).find("topk_group"), std::string::npos);
 }
 
 // YaRN as DeepSeek-V3's config.json writes it: the correction range for rope dim 8 over an original
@@ -355,37 +357,29 @@ TEST(DeepseekYarn, FrequenciesAndScalesOfTheReleasedConfigs) {
 }
 
 TEST(DeepseekYarn, RefusesWhatIsAmbiguousOrNotDeepseek) {
-  auto err = [](json j) {
-    try {
-      ModelConfig::from_json(j, "cfg.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   const json yarn = {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096},
                      {"mscale", 0.707}, {"mscale_all_dim", 0.707}};
   json j = v3_json();
   j["rope_scaling"] = yarn;
-  EXPECT_EQ(err(j), "");
+  EXPECT_EQ(config_error(j), "");
   j["rope_scaling"].erase("mscale");
-  EXPECT_NE(err(j).find("'mscale_all_dim' without 'mscale'"), std::string::npos) << err(j);
+  EXPECT_NE(config_error(j).find("'mscale_all_dim' without 'mscale'"), std::string::npos) << config_error(j);
   j["rope_scaling"] = yarn;
   j["rope_scaling"].erase("original_max_position_embeddings");
-  EXPECT_NE(err(j).find("original_max_position_embeddings"), std::string::npos) << err(j);
+  EXPECT_NE(config_error(j).find("original_max_position_embeddings"), std::string::npos) << config_error(j);
   j["rope_scaling"] = yarn;
   j["rope_scaling"]["attention_factor"] = 1.0;
-  EXPECT_NE(err(j).find("attention_factor"), std::string::npos) << err(j);
+  EXPECT_NE(config_error(j).find("attention_factor"), std::string::npos) << config_error(j);
   j["rope_scaling"] = yarn;
   j["rope_scaling"]["beta_slow"] = 0;
-  EXPECT_NE(err(j).find("beta_slow"), std::string::npos) << err(j);
+  EXPECT_NE(config_error(j).find("beta_slow"), std::string::npos) << config_error(j);
   j["rope_scaling"] = yarn;
   j["rope_theta"] = 1.0;
-  EXPECT_NE(err(j).find("rope_theta > 1"), std::string::npos) << err(j);
+  EXPECT_NE(config_error(j).find("rope_theta > 1"), std::string::npos) << config_error(j);
   j.erase("rope_theta");
   json llama = {{"model_type", "llama"}, {"hidden_size", 64}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
                 {"num_key_value_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 1000}, {"rope_scaling", yarn}};
-  EXPECT_NE(err(llama).find("only supported for deepseek"), std::string::npos) << err(llama);
+  EXPECT_NE(config_error(llama).find("only supported for deepseek"), std::string::npos) << config_error(llama);
 }
 
 // The GGUF carries what llama.cpp's converter writes (type, factor, original context, 0.1 x

@@ -6,6 +6,7 @@
 
 #include "aloepri/audit/copy_groups.h"
 #include "aloepri/core/error.h"
+#include "weight_internal.h"
 
 namespace aloepri::audit {
 
@@ -33,10 +34,7 @@ GroupedServed group_served(const ModelWeights& obf, int64_t n) {
   require(np > n, "weight attacks", "the served vocabulary (" + std::to_string(np) +
                                         ") is not larger than the public one: nothing to group");
   require(obf.head.rows() == np && obf.head.cols() == d, "weight attacks", "the served head is not [n', d']");
-  WeightGroupingOptions opt;
-  opt.gate = 0;  // every id in one of exactly n groups, as the one-to-one attacks need
-  opt.neighbours = 4;
-  const CopyGrouping cg = group_copies_by_weights(obf.embed, obf.head, n, opt);
+  const CopyGrouping cg = group_copies_by_weights(obf.embed, obf.head, n, onto_vocabulary());
   require(cg.groups == n, "weight attacks",
           "grouping the served copies gave " + std::to_string(cg.groups) + " groups, not the public vocabulary's " +
               std::to_string(n));
@@ -59,7 +57,7 @@ GroupedServed group_served(const ModelWeights& obf, int64_t n) {
               {"largest_group", *std::max_element(size.begin(), size.end())},
               {"identical_groups", cg.info.value("identical_groups", nlohmann::json())},
               {"merged_by_distance", cg.info.value("merged_by_distance", nlohmann::json())},
-              {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
+              {"seconds", internal::seconds_since(t0)}};
   return out;
 }
 

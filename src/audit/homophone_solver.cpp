@@ -8,14 +8,11 @@
 #include <random>
 
 #include "aloepri/core/error.h"
+#include "weight_internal.h"
 
 namespace aloepri::audit {
 
 namespace {
-
-double since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Neighbour counts of every symbol in CSR form: for symbol s, entries at [start[s], start[s+1])
 // are (neighbour, count); neighbour -1 = the start of a request (left lists only).
@@ -275,7 +272,7 @@ Guesses solve_many_to_one(const std::vector<TokenSeq>& traffic, int32_t symbols,
     return take;
   };
   auto sweeps = [&](double until) {
-    for (int sweep = 0; sweep < opt.max_sweeps && since(t0) < until; ++sweep) {
+    for (int sweep = 0; sweep < opt.max_sweeps && internal::seconds_since(t0) < until; ++sweep) {
       int64_t moved = 0;
       for (int32_t s : seen)
         for (int32_t x : cand[size_t(s)])
@@ -292,7 +289,7 @@ Guesses solve_many_to_one(const std::vector<TokenSeq>& traffic, int32_t symbols,
   if (opt.anneal_steps > 0 && !seen.empty() && opt.max_sweeps > 0) {
     std::uniform_real_distribution<double> U(0, 1);
     const int64_t steps = opt.anneal_steps * int64_t(seen.size());
-    for (int64_t i = 0; i < steps && since(t0) < opt.seconds; ++i) {
+    for (int64_t i = 0; i < steps && internal::seconds_since(t0) < opt.seconds; ++i) {
       const int32_t s = seen[size_t(rng() % seen.size())];
       const auto& c = cand[size_t(s)];
       const int32_t x = c[size_t(rng() % c.size())];
@@ -315,7 +312,7 @@ Guesses solve_many_to_one(const std::vector<TokenSeq>& traffic, int32_t symbols,
     std::partial_sort(sc.begin(), sc.begin() + long(k), sc.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     for (size_t i = 0; i < k; ++i) g[size_t(s)].push_back(sc[i].second);
   }
-  st.seconds = since(t0);
+  st.seconds = internal::seconds_since(t0);
   if (stats) *stats = st;
   return g;
 }

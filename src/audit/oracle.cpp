@@ -310,10 +310,7 @@ Groups cluster_copies(const aloepri::ModelWeights& w, int64_t n, nlohmann::json&
   const int64_t np = w.embed.rows(), d = w.embed.cols();
   require(w.head.rows() == np && w.head.cols() == d, "oracle attack", "the served head is not [n', d']");
   const Tensor& head = w.head;
-  WeightGroupingOptions opt;
-  opt.gate = 0;
-  opt.neighbours = 4;
-  const CopyGrouping cg = group_copies_by_weights(w.embed, head, n, opt);
+  const CopyGrouping cg = group_copies_by_weights(w.embed, head, n, onto_vocabulary());
   Groups out;
   out.of = cg.group;
   out.rep.assign(size_t(cg.groups), -1);

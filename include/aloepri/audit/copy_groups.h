@@ -45,6 +45,14 @@ struct WeightGroupingOptions {
   // no group larger than this (0 = no limit): the most copies the public table gives a token
   int64_t max_group = 0;
 };
+// The one-to-one attacks' setting (the oracle, the weight attacks on grouped rows): no gate and 4
+// neighbours, so that every served id ends in one of exactly n groups.
+inline WeightGroupingOptions onto_vocabulary() {
+  WeightGroupingOptions o;
+  o.gate = 0;
+  o.neighbours = 4;
+  return o;
+}
 // embed, head: [n', d] (the head in HF layout: one row per id). n: the public vocabulary.
 CopyGrouping group_copies_by_weights(const Tensor& embed, const Tensor& head, int64_t n,
                                      const WeightGroupingOptions& opt = {});
